@@ -1,0 +1,394 @@
+"""Typed configurations with the paper's values as defaults, presets and overrides.
+
+Every number here is the paper's / the authors' code's setting (see
+``shared/spec/mlr_reference.md``); deviations from the official behaviour are
+named options whose default reproduces the code.
+
+Three entry points are used by the rest of the library:
+
+* :func:`make_config` -- domain + name (game / task) + preset + overrides ->
+  validated :class:`AtariConfig` or :class:`DMCConfig`.
+* :func:`apply_overrides` -- ``["mlr.block_size=4", "lr=3e-4"]`` style overrides,
+  coerced to the field's type; unknown keys fail with close matches.
+* :func:`to_dict` / :func:`from_dict` -- JSON round trip (run directories, resume).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import typing
+from typing import Any, Mapping, Sequence
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the field and value."""
+
+
+@dataclasses.dataclass(frozen=True)
+class MLRConfig:
+    """Mask-based latent reconstruction (shared by both domains).
+
+    Attributes:
+      seq_len: K, number of consecutive observations in one MLR sequence (jumps + 1).
+      patch_size: side of a square mask patch in pixels (grid = image / patch).
+      mask_ratio: fraction of grid cells masked per temporal block.
+      block_size: number of consecutive frames sharing one spatial mask.
+      mask_count_rule: how ``mask_ratio`` becomes a patch count. ``"keep_floor"``
+        keeps ``floor(ratio * cells)`` patches and masks the rest (Atari code:
+        25 of 49 masked); ``"mask_floor"`` masks ``floor(ratio * cells)`` (DMC code).
+      mask_per_sample: False = one mask per update shared by the batch (official);
+        True = an independent mask for every sequence.
+      num_layers, num_heads, mlp_ratio: predictive latent decoder size.
+      weight: multiplier of the MLR loss in the total loss.
+    """
+
+    seq_len: int = 16
+    patch_size: int = 12
+    mask_ratio: float = 0.5
+    block_size: int = 8
+    mask_count_rule: str = "keep_floor"
+    mask_per_sample: bool = False
+    num_layers: int = 2
+    num_heads: int = 1
+    mlp_ratio: float = 2.0
+    weight: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """Loop, logging and checkpoint settings common to both domains."""
+
+    seed: int = 1
+    outdir: str = "runs"
+    eval_episodes: int = 100
+    eval_every: int = 0  # agent steps between evaluations; 0 = final evaluation only
+    log_every: int = 1000  # agent steps between metric rows
+    checkpoint_every: int = 0  # agent steps between checkpoints; 0 = final only
+    precision: str = "fp32"  # "fp32" (paper) or "bf16" (matmuls/convs in bfloat16)
+    progress: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class AtariConfig:
+    """MLR on the SPR-style data-efficient Rainbow (Atari-100k)."""
+
+    game: str = "pong"
+    aux: str = "mlr"  # "mlr" or "none" (the paper's Baseline)
+    steps: int = 100_000  # agent steps (x4 frames)
+    # environment (Atari-100k protocol)
+    image_size: int = 84
+    frame_stack: int = 4
+    frame_skip: int = 4
+    noop_max: int = 30
+    max_episode_steps: int = 27_000
+    repeat_action_probability: float = 0.0
+    fire_reset: bool = False
+    num_envs: int = 1  # training environments (SPR/MLR: 1)
+    # network
+    channels: tuple = (32, 64, 64)
+    kernels: tuple = (8, 4, 3)
+    strides: tuple = (4, 2, 1)
+    hidden_size: int = 256
+    num_atoms: int = 51
+    v_min: float = -10.0
+    v_max: float = 10.0
+    noisy_std: float = 0.1
+    head_grad_scale: float = 2 ** -0.5
+    renormalize: bool = True
+    # RL
+    n_step: int = 10
+    gamma: float = 0.99
+    batch_size: int = 32
+    lr: float = 1e-4
+    adam_eps: float = 1.5e-4
+    clip_norm: float = 10.0
+    updates_per_step: int = 2
+    learning_starts: int = 2_000
+    eps_start: float = 1.0
+    eps_end: float = 0.0
+    eps_steps: int = 2_001
+    eval_epsilon: float = 0.001
+    target_update_period: int = 1
+    target_tau: float = 1.0
+    # prioritized replay
+    replay_capacity: int = 100_000
+    priority_exponent: float = 0.5
+    beta_start: float = 0.4
+    beta_end: float = 1.0
+    # augmentation
+    shift_pad: int = 4
+    intensity_scale: float = 0.05
+    # MLR
+    momentum_tau: float = 1.0  # 1 = exact copy every update (SPR/MLR setting)
+    scale_masked_input: bool = False  # code: masked online frames stay 0-255; True: /255
+    mlr: MLRConfig = MLRConfig(patch_size=12, block_size=8, mask_count_rule="keep_floor")
+    run: RunConfig = RunConfig(eval_episodes=100, eval_every=0)
+
+
+@dataclasses.dataclass(frozen=True)
+class DMCConfig:
+    """MLR on the CURL-style SAC from pixels (DMControl-100k/500k)."""
+
+    task: str = "cartpole_swingup"
+    aux: str = "mlr"
+    env_steps: int = 100_000  # ENVIRONMENT steps = agent steps x action_repeat
+    # environment
+    action_repeat: int = 8
+    image_size: int = 100  # rendered
+    crop_size: int = 84  # network input
+    frame_stack: int = 3
+    camera_id: int = 0
+    num_envs: int = 1
+    # encoder / networks
+    num_filters: int = 64
+    num_conv_layers: int = 4
+    feature_dim: int = 50
+    hidden_dim: int = 1024
+    log_std_min: float = -10.0
+    log_std_max: float = 2.0
+    # SAC
+    gamma: float = 0.99
+    batch_size: int = 512
+    critic_lr: float = 1e-3
+    actor_lr: float = 1e-3
+    critic_beta1: float = 0.9
+    actor_beta1: float = 0.9
+    alpha_lr: float = 1e-4
+    alpha_beta1: float = 0.5
+    init_temperature: float = 0.1
+    actor_update_freq: int = 2
+    target_update_freq: int = 2
+    critic_tau: float = 0.01
+    encoder_tau: float = 0.05
+    seed_steps: int = 1_000  # agent steps of uniform random actions
+    replay_capacity: int = 100_000
+    # MLR
+    aux_lr: float = 1e-3  # the official "auxiliary_task_lr"; MLR's Adam uses aux_lr_scale x this
+    aux_lr_scale: float = 0.5
+    aux_warmup_steps: int = 6_000  # inverse-square-root warm-up (updates)
+    aux_batch_size: int = 128
+    aux_clip_norm: float = 10.0
+    momentum_tau: float = 0.05
+    intensity_scale: float = 0.05
+    reinit_encoder_linear: bool = True  # code: MLR's trunc-normal re-init also hits the encoder's Linear/LN
+    mlr: MLRConfig = MLRConfig(patch_size=10, block_size=8, mask_count_rule="mask_floor")
+    run: RunConfig = RunConfig(eval_episodes=10, eval_every=5_000, log_every=1_000)
+
+    @property
+    def agent_steps(self) -> int:
+        """Number of agent steps (policy decisions) in ``env_steps``."""
+        return self.env_steps // self.action_repeat
+
+
+# --------------------------------------------------------------------------- presets
+
+ATARI_GAMES: tuple[str, ...] = (
+    "alien", "amidar", "assault", "asterix", "bank_heist", "battle_zone", "boxing",
+    "breakout", "chopper_command", "crazy_climber", "demon_attack", "freeway",
+    "frostbite", "gopher", "hero", "jamesbond", "kangaroo", "krull", "kung_fu_master",
+    "ms_pacman", "pong", "private_eye", "qbert", "road_runner", "seaquest", "up_n_down",
+)
+
+# Per-task values of the official configs/*.yaml (MLR's own block size and momentum).
+DMC_TASK_PRESETS: dict[str, dict[str, Any]] = {
+    "cartpole_swingup": {"action_repeat": 8, "mlr.block_size": 4},
+    "reacher_easy": {"action_repeat": 4, "mlr.block_size": 4},
+    "cheetah_run": {"action_repeat": 4, "critic_lr": 2e-4, "actor_lr": 2e-4, "aux_lr": 2e-4},
+    "finger_spin": {"action_repeat": 2},
+    "walker_walk": {"action_repeat": 2, "momentum_tau": 0.1},
+    "ball_in_cup_catch": {"action_repeat": 4},
+}
+DMC_PAPER_TASKS: tuple[str, ...] = tuple(DMC_TASK_PRESETS)
+DMC_BUDGETS: dict[str, int] = {"100k": 100_000, "500k": 500_000}
+
+# Tiny configurations of the SAME code path: small decoder, short runs, small batches.
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "atari": {
+        "paper": {},
+        "smoke": {
+            "steps": 600, "learning_starts": 200, "eps_steps": 201, "batch_size": 4,
+            "channels": "16,32,16",
+            "replay_capacity": 2_000, "max_episode_steps": 400,
+            "mlr.seq_len": 4, "mlr.block_size": 2, "mlr.num_layers": 1,
+            "run.eval_episodes": 2, "run.eval_every": 300, "run.log_every": 100,
+            "run.checkpoint_every": 300,
+        },
+    },
+    "dmc": {
+        "paper": {},
+        "smoke": {
+            "env_steps": 2_400, "seed_steps": 100, "batch_size": 8, "aux_batch_size": 4,
+            "num_filters": 8, "num_conv_layers": 2, "hidden_dim": 32,
+            "replay_capacity": 2_000, "mlr.seq_len": 4, "mlr.block_size": 2,
+            "mlr.num_layers": 1, "aux_warmup_steps": 50,
+            "run.eval_episodes": 2, "run.eval_every": 1_200, "run.log_every": 100,
+            "run.checkpoint_every": 150,
+        },
+    },
+}
+
+
+# --------------------------------------------------------------------------- helpers
+
+def close_matches(name: str, options: Sequence[str], n: int = 3) -> str:
+    """A ``did you mean`` suffix listing close matches of ``name`` in ``options``."""
+    matches = difflib.get_close_matches(name, list(options), n=n, cutoff=0.5)
+    return f"; did you mean {', '.join(repr(m) for m in matches)}?" if matches else ""
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _coerce(value: Any, typ: Any, key: str) -> Any:
+    """Convert a string (from the command line) or JSON value to ``typ``."""
+    if typ is tuple or typing.get_origin(typ) is tuple:
+        if isinstance(value, str):
+            value = [v for v in value.strip("()[] ").split(",") if v.strip()]
+        try:
+            return tuple(int(v) for v in value)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"{key}: expected a comma-separated list of ints, got {value!r}") from e
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{key}: expected a boolean (true/false), got {value!r}")
+    if typ in (int, float):
+        try:
+            number = float(value) if isinstance(value, str) else value
+            if typ is int:
+                if float(number) != int(float(number)):
+                    raise ValueError
+                return int(float(number))
+            return float(number)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"{key}: expected {typ.__name__}, got {value!r}") from e
+    if typ is str:
+        return str(value)
+    raise ConfigError(f"{key}: unsupported field type {typ!r}")
+
+
+def _set(cfg: Any, path: list[str], raw: Any, full_key: str) -> Any:
+    types = _field_types(type(cfg))
+    head = path[0]
+    if head not in types:
+        raise ConfigError(
+            f"unknown config key {full_key!r} for {type(cfg).__name__}"
+            + close_matches(head, list(types)))
+    current = getattr(cfg, head)
+    if dataclasses.is_dataclass(current):
+        if len(path) == 1:
+            if isinstance(raw, Mapping):
+                for k, v in raw.items():
+                    current = _set(current, [k], v, f"{full_key}.{k}")
+                return dataclasses.replace(cfg, **{head: current})
+            raise ConfigError(f"{full_key!r} is a section; set one of its fields, e.g. {full_key}.{next(iter(_field_types(type(current))))}=...")
+        return dataclasses.replace(cfg, **{head: _set(current, path[1:], raw, full_key)})
+    if len(path) > 1:
+        raise ConfigError(f"{full_key!r}: {head!r} is not a section")
+    return dataclasses.replace(cfg, **{head: _coerce(raw, types[head], full_key)})
+
+
+def apply_overrides(cfg: Any, overrides: Mapping[str, Any] | Sequence[str]) -> Any:
+    """Return ``cfg`` with dotted-key overrides applied.
+
+    Args:
+      cfg: a config dataclass.
+      overrides: a mapping ``{"mlr.block_size": 4}`` or strings ``"mlr.block_size=4"``.
+    """
+    if not isinstance(overrides, Mapping):
+        pairs = {}
+        for item in overrides:
+            if "=" not in item:
+                raise ConfigError(f"override {item!r} must look like key=value")
+            key, value = item.split("=", 1)
+            pairs[key.strip()] = value.strip()
+        overrides = pairs
+    for key, value in overrides.items():
+        cfg = _set(cfg, key.split("."), value, key)
+    return cfg
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """JSON-friendly nested dict of a config (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def from_dict(cls: type, data: Mapping[str, Any]) -> Any:
+    """Inverse of :func:`to_dict`; unknown keys are an error."""
+    return apply_overrides(cls(), dict(data))
+
+
+def validate(cfg: Any) -> Any:
+    """Raise :class:`ConfigError` naming the first inconsistent value; return cfg."""
+    m = cfg.mlr
+    if cfg.aux not in ("mlr", "none"):
+        raise ConfigError(f"aux must be 'mlr' or 'none', got {cfg.aux!r}")
+    if m.seq_len < 1 or m.block_size < 1 or m.seq_len % m.block_size:
+        raise ConfigError(
+            f"mlr.seq_len={m.seq_len} must be a positive multiple of mlr.block_size={m.block_size}")
+    if cfg.image_size % m.patch_size:
+        raise ConfigError(
+            f"image_size={cfg.image_size} is not divisible by mlr.patch_size={m.patch_size}")
+    if not 0.0 <= m.mask_ratio < 1.0:
+        raise ConfigError(f"mlr.mask_ratio must be in [0, 1), got {m.mask_ratio}")
+    if m.mask_count_rule not in ("keep_floor", "mask_floor"):
+        raise ConfigError(f"mlr.mask_count_rule must be keep_floor or mask_floor, got {m.mask_count_rule!r}")
+    if cfg.run.precision not in ("fp32", "bf16"):
+        raise ConfigError(f"run.precision must be fp32 or bf16, got {cfg.run.precision!r}")
+    if cfg.run.eval_episodes < 1:
+        raise ConfigError(f"run.eval_episodes must be >= 1, got {cfg.run.eval_episodes}")
+    positive = ["batch_size", "replay_capacity", "num_envs"]
+    for name in positive:
+        if getattr(cfg, name) < 1:
+            raise ConfigError(f"{name} must be >= 1, got {getattr(cfg, name)}")
+    if isinstance(cfg, AtariConfig):
+        if cfg.steps < 1:
+            raise ConfigError(f"steps must be >= 1, got {cfg.steps}")
+        if cfg.replay_capacity < m.seq_len + cfg.n_step + cfg.frame_stack + 1:
+            raise ConfigError(
+                f"replay_capacity={cfg.replay_capacity} cannot hold one sequence of "
+                f"{m.seq_len}+{cfg.n_step} steps")
+    else:
+        if cfg.env_steps < cfg.action_repeat:
+            raise ConfigError(f"env_steps={cfg.env_steps} is less than action_repeat={cfg.action_repeat}")
+        if cfg.crop_size > cfg.image_size:
+            raise ConfigError(f"crop_size={cfg.crop_size} exceeds image_size={cfg.image_size}")
+    return cfg
+
+
+def make_config(domain: str, name: str | None = None, preset: str = "paper",
+                overrides: Mapping[str, Any] | Sequence[str] = ()) -> AtariConfig | DMCConfig:
+    """Build a validated config.
+
+    Args:
+      domain: ``"atari"`` or ``"dmc"``.
+      name: Atari game (``"pong"``) or DMC task (``"cartpole_swingup"``); None keeps the default.
+      preset: ``"paper"`` (defaults) or ``"smoke"`` (tiny, same code path).
+      overrides: dotted-key overrides applied last.
+    """
+    if domain not in PRESETS:
+        raise ConfigError(f"unknown domain {domain!r}; expected one of {sorted(PRESETS)}")
+    if preset not in PRESETS[domain]:
+        raise ConfigError(f"unknown preset {preset!r} for {domain}; expected one of {sorted(PRESETS[domain])}"
+                          + close_matches(preset, list(PRESETS[domain])))
+    if domain == "atari":
+        cfg: Any = AtariConfig()
+        if name is not None:
+            cfg = dataclasses.replace(cfg, game=name)
+    else:
+        cfg = DMCConfig()
+        if name is not None:
+            cfg = dataclasses.replace(cfg, task=name)
+        cfg = apply_overrides(cfg, DMC_TASK_PRESETS.get(cfg.task, {}))
+    cfg = apply_overrides(cfg, PRESETS[domain][preset])
+    cfg = apply_overrides(cfg, overrides)
+    return validate(cfg)

@@ -1,0 +1,127 @@
+"""Data parallelism: the only module that knows about devices.
+
+The agents' ``train_step(state, batch, key, axis_name=None)`` is written for one shard of the
+global batch. :func:`data_parallel` wraps it in ``jax.pmap`` over the local devices: the state
+is replicated, the batch's leading axis is split across devices, the key is the same on every
+device, and gradients/metrics are averaged with :func:`pmean` inside the step. Per-sample
+outputs (e.g. new priorities) come back concatenated in global batch order.
+
+Randomness is drawn for the global batch and sliced per device (:func:`shard_slice`), so one
+device and D devices compute the same update for the same global batch.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+AXIS = "devices"
+
+
+class ParallelError(ValueError):
+    """The batch cannot be split over the devices."""
+
+
+def local_device_count() -> int:
+    return jax.local_device_count()
+
+
+def device_description() -> str:
+    """Human-readable name of the first local device (for benchmark records)."""
+    dev = jax.local_devices()[0]
+    return f"{dev.platform}:{getattr(dev, 'device_kind', 'unknown')} x{jax.local_device_count()}"
+
+
+def pmean(tree: Any, axis_name: str | None) -> Any:
+    """Mean over devices inside a pmapped function; identity when ``axis_name`` is None."""
+    if axis_name is None:
+        return tree
+    return jax.lax.pmean(tree, axis_name)
+
+
+def shard_slice(x: jax.Array, axis_name: str | None) -> jax.Array:
+    """This device's contiguous slice of a global-batch array ``x[B_global, ...]``.
+
+    Identity when ``axis_name`` is None. Used to take per-sample randomness drawn for the
+    whole batch, so the update does not depend on the device count.
+    """
+    if axis_name is None:
+        return x
+    num = jax.lax.psum(1, axis_name)
+    size = x.shape[0] // num
+    start = jax.lax.axis_index(axis_name) * size
+    return jax.lax.dynamic_slice_in_dim(x, start, size, axis=0)
+
+
+def check_divisible(batch_size: int, num_devices: int, what: str = "batch_size") -> int:
+    """Per-device batch size; a clear error when ``batch_size`` does not split evenly."""
+    if batch_size % num_devices:
+        raise ParallelError(
+            f"{what}={batch_size} is not divisible by the number of devices ({num_devices}); "
+            f"use a multiple of {num_devices}")
+    return batch_size // num_devices
+
+
+def replicate(tree: Any, num_devices: int | None = None) -> Any:
+    """Copy a pytree to every local device (leading device axis)."""
+    devices = jax.local_devices()[: num_devices or jax.local_device_count()]
+    return jax.device_put_replicated(tree, devices)
+
+
+def unreplicate(tree: Any) -> Any:
+    """The first device's copy of a replicated pytree."""
+    return jax.tree_util.tree_map(lambda x: x[0], tree)
+
+
+def split_batch(batch: Any, num_devices: int) -> Any:
+    """Reshape every leaf ``[B, ...] -> [D, B/D, ...]`` (host arrays, no copy)."""
+    leaves = jax.tree_util.tree_leaves(batch)
+    if leaves:
+        check_divisible(leaves[0].shape[0], num_devices)
+
+    def split(x):
+        x = np.asarray(x) if not isinstance(x, jax.Array) else x
+        return x.reshape((num_devices, x.shape[0] // num_devices) + x.shape[1:])
+
+    return jax.tree_util.tree_map(split, batch)
+
+
+def data_parallel(train_step: Callable[..., tuple[Any, Any]], num_devices: int | None = None,
+                  donate_state: bool = True) -> Callable[..., tuple[Any, Any]]:
+    """Wrap ``train_step(state, batch, key, axis_name)`` for the local devices.
+
+    Returns ``step(replicated_state, batch, key) -> (replicated_state, metrics)`` where
+    ``batch`` is a host pytree with global leading axis B (B divisible by the device count),
+    ``key`` a single PRNG key, and ``metrics`` host-side: scalars from device 0 and per-sample
+    arrays (leading axis of the shard) concatenated back to ``[B, ...]``.
+    """
+    n = num_devices or jax.local_device_count()
+    devices = jax.local_devices()[:n]
+
+    def per_device(state, batch, key):
+        return train_step(state, batch, key, axis_name=AXIS)
+
+    pmapped = jax.pmap(per_device, axis_name=AXIS, in_axes=(0, 0, None), devices=devices,
+                       donate_argnums=(0,) if donate_state else ())
+
+    def step(state, batch, key):
+        new_state, metrics = pmapped(state, split_batch(batch, n), key)
+        return new_state, gather_metrics(metrics)
+
+    step.num_devices = n
+    step.pmapped = pmapped
+    return step
+
+
+def gather_metrics(metrics: Any) -> Any:
+    """Device-stacked metrics -> scalars from device 0, per-sample arrays concatenated."""
+
+    def gather(x):
+        if x.ndim == 1:  # [D] scalar per device (already pmean'd)
+            return x[0]
+        return jnp.reshape(x, (-1,) + x.shape[2:])
+
+    return jax.tree_util.tree_map(gather, metrics)

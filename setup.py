@@ -1,0 +1,23 @@
+"""mlr-jax: Mask-based Latent Reconstruction for RL in JAX/Flax."""
+import pathlib
+
+from setuptools import find_packages, setup
+
+HERE = pathlib.Path(__file__).parent
+REQUIREMENTS = [
+    line.strip() for line in (HERE / "requirements.txt").read_text().splitlines()
+    if line.strip() and not line.startswith("#") and not line.startswith("pytest")
+]
+
+setup(
+    name="mlr-jax",
+    version="0.1.0",
+    description="JAX/Flax reimplementation of Mask-based Latent Reconstruction (MLR, NeurIPS 2022)",
+    long_description=(HERE / "README.md").read_text(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=find_packages(include=["mlr_jax", "mlr_jax.*"]),
+    install_requires=REQUIREMENTS,
+    extras_require={"bench": ["torch==2.13.0"], "test": ["pytest>=9.0"]},
+    entry_points={"console_scripts": ["mlr-jax=mlr_jax.cli:main"]},
+)
