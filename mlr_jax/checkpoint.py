@@ -1,0 +1,225 @@
+"""Save and restore a whole training run with orbax: agent state, replay, loop state, config.
+
+One checkpoint is one step directory ``<ckpt_dir>/<step>/`` with four orbax items:
+
+* ``state``  -- the agent's state pytree as host numpy arrays (typed PRNG keys as key data);
+* ``replay`` -- the replay buffer's arrays (a nested dict of numpy arrays);
+* ``loop``   -- counters, RNG states, episode statistics (JSON; numpy arrays, numpy scalars
+  and tuples are tagged so they come back with their exact dtype and type);
+* ``config`` -- the run's config dict (JSON).
+
+Orbax writes a step into a temporary directory and renames it when every item is complete, so
+a crash never leaves a half-written checkpoint that :func:`latest_step` would pick up. Saving
+is synchronous; the last ``keep`` steps are kept.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+
+# Config fields that fix array shapes or what the saved numbers mean; a checkpoint whose
+# values differ from the current config's cannot be resumed.
+COMPATIBILITY_KEYS: tuple[str, ...] = (
+    "domain", "game", "task", "aux",
+    "image_size", "crop_size", "frame_stack", "frame_skip", "action_repeat", "num_envs",
+    "channels", "kernels", "strides", "hidden_size", "num_atoms",
+    "num_filters", "num_conv_layers", "feature_dim", "hidden_dim",
+    "replay_capacity",
+    "mlr.seq_len", "mlr.patch_size", "mlr.block_size",
+    "mlr.num_layers", "mlr.num_heads", "mlr.mlp_ratio",
+)
+_MISSING = "<missing>"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, incomplete or unreadable; the message names its path."""
+
+
+class CheckpointMismatch(CheckpointError):
+    """A checkpoint does not fit the current run; the message names each differing key."""
+
+
+# --------------------------------------------------------------------------- helpers
+
+def _manager(ckpt_dir: pathlib.Path, keep: int = 2) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep, create=True, enable_async_checkpointing=False,
+        cleanup_tmp_directories=True)
+    return ocp.CheckpointManager(ckpt_dir, options=options)
+
+
+def _is_typed_key(x: Any) -> bool:
+    return hasattr(x, "dtype") and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def _state_to_host(state: Any) -> Any:
+    """Numpy copy of a state pytree; typed PRNG keys become their uint32 key data."""
+    def leaf(x):
+        return np.asarray(jax.device_get(jax.random.key_data(x) if _is_typed_key(x) else x))
+    return jax.tree.map(leaf, state)
+
+
+def _encode(value: Any, path: str) -> Any:
+    """JSON-ready copy of a loop-state value; numpy values and tuples become tagged dicts."""
+    if isinstance(value, (np.ndarray, np.generic)):
+        arr = np.asarray(value)
+        return {"__numpy__": {"dtype": arr.dtype.str, "shape": list(arr.shape),
+                              "data": arr.ravel().tolist(), "scalar": isinstance(value, np.generic)}}
+    if isinstance(value, Mapping):
+        bad = [k for k in value if not isinstance(k, str)]
+        if bad:
+            raise TypeError(f"loop_state{path}: keys must be strings, got {bad[0]!r}")
+        return {k: _encode(v, f"{path}.{k}") for k, v in value.items()}
+    if isinstance(value, tuple):
+        return {"__tuple__": [_encode(v, f"{path}[{i}]") for i, v in enumerate(value)]}
+    if isinstance(value, list):
+        return [_encode(v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise TypeError(f"loop_state{path}: unsupported type {type(value).__name__}; use python "
+                    "scalars, strings, lists, dicts or numpy arrays (jax keys: jax.random.key_data)")
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_decode(v) for v in value]
+    if isinstance(value, dict):
+        if "__numpy__" in value:
+            spec = value["__numpy__"]
+            arr = np.array(spec["data"], dtype=np.dtype(spec["dtype"])).reshape(spec["shape"])
+            return arr[()] if spec["scalar"] else arr
+        if "__tuple__" in value:
+            return tuple(_decode(v) for v in value["__tuple__"])
+        return {k: _decode(v) for k, v in value.items()}
+    return value
+
+
+def _flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    if not prefix and "domain" not in flat:
+        flat["domain"] = "atari" if "game" in flat else "dmc" if "task" in flat else _MISSING
+    return flat
+
+
+def check_compatible(saved: Mapping[str, Any], current: Mapping[str, Any]) -> None:
+    """Raise :class:`CheckpointMismatch` if ``saved`` and ``current`` configs differ in a
+    :data:`COMPATIBILITY_KEYS` field (the domain is inferred from ``game`` / ``task``)."""
+    a, b = _flatten(saved), _flatten(current)
+    diffs = [f"{k}: checkpoint={a.get(k, _MISSING)!r} current={b.get(k, _MISSING)!r}"
+             for k in COMPATIBILITY_KEYS
+             if (k in a or k in b) and a.get(k, _MISSING) != b.get(k, _MISSING)]
+    if diffs:
+        raise CheckpointMismatch("checkpoint config differs from the current config in "
+                                 + "; ".join(diffs))
+
+
+def _check_shapes(restored: Any, target: Any, where: pathlib.Path) -> None:
+    """Orbax restores the saved shapes even when the target's differ: insist on a fit.
+
+    (Dtypes need no check: orbax casts to the target's dtype.)
+    """
+    paths = jax.tree_util.tree_flatten_with_path(target)[0]
+    diffs = [f"{jax.tree_util.keystr(p)}: checkpoint shape {r.shape}, target shape {t.shape}"
+             for (p, t), r in zip(paths, jax.tree.leaves(restored)) if r.shape != t.shape]
+    if diffs:
+        raise CheckpointMismatch(f"state in {where} does not fit the target: " + "; ".join(diffs))
+
+
+# --------------------------------------------------------------------------- public API
+
+def latest_step(ckpt_dir: str | pathlib.Path) -> int | None:
+    """The newest complete checkpoint step in ``ckpt_dir``, or None if there is none."""
+    path = pathlib.Path(ckpt_dir).resolve()
+    if not path.is_dir():
+        return None
+    with _manager(path) as mngr:
+        return mngr.latest_step()
+
+
+def save(ckpt_dir: str | pathlib.Path, step: int, state: Any, replay_state: Mapping[str, Any],
+         loop_state: Mapping[str, Any], config_dict: Mapping[str, Any], keep: int = 2) -> pathlib.Path:
+    """Write checkpoint ``step`` and keep only the newest ``keep`` steps.
+
+    Args:
+      ckpt_dir: directory holding the step directories (created if needed).
+      step: agent step of the checkpoint. A step that is already saved is left as it is.
+      state: agent state pytree (jax or numpy leaves, raw or typed PRNG keys), unreplicated.
+      replay_state: non-empty nested dict of numpy arrays (0-d arrays for counters).
+      loop_state: JSON-like dict; numpy arrays/scalars and tuples round-trip exactly.
+      config_dict: the run's ``config.to_dict(cfg)``.
+      keep: number of most recent checkpoints kept.
+
+    Returns:
+      The step directory.
+    """
+    if not replay_state:
+        raise ValueError("replay_state is empty; pass the replay buffer's arrays")
+    path = pathlib.Path(ckpt_dir).resolve()
+    with _manager(path, keep) as mngr:
+        if step not in mngr.all_steps():
+            mngr.save(step, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(_state_to_host(state)),
+                replay=ocp.args.StandardSave(dict(replay_state)),
+                loop=ocp.args.JsonSave(_encode(dict(loop_state), "")),
+                config=ocp.args.JsonSave(dict(config_dict))))
+    return path / str(step)
+
+
+def restore(ckpt_dir: str | pathlib.Path, target_state: Any,
+            config_dict: Mapping[str, Any] | None = None, step: int | None = None
+            ) -> tuple[Any, dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """Read a checkpoint written by :func:`save`.
+
+    Args:
+      ckpt_dir: the directory given to :func:`save`.
+      target_state: a state pytree of the current run (e.g. ``agent.init(key)``), giving the
+        structure, shapes, dtypes and PRNG key types to restore into. With typed keys it
+        must hold concrete arrays; otherwise ``jax.ShapeDtypeStruct`` leaves also work.
+      config_dict: the current run's config dict; if given, the checkpoint must agree with
+        it on :data:`COMPATIBILITY_KEYS` (else :class:`CheckpointMismatch`).
+      step: which step to read; None = the latest.
+
+    Returns:
+      ``(state, replay_state, loop_state, saved_config)``: state as jax arrays shaped like
+      ``target_state``, replay as numpy arrays.
+    """
+    path = pathlib.Path(ckpt_dir).resolve()
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint directory {path} does not exist")
+    with _manager(path) as mngr:
+        step = mngr.latest_step() if step is None else step
+        if step is None:
+            raise CheckpointError(f"no complete checkpoint in {path}")
+        where = path / str(step)
+
+        def read(**items):
+            try:
+                return mngr.restore(step, args=ocp.args.Composite(**items))
+            except Exception as e:  # orbax/tensorstore raise many types for bad files
+                raise CheckpointError(f"cannot read checkpoint {where} (missing or corrupt): "
+                                      f"{type(e).__name__}: {str(e)[:300]}") from e
+
+        saved_config = read(config=ocp.args.JsonRestore()).config
+        if config_dict is not None:
+            check_compatible(saved_config, config_dict)
+        abstract = jax.tree.map(
+            lambda x: jax.eval_shape(jax.random.key_data, x) if _is_typed_key(x)
+            else jax.ShapeDtypeStruct(x.shape, x.dtype), target_state)
+        items = read(state=ocp.args.StandardRestore(abstract), replay=ocp.args.StandardRestore(),
+                     loop=ocp.args.JsonRestore())
+    _check_shapes(items.state, abstract, where)
+    state = jax.tree.map(
+        lambda r, t: jax.random.wrap_key_data(r, impl=jax.random.key_impl(t)) if _is_typed_key(t)
+        else jnp.asarray(r), items.state, target_state)
+    return state, dict(items.replay), _decode(items.loop), saved_config

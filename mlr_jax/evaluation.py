@@ -1,0 +1,122 @@
+"""Scores: the paper's reference numbers, human normalisation and aggregate metrics.
+
+The reference numbers (human, random and every method of the paper's Tables 1 and 2) live in
+``experiments/reference_scores.json``; :func:`reference_scores` is the one loader of that file.
+Aggregates follow rliable (Agarwal et al., 2021): the interquartile mean is the 25%-trimmed
+mean of all scores (``scipy.stats.trim_mean(x, 0.25)``) and the optimality gap is
+``gamma - mean(min(x, gamma))``.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import pathlib
+from typing import Any, Sequence
+
+import numpy as np
+
+from mlr_jax.config import close_matches
+
+REFERENCE_PATH = pathlib.Path(__file__).resolve().parent.parent / "experiments" / "reference_scores.json"
+PAPER_METHODS = ("Baseline", "MLR")
+_BENCHMARKS = {("atari", "100k"): "atari100k", ("dmc", "100k"): "dmc100k", ("dmc", "500k"): "dmc500k"}
+
+
+@functools.lru_cache(maxsize=1)
+def _load_reference() -> dict[str, Any]:
+    if not REFERENCE_PATH.is_file():
+        raise FileNotFoundError(
+            f"reference scores not found at {REFERENCE_PATH}; the file ships in the repository's "
+            "experiments/ folder (run from a source checkout)")
+    with REFERENCE_PATH.open() as f:
+        return json.load(f)
+
+
+def reference_scores() -> dict[str, Any]:
+    """The paper's reference table (a fresh copy; see experiments/README.md for the layout)."""
+    return copy.deepcopy(_load_reference())
+
+
+def _benchmark(domain: str, budget: str) -> dict[str, Any]:
+    key = _BENCHMARKS.get((domain, budget))
+    if key is None:
+        raise ValueError(f"no reference table for domain={domain!r}, budget={budget!r}; "
+                         f"expected one of {sorted(_BENCHMARKS)}")
+    return _load_reference()[key]
+
+
+def _entry(table: dict[str, Any], name: str) -> dict[str, Any]:
+    if name not in table:
+        raise ValueError(f"no reference scores for {name!r}" + close_matches(name, list(table)))
+    return table[name]
+
+
+def human_normalized(game: str, score: float | np.ndarray) -> float | np.ndarray:
+    """``(score - random) / (human - random)`` for an Atari-100k game (0 = random, 1 = human)."""
+    entry = _entry(_benchmark("atari", "100k")["games"], game)
+    return (score - entry["random"]) / (entry["human"] - entry["random"])
+
+
+def _as_scores(values: Sequence[float] | np.ndarray) -> np.ndarray:
+    x = np.asarray(values, dtype=np.float64).ravel()
+    if x.size == 0:
+        raise ValueError("cannot aggregate an empty list of scores")
+    if not np.all(np.isfinite(x)):
+        raise ValueError(f"scores must be finite, got {x[~np.isfinite(x)][:5]}")
+    return x
+
+
+def iqm(values: Sequence[float] | np.ndarray) -> float:
+    """Interquartile mean: mean after dropping ``int(0.25 n)`` lowest and highest values.
+
+    Identical to ``scipy.stats.trim_mean(values, 0.25, axis=None)`` as used by rliable; a
+    runs x tasks matrix is flattened first.
+    """
+    x = np.sort(_as_scores(values))
+    cut = int(0.25 * x.size)
+    return float(x[cut:x.size - cut].mean())
+
+
+def optimality_gap(values: Sequence[float] | np.ndarray, gamma: float = 1.0) -> float:
+    """How far (normalised) scores fall short of ``gamma``: ``gamma - mean(min(x, gamma))``."""
+    return float(gamma - np.minimum(_as_scores(values), gamma).mean())
+
+
+def paper_reference(domain: str, name: str, budget: str = "100k") -> dict[str, dict[str, float | None]]:
+    """The paper's Baseline and MLR numbers for one game/task: ``{method: {mean, std}}``.
+
+    Atari-100k reports means only (``std`` is None).
+    """
+    bench = _benchmark(domain, budget)
+    if domain == "atari":
+        game = _entry(bench["games"], name)
+        return {m: {"mean": game[m], "std": None} for m in PAPER_METHODS}
+    task = _entry(bench["tasks"], name)
+    return {m: dict(task[m]) for m in PAPER_METHODS}
+
+
+def summarize_scores(domain: str, name: str, scores: Sequence[float], budget: str = "100k") -> dict[str, Any]:
+    """Statistics of final evaluation episode scores, with the paper's numbers beside them.
+
+    Args:
+      domain: ``"atari"`` or ``"dmc"``.
+      name: game or task, e.g. ``"ms_pacman"`` / ``"cartpole_swingup"``.
+      scores: raw episode returns of the final evaluation.
+      budget: ``"100k"`` or (DMC only) ``"500k"``: which paper table to quote.
+
+    Returns:
+      JSON-ready dict: n, mean, std (population, ddof 0), median, min, max, scores; for Atari
+      also ``human_normalized`` (of the mean); ``paper``: :func:`paper_reference`.
+    """
+    x = _as_scores(scores)
+    summary: dict[str, Any] = {
+        "domain": domain, "name": name, "budget": budget, "n": int(x.size),
+        "mean": float(x.mean()), "std": float(x.std()), "median": float(np.median(x)),
+        "min": float(x.min()), "max": float(x.max()), "scores": x.tolist(),
+    }
+    if domain == "atari":
+        summary["human_normalized"] = float(human_normalized(name, summary["mean"]))
+    summary["paper"] = paper_reference(domain, name, budget)
+    return summary

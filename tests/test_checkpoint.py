@@ -1,0 +1,144 @@
+"""Checkpoint round trip, retention, compatibility checks and unreadable checkpoints."""
+import shutil
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import struct
+
+from mlr_jax import checkpoint
+from mlr_jax.config import make_config, to_dict
+
+
+@struct.dataclass
+class State:
+    params: dict
+    step: jax.Array
+    rng: jax.Array  # raw uint32 key
+    noise_key: jax.Array  # typed key
+
+
+def make_state(seed=0, width=3):
+    k = jax.random.PRNGKey(seed)
+    return State(params={"w": jax.random.normal(k, (2, width)), "b": jnp.arange(width, dtype=jnp.float32)},
+                 step=jnp.int32(7 + seed), rng=jax.random.PRNGKey(seed + 1), noise_key=jax.random.key(seed + 2))
+
+
+def make_replay(seed=0):
+    rng = np.random.default_rng(seed)
+    return {"obs": rng.integers(0, 256, (6, 2, 8, 8), dtype=np.uint8),
+            "priority": rng.random(6, dtype=np.float32), "size": np.array(5, dtype=np.int64),
+            "episode": {"done": rng.random(6) < 0.5}}
+
+
+def make_loop():
+    gen = np.random.default_rng(123)
+    gen.random(3)
+    return {"agent_step": 1200, "updates": 2400, "score": 3.5, "scores": [1.0, float("nan"), -2.0],
+            "key": np.array([1, 2**32 - 1], dtype=np.uint32), "ret": np.float32(0.25),
+            "shape": (84, 84), "sampler": gen.bit_generator.state, "name": "pong", "done": None}
+
+
+CONFIG = to_dict(make_config("atari", "pong", "smoke"))
+
+
+def test_round_trip_is_exact(tmp_path):
+    state, replay, loop = make_state(), make_replay(), make_loop()
+    path = checkpoint.save(tmp_path / "ckpt", 1200, state, replay, loop, CONFIG)
+    assert path == (tmp_path / "ckpt" / "1200").resolve() and path.is_dir()
+    assert checkpoint.latest_step(tmp_path / "ckpt") == 1200
+
+    got_state, got_replay, got_loop, got_config = checkpoint.restore(tmp_path / "ckpt", make_state(seed=5), CONFIG)
+    assert isinstance(got_state, State)
+    chex.assert_trees_all_equal(got_state.params, state.params)
+    chex.assert_trees_all_equal_dtypes(got_state.params, state.params)
+    assert got_state.step == 7 and got_state.step.dtype == jnp.int32
+    np.testing.assert_array_equal(got_state.rng, state.rng)
+    assert jax.dtypes.issubdtype(got_state.noise_key.dtype, jax.dtypes.prng_key)
+    np.testing.assert_array_equal(jax.random.key_data(got_state.noise_key), jax.random.key_data(state.noise_key))
+    np.testing.assert_array_equal(jax.random.normal(got_state.noise_key, (3,)), jax.random.normal(state.noise_key, (3,)))
+
+    chex.assert_trees_all_equal(got_replay, replay)
+    chex.assert_trees_all_equal_dtypes(got_replay, replay)
+
+    assert got_loop.keys() == loop.keys()
+    for key in ("agent_step", "updates", "score", "shape", "sampler", "name", "done"):
+        assert got_loop[key] == loop[key] and type(got_loop[key]) is type(loop[key]), key
+    np.testing.assert_array_equal(got_loop["scores"], loop["scores"])
+    assert got_loop["key"].dtype == np.uint32 and got_loop["key"].tolist() == [1, 2**32 - 1]
+    assert type(got_loop["ret"]) is np.float32 and got_loop["ret"] == np.float32(0.25)
+    resumed = np.random.default_rng()
+    resumed.bit_generator.state = got_loop["sampler"]
+    original = np.random.default_rng(123)
+    original.random(3)
+    np.testing.assert_array_equal(resumed.random(4), original.random(4))
+    assert got_config == CONFIG
+
+
+def test_keeps_the_last_two_and_ignores_unfinished_writes(tmp_path):
+    ckpt = tmp_path / "ckpt"
+    assert checkpoint.latest_step(ckpt) is None
+    for step in (10, 20, 30):
+        checkpoint.save(ckpt, step, make_state(seed=step), make_replay(step), {"step": step}, CONFIG)
+    assert sorted(p.name for p in ckpt.iterdir() if p.name.isdigit()) == ["20", "30"]
+    # a crash mid-save leaves only orbax's temporary directory: never picked up
+    (ckpt / "40.orbax-checkpoint-tmp-1234").mkdir()
+    assert checkpoint.latest_step(ckpt) == 30
+    assert checkpoint.restore(ckpt, make_state())[2] == {"step": 30}
+    state, _, loop, _ = checkpoint.restore(ckpt, make_state(), step=20)
+    assert loop == {"step": 20} and state.step == 27
+    # saving a step that exists leaves it as it is
+    checkpoint.save(ckpt, 30, make_state(seed=99), make_replay(), {"step": -1}, CONFIG)
+    assert checkpoint.restore(ckpt, make_state())[2] == {"step": 30}
+
+
+def test_config_mismatch_names_the_keys(tmp_path):
+    checkpoint.save(tmp_path, 1, make_state(), make_replay(), {}, CONFIG)
+    other = to_dict(make_config("atari", "breakout", "smoke", ["mlr.num_layers=2"]))
+    with pytest.raises(checkpoint.CheckpointMismatch) as err:
+        checkpoint.restore(tmp_path, make_state(), other)
+    msg = str(err.value)
+    assert "game: checkpoint='pong' current='breakout'" in msg
+    assert "mlr.num_layers: checkpoint=1 current=2" in msg
+    dmc = to_dict(make_config("dmc", "cartpole_swingup", "smoke"))
+    with pytest.raises(checkpoint.CheckpointMismatch, match="domain: checkpoint='atari' current='dmc'"):
+        checkpoint.restore(tmp_path, make_state(), dmc)
+    longer = to_dict(make_config("atari", "pong", "smoke", ["steps=5000", "lr=3e-4"]))
+    assert checkpoint.restore(tmp_path, make_state(), longer)[3] == CONFIG  # not shape-relevant
+
+
+def test_state_shape_mismatch_names_the_leaf(tmp_path):
+    checkpoint.save(tmp_path, 1, make_state(width=3), make_replay(), {}, CONFIG)
+    with pytest.raises(checkpoint.CheckpointMismatch, match=r"\['w'\].*\(2, 3\).*\(2, 4\)"):
+        checkpoint.restore(tmp_path, make_state(width=4))
+
+
+def test_missing_and_corrupt_checkpoints_name_the_path(tmp_path):
+    with pytest.raises(checkpoint.CheckpointError, match="does not exist"):
+        checkpoint.restore(tmp_path / "nope", make_state())
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(checkpoint.CheckpointError, match="no complete checkpoint"):
+        checkpoint.restore(tmp_path / "empty", make_state())
+
+    ckpt = tmp_path / "ckpt"
+    checkpoint.save(ckpt, 5, make_state(), make_replay(), {}, CONFIG)
+    with pytest.raises(checkpoint.CheckpointError, match=str(ckpt.resolve() / "7")):
+        checkpoint.restore(ckpt, make_state(), step=7)
+    for name, damage in [("state/manifest.ocdbt", lambda p: p.write_bytes(b"garbage")),
+                         ("loop/metadata", lambda p: p.write_bytes(b"garbage")),
+                         ("replay", shutil.rmtree)]:
+        broken = tmp_path / name.replace("/", "_")
+        shutil.copytree(ckpt, broken)
+        damage(broken / "5" / name)
+        with pytest.raises(checkpoint.CheckpointError, match=f"{broken.resolve() / '5'}.*corrupt"):
+            checkpoint.restore(broken, make_state())
+
+
+def test_save_rejects_unsupported_values(tmp_path):
+    with pytest.raises(TypeError, match=r"loop_state\.stats\.key"):
+        checkpoint.save(tmp_path, 1, make_state(), make_replay(), {"stats": {"key": jnp.zeros(2)}}, CONFIG)
+    with pytest.raises(ValueError, match="replay_state is empty"):
+        checkpoint.save(tmp_path, 1, make_state(), {}, {}, CONFIG)
+    assert checkpoint.latest_step(tmp_path) is None
