@@ -391,4 +391,28 @@ def make_config(domain: str, name: str | None = None, preset: str = "paper",
         cfg = apply_overrides(cfg, DMC_TASK_PRESETS.get(cfg.task, {}))
     cfg = apply_overrides(cfg, PRESETS[domain][preset])
     cfg = apply_overrides(cfg, overrides)
+    check_name(cfg)
     return validate(cfg)
+
+
+def check_name(cfg: AtariConfig | DMCConfig) -> None:
+    """Raise :class:`ConfigError` (with close matches) if envpool has no such game / task."""
+    from mlr_jax import envs  # envpool is only imported when a name must be checked
+
+    try:
+        if isinstance(cfg, AtariConfig):
+            envs.atari_task_id(cfg.game)
+        else:
+            envs.dmc_task_id(cfg.task)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def domain_of(cfg: AtariConfig | DMCConfig) -> str:
+    """``"atari"`` or ``"dmc"``."""
+    return "atari" if isinstance(cfg, AtariConfig) else "dmc"
+
+
+def name_of(cfg: AtariConfig | DMCConfig) -> str:
+    """The game or task of ``cfg``."""
+    return cfg.game if isinstance(cfg, AtariConfig) else cfg.task

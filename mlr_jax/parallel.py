@@ -66,14 +66,30 @@ def check_divisible(batch_size: int, num_devices: int, what: str = "batch_size")
 
 
 def replicate(tree: Any, num_devices: int | None = None) -> Any:
-    """Copy a pytree to every local device (leading device axis)."""
+    """Copy a pytree to every local device: leaves get a leading device axis ``[D, ...]``,
+    sharded so that device ``i`` holds copy ``i`` (the layout ``jax.pmap`` consumes)."""
     devices = jax.local_devices()[: num_devices or jax.local_device_count()]
-    return jax.device_put_replicated(tree, devices)
+    sharding = jax.sharding.NamedSharding(jax.sharding.Mesh(np.array(devices), (AXIS,)),
+                                          jax.sharding.PartitionSpec(AXIS))
+    return jax.tree_util.tree_map(
+        lambda x: jax.device_put(np.stack([np.asarray(x)] * len(devices)), sharding), tree)
 
 
 def unreplicate(tree: Any) -> Any:
-    """The first device's copy of a replicated pytree."""
-    return jax.tree_util.tree_map(lambda x: x[0], tree)
+    """Host (numpy) copy of the first device's replica of a replicated pytree."""
+    return jax.tree_util.tree_map(lambda x: np.asarray(x.addressable_data(0))[0], tree)
+
+
+def on_first_replica(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Jit ``fn(tree, *args)`` so it can be called with a replicated ``tree``.
+
+    The first device's buffers are passed without a copy (``addressable_data(0)``, shape
+    ``[1, ...]``) and squeezed inside the compiled function, so acting with the training
+    state costs no transfer of parameters or optimizer state.
+    """
+    jitted = jax.jit(lambda local, *args: fn(jax.tree_util.tree_map(lambda x: x[0], local), *args))
+    return lambda tree, *args: jitted(
+        jax.tree_util.tree_map(lambda x: x.addressable_data(0), tree), *args)
 
 
 def split_batch(batch: Any, num_devices: int) -> Any:

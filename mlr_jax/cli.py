@@ -1,0 +1,158 @@
+"""The ``mlr-jax`` command line: ``train``, ``config`` and ``bench``.
+
+The only module that parses arguments: it turns them into a validated config
+(:func:`mlr_jax.config.make_config`) and calls the library.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Sequence
+
+from mlr_jax.config import (DMC_BUDGETS, ConfigError, apply_overrides, domain_of, make_config,
+                            name_of, to_dict, validate)
+
+EPILOG = """examples:
+  mlr-jax train atari --game pong --seed 1                 # the paper setting (MLR)
+  mlr-jax train atari --game pong --aux none                # the paper's Baseline
+  mlr-jax train atari --game pong --preset smoke            # tiny run of the same code path
+  mlr-jax train dmc --task cartpole_swingup --budget 500k
+  mlr-jax train atari --game pong mlr.block_size=4 lr=3e-4  # any config field (dotted keys)
+  mlr-jax train atari --resume runs/atari_pong_mlr_s1_...   # continue from the last checkpoint
+  mlr-jax config dmc --task walker_walk                     # print the resolved config
+  mlr-jax bench --domain atari --preset smoke --frameworks jax
+"""
+
+
+def _add_run_options(p: argparse.ArgumentParser, domain: str) -> None:
+    if domain == "atari":
+        p.add_argument("--game", default=None, help="Atari game, snake_case (default: pong)")
+        p.add_argument("--steps", type=int, default=None,
+                       help="agent steps (default 100000 = Atari-100k; 4 frames each)")
+    else:
+        p.add_argument("--task", default=None, help="DMC task, e.g. cartpole_swingup (default)")
+        p.add_argument("--budget", choices=sorted(DMC_BUDGETS), default=None,
+                       help="ENVIRONMENT-step budget (100k or 500k); agent steps = "
+                            "budget / action repeat of the task")
+        p.add_argument("--env-steps", type=int, default=None,
+                       help="ENVIRONMENT steps (overrides --budget); agent steps = env steps / action repeat")
+    p.add_argument("--preset", default="paper", help="paper (default) or smoke (tiny, same code path)")
+    p.add_argument("--aux", choices=("mlr", "none"), default=None,
+                   help="auxiliary loss: mlr (default) or none (the paper's Baseline)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--eval-episodes", type=int, default=None)
+    p.add_argument("--eval-every", type=int, default=None, help="agent steps between evaluations (0: final only)")
+    p.add_argument("--outdir", default=None, help="parent of the run directory (default: runs)")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default=None)
+    p.add_argument("--no-progress", action="store_true", help="print lines instead of a progress bar")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="any config field, dotted for sections (mlr.block_size=4, run.log_every=500)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mlr-jax", description="Mask-based Latent Reconstruction (MLR) for RL in JAX/Flax.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,config,bench}")
+    train = sub.add_parser("train", help="train an agent (MLR or Baseline) and evaluate it")
+    config = sub.add_parser("config", help="print the fully resolved configuration as JSON")
+    for p, with_resume in ((train, True), (config, False)):
+        domains = p.add_subparsers(dest="domain", required=True, metavar="{atari,dmc}")
+        for domain in ("atari", "dmc"):
+            d = domains.add_parser(domain, help=f"{domain} agent")
+            _add_run_options(d, domain)
+            if with_resume:
+                d.add_argument("--resume", default=None, metavar="RUN_DIR",
+                               help="continue a run from its latest checkpoint")
+    bench = sub.add_parser("bench", help="time one update of the JAX agent and the PyTorch port")
+    bench.add_argument("--domain", choices=("atari", "dmc"), required=True)
+    bench.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
+    bench.add_argument("--preset", choices=("paper", "smoke"), default="paper")
+    bench.add_argument("--frameworks", default="jax,torch", help="comma-separated: jax,torch")
+    bench.add_argument("--repeats", type=int, default=10)
+    bench.add_argument("--warmup", type=int, default=2)
+    bench.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    bench.add_argument("--outdir", default="benchmarks/results")
+    return parser
+
+
+def requested_overrides(args: argparse.Namespace) -> tuple[str | None, list[str]]:
+    """The game/task named on the command line and the overrides its flags and KEY=VALUE
+    arguments ask for (flags first, so KEY=VALUE arguments win)."""
+    flags: dict[str, object] = {}
+    if args.domain == "atari":
+        name = args.game
+        if args.steps is not None:
+            flags["steps"] = args.steps
+    else:
+        name = args.task
+        if args.budget is not None:
+            flags["env_steps"] = DMC_BUDGETS[args.budget]
+        if args.env_steps is not None:
+            flags["env_steps"] = args.env_steps
+    for flag, key in (("aux", "aux"), ("seed", "run.seed"), ("eval_episodes", "run.eval_episodes"),
+                      ("eval_every", "run.eval_every"), ("outdir", "run.outdir"),
+                      ("precision", "run.precision")):
+        if getattr(args, flag) is not None:
+            flags[key] = getattr(args, flag)
+    if args.no_progress:
+        flags["run.progress"] = False
+    return name, [f"{k}={v}" for k, v in flags.items()] + list(args.overrides)
+
+
+def config_from_args(args: argparse.Namespace):
+    """The validated config that ``args`` describe."""
+    name, overrides = requested_overrides(args)
+    return make_config(args.domain, name, args.preset, overrides)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from mlr_jax import loop  # heavy imports only when training
+
+    if args.resume:
+        # the run's own config, with only what is given now on top (e.g. more --steps)
+        saved = loop.load_run_config(args.resume)
+        if domain_of(saved) != args.domain:
+            raise ConfigError(f"--resume {args.resume} is a {domain_of(saved)} run, not {args.domain}")
+        name, overrides = requested_overrides(args)
+        if name is not None and name != name_of(saved):
+            raise ConfigError(f"--resume {args.resume} trains {name_of(saved)!r}, not {name!r}")
+        cfg = validate(apply_overrides(saved, overrides))
+    else:
+        cfg = config_from_args(args)
+    loop.train(cfg, resume=args.resume)
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from mlr_jax.bench.runner import run_benchmark
+
+    frameworks = tuple(f.strip() for f in args.frameworks.split(",") if f.strip())
+    unknown = set(frameworks) - {"jax", "torch"}
+    if unknown or not frameworks:
+        raise ConfigError(f"--frameworks must list jax and/or torch, got {args.frameworks!r}")
+    result = run_benchmark(domain=args.domain, device=args.device, preset=args.preset,
+                           frameworks=frameworks, repeats=args.repeats, warmup=args.warmup,
+                           precision=args.precision, outdir=args.outdir)
+    print(result["summary"])
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "config":
+            print(json.dumps(to_dict(config_from_args(args)), indent=2))
+            return 0
+        if args.command == "train":
+            return _train(args)
+        return _bench(args)
+    except ConfigError as e:
+        parser.exit(2, f"mlr-jax: error: {e}\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,167 @@
+"""Atari vector environment: Atari-100k settings, learning signals, no extra reset steps."""
+
+import dataclasses
+
+import chex
+import envpool
+import numpy as np
+import pytest
+
+from mlr_jax.config import ATARI_GAMES, AtariConfig
+from mlr_jax.envs import atari_task_id, make_env
+
+# The spec's Atari-100k settings, written out independently of the wrapper: the reference
+# pool plays the same full games, so the wrapper's signals can be derived from its output.
+RAW_SETTINGS = dict(episodic_life=False, reward_clip=False, repeat_action_probability=0.0,
+                    use_fire_reset=False, noop_max=30, frame_skip=4, stack_num=4,
+                    img_height=84, img_width=84, max_episode_steps=27_000,
+                    full_action_space=False)
+BREAKOUT_LIVES = 5
+
+
+def _random_actions(seed, num_actions, num_envs, steps):
+    return np.random.default_rng(seed).integers(0, num_actions, (steps, num_envs))
+
+
+def test_pong_starts_and_steps():
+    env = make_env(AtariConfig(game="pong"), num_envs=2, seed=0)
+    obs = env.reset()
+    chex.assert_shape(obs, (2, 4, 84, 84))
+    assert obs.dtype == np.uint8 and env.obs_shape == (4, 84, 84) and env.num_envs == 2
+    assert env.num_actions == 6  # Pong's minimal action set
+    step = env.step(np.array([0, 3]))
+    chex.assert_shape([step.reward, step.terminal, step.episode_end, step.score], (2,))
+    chex.assert_shape(step.obs, (2, 4, 84, 84))
+    assert step.obs.dtype == np.uint8 and step.reward.dtype == np.float32
+    assert step.terminal.dtype == bool and step.episode_end.dtype == bool
+    assert np.isnan(step.score).all()  # no game ended
+    # The stack is oldest -> newest: the previous newest frame moved one slot back.
+    np.testing.assert_array_equal(step.obs[:, :3], obs[:, 1:])
+    env.close()
+
+
+def test_envpool_runs_the_spec_settings():
+    env = make_env(AtariConfig(game="pong"), num_envs=1, seed=0)
+    config = env.envpool_config
+    for key, value in RAW_SETTINGS.items():
+        assert config[key] == value, key
+    assert config["gray_scale"] and config["seed"] == 0
+    env.close()
+    # The settings come from the config, not constants.
+    changed = dataclasses.replace(AtariConfig(game="pong"), repeat_action_probability=0.25,
+                                  fire_reset=True, noop_max=5, max_episode_steps=100)
+    config = make_env(changed, num_envs=1, seed=3).envpool_config
+    assert config["repeat_action_probability"] == pytest.approx(0.25)
+    assert config["use_fire_reset"] and config["noop_max"] == 5
+    assert config["max_episode_steps"] == 100 and config["seed"] == 3
+
+
+def test_signals_match_the_raw_game_without_reset_steps():
+    """Against a raw envpool pool playing the same full games with the same actions: reward
+    is sign(r), terminal is life loss or game over, score is the raw game total, and after a
+    game over the wrapper already returns the next game's first observation, where the raw
+    pool needs one extra step (its action ignored) to get there."""
+    env = make_env(AtariConfig(game="breakout"), num_envs=1, seed=7)
+    raw = envpool.make_gymnasium("Breakout-v5", num_envs=1, seed=7, **RAW_SETTINGS)
+    obs = env.reset()
+    raw_obs, info = raw.reset()
+    np.testing.assert_array_equal(obs, raw_obs)
+    lives, total, games, terminals = info["lives"][0], 0.0, 0, 0
+    for action in _random_actions(0, env.num_actions, 1, 3000):
+        step = env.step(action)
+        raw_obs, r, terminated, truncated, info = raw.step(action.astype(np.int32))
+        game_over = bool(terminated[0] or truncated[0])
+        life_lost = info["lives"][0] < lives
+        lives, total = info["lives"][0], total + r[0]
+        assert step.reward[0] == np.sign(r[0])
+        assert step.terminal[0] == (life_lost or game_over)
+        assert step.episode_end[0] == game_over
+        terminals += int(step.terminal[0])
+        if game_over:
+            assert step.score[0] == pytest.approx(total) and total > 0
+            assert terminals == BREAKOUT_LIVES  # four life losses, then the game over
+            raw_obs, r, terminated, truncated, info = raw.step(np.zeros(1, np.int32))
+            assert info["elapsed_step"][0] == 0 and r[0] == 0  # the raw pool's reset step
+            lives, total, terminals, games = info["lives"][0], 0.0, 0, games + 1
+            # envpool fills a fresh stack with copies of the first frame
+            assert all(np.array_equal(step.obs[0, k], step.obs[0, 3]) for k in range(3))
+        else:
+            assert np.isnan(step.score[0])
+        np.testing.assert_array_equal(step.obs, raw_obs)
+        if games == 2:
+            break
+    assert games == 2
+
+
+def test_evaluation_has_no_life_loss_terminals():
+    """Same seed and actions in training and evaluation mode: identical games, but in
+    evaluation a terminal only comes with the game over."""
+    cfg = AtariConfig(game="breakout")
+    train, evaluation = make_env(cfg, 2, seed=1), make_env(cfg, 2, seed=1, evaluation=True)
+    np.testing.assert_array_equal(train.reset(), evaluation.reset())
+    train_terminals, eval_terminals, games = np.zeros(2, int), np.zeros(2, int), np.zeros(2, int)
+    for actions in _random_actions(1, train.num_actions, 2, 3000):
+        a, b = train.step(actions), evaluation.step(actions)
+        np.testing.assert_array_equal(a.obs, b.obs)
+        np.testing.assert_array_equal(a.reward, b.reward)
+        np.testing.assert_array_equal(a.episode_end, b.episode_end)
+        np.testing.assert_array_equal(b.terminal, b.episode_end)  # no time limit reached
+        assert np.all(a.terminal >= b.terminal)
+        train_terminals += a.terminal
+        eval_terminals += b.terminal
+        games += a.episode_end
+        if games.min() >= 1:
+            break
+    assert games.min() >= 1
+    np.testing.assert_array_equal(eval_terminals, games)
+    # Every finished game contributed its life losses; an unfinished one may add a few more.
+    assert np.all(train_terminals >= BREAKOUT_LIVES * games)
+
+
+def test_time_limit_counts_agent_steps_and_is_not_terminal():
+    cfg = dataclasses.replace(AtariConfig(game="pong"), max_episode_steps=50)
+    env = make_env(cfg, 2, seed=0)
+    env.reset()
+    actions = _random_actions(2, env.num_actions, 2, 50)
+    for t, action in enumerate(actions):
+        step = env.step(action)
+        assert step.episode_end.all() == (t == 49) and not step.terminal.any()
+    assert np.all(np.isfinite(step.score)) and np.all(step.score <= 0)  # Pong: -21..21
+    assert all(np.array_equal(step.obs[i, k], step.obs[i, 3]) for i in range(2) for k in range(3))
+
+
+@pytest.mark.parametrize("name, task_id", [
+    ("ms_pacman", "MsPacman-v5"), ("up_n_down", "UpNDown-v5"),
+    ("kung_fu_master", "KungFuMaster-v5"), ("chopper_command", "ChopperCommand-v5"),
+    ("pong", "Pong-v5"), ("Pong-v5", "Pong-v5"), ("Private_Eye", "PrivateEye-v5"),
+])
+def test_game_names(name, task_id):
+    assert atari_task_id(name) == task_id
+
+
+def test_all_atari_100k_games_resolve():
+    assert len({atari_task_id(game) for game in ATARI_GAMES}) == len(ATARI_GAMES) == 26
+
+
+def test_unknown_game_suggests_close_names():
+    with pytest.raises(ValueError, match=r"unknown Atari game 'pongg'; did you mean 'pong'"):
+        make_env(AtariConfig(game="pongg"), 1, seed=0)
+    with pytest.raises(ValueError, match="ms_pacman"):
+        atari_task_id("mspacman")
+
+
+def test_bad_arguments_fail_early():
+    with pytest.raises(TypeError, match="AtariConfig or DMCConfig"):
+        make_env(object(), 1, seed=0)
+    with pytest.raises(ValueError, match="num_envs"):
+        make_env(AtariConfig(), 0, seed=0)
+    env = make_env(AtariConfig(game="pong"), 2, seed=0)
+    with pytest.raises(RuntimeError, match="reset"):
+        env.step(np.zeros(2, int))
+    env.reset()
+    with pytest.raises(ValueError, match="shape"):
+        env.step(np.zeros(3, int))
+    with pytest.raises(ValueError, match="integers"):
+        env.step(np.zeros(2, np.float32))
+    with pytest.raises(ValueError, match=r"\[0, 6\)"):
+        env.step(np.array([0, 6]))

@@ -1,0 +1,86 @@
+"""The ``mlr-jax`` command line: config resolution, help, and clear errors for bad input."""
+
+import json
+
+import pytest
+
+from mlr_jax import cli
+from mlr_jax.config import (AtariConfig, ConfigError, DMCConfig, apply_overrides, from_dict,
+                            make_config, to_dict)
+
+
+def run_cli(capsys, *argv):
+    code = cli.main(list(argv))
+    return code, capsys.readouterr()
+
+
+def test_config_prints_paper_defaults(capsys):
+    code, out = run_cli(capsys, "config", "atari", "--game", "ms_pacman")
+    cfg = json.loads(out.out)
+    assert code == 0
+    assert cfg["game"] == "ms_pacman" and cfg["aux"] == "mlr"
+    assert cfg["steps"] == 100_000 and cfg["n_step"] == 10 and cfg["batch_size"] == 32
+    assert cfg["repeat_action_probability"] == 0.0 and cfg["fire_reset"] is False
+    assert cfg["mlr"] == {**cfg["mlr"], "seq_len": 16, "patch_size": 12, "block_size": 8,
+                          "mask_ratio": 0.5, "num_layers": 2, "num_heads": 1}
+
+
+def test_config_dmc_task_presets_and_budget(capsys):
+    _, out = run_cli(capsys, "config", "dmc", "--task", "cartpole_swingup", "--budget", "500k")
+    cfg = json.loads(out.out)
+    assert cfg["env_steps"] == 500_000 and cfg["action_repeat"] == 8
+    assert cfg["mlr"]["block_size"] == 4 and cfg["mlr"]["patch_size"] == 10
+    cheetah = make_config("dmc", "cheetah_run")
+    assert (cheetah.critic_lr, cheetah.actor_lr, cheetah.aux_lr) == (2e-4, 2e-4, 2e-4)
+    assert make_config("dmc", "walker_walk").momentum_tau == 0.1
+    assert cheetah.agent_steps == 100_000 // 4
+
+
+def test_flags_and_overrides(capsys):
+    _, out = run_cli(capsys, "config", "atari", "--aux", "none", "--steps", "5000", "--seed", "3",
+                     "mlr.block_size=4", "lr=3e-4", "channels=16,32,16")
+    cfg = json.loads(out.out)
+    assert (cfg["aux"], cfg["steps"], cfg["run"]["seed"]) == ("none", 5000, 3)
+    assert cfg["mlr"]["block_size"] == 4 and cfg["lr"] == 3e-4 and cfg["channels"] == [16, 32, 16]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["config", "atari", "--game", "pongg"], "did you mean 'pong'"),
+    (["config", "dmc", "--task", "walker_wlak"], "did you mean 'walker_walk'"),
+    (["config", "atari", "mlr.blok_size=4"], "did you mean 'block_size'"),
+    (["config", "atari", "mlr.block_size=3"], "mlr.seq_len=16 must be a positive multiple of mlr.block_size=3"),
+    (["config", "atari", "mlr.patch_size=10"], "image_size=84 is not divisible by mlr.patch_size=10"),
+    (["config", "atari", "batch_size=abc"], "batch_size: expected int, got 'abc'"),
+    (["config", "atari", "--preset", "smok"], "unknown preset 'smok'"),
+])
+def test_bad_input_fails_early_naming_the_value(capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_unknown_subcommand_and_option(capsys):
+    for argv in (["frobnicate"], ["train", "atari", "--bogus"], ["train"]):
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main(argv)
+        assert exit_info.value.code == 2
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_help_lists_subcommands_and_budget_units(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    text = capsys.readouterr().out
+    assert all(c in text for c in ("train", "config", "bench"))
+    with pytest.raises(SystemExit):
+        cli.main(["train", "dmc", "--help"])
+    assert "ENVIRONMENT-step budget" in capsys.readouterr().out
+
+
+def test_config_round_trip():
+    for cfg in (make_config("atari", "pong", "smoke"), make_config("dmc", "reacher_easy")):
+        assert from_dict(type(cfg), to_dict(cfg)) == cfg
+    with pytest.raises(ConfigError, match="is a section"):
+        apply_overrides(AtariConfig(), ["mlr=3"])
+    assert apply_overrides(DMCConfig(), {"run.seed": "7"}).run.seed == 7
