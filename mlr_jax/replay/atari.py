@@ -1,0 +1,220 @@
+"""Prioritized sequence replay for Atari (SPR / MLR style), numpy on the host.
+
+What the loop stores, once per agent step ``t`` (single environment stream)::
+
+    obs = env.reset()                                   # uint8[1, F, H, W]
+    while ...:
+        action = act(obs)
+        step = env.step(action)
+        replay.add(obs[0, -1], action[0], step.reward[0], step.terminal[0], step.episode_end[0])
+        obs = step.obs  # on episode_end: already the first obs of the next game
+
+i.e. the NEWEST frame of the observation ``s_t`` the agent acted on, the action ``a_t`` taken
+there, the clipped reward ``r_t`` and the flags of the transition ``s_t -> s_{t+1}``:
+``terminal`` (life loss or game over: stops bootstrapping) and ``episode_end`` (game over or
+time limit: the next step starts a new game). Frames are kept once; stacks are rebuilt on
+sample from the newest frames of the previous ``F - 1`` steps.
+
+Stack positions before the first frame of a game repeat that first frame by default, which
+is exactly what ``mlr_jax.envs.atari`` (envpool, full games) shows the agent at a reset; and
+the stack continues across a life loss, as envpool's does. So the replay rebuilds the very
+stacks the agent acted on. The authors' rlpyt env and frame buffer instead zero the older
+frames, at a game start and at every life loss: ``stack_fill="zero"`` and
+``reset_stack_on_terminal=True`` reproduce that (the env must then zero them too, or
+acting and training see different stacks for the first ``F - 1`` steps of each life).
+
+Sampling follows rlpyt's prioritized sequence replay as the authors used it: a start index
+``t`` is drawn with probability ``p_t / sum p`` where ``p_t = priority_t ** priority_exponent``
+(new steps get ``max priority seen ** exponent``, 1 before any update; rlpyt gave them a
+fixed 1: ``initial_priority=1.0``), and the window
+``[t, t + L)`` with ``L = max(seq_len, n_step + 1)`` is returned with ``obs[:, 0] = s_t``
+and ``obs[:, n_step] = s_{t+n}``. Starts whose window is not fully written, or whose stack
+history has been overwritten, have probability 0. Like the authors' ``sanitize_batch``,
+observations after the first ``done`` (terminal or episode end) in the window repeat the
+observation of that done step (the last state before the reset); actions are NOT sanitized
+(the authors' code leaves them as stored).
+"""
+from __future__ import annotations
+
+from typing import Mapping, NamedTuple
+
+import numpy as np
+
+from mlr_jax.replay.frames import FrameRing, check_state
+from mlr_jax.replay.sum_tree import SumTree
+
+
+class AtariBatch(NamedTuple):
+    """A batch of prioritized sequences (``B`` sequences, ``L`` steps, ``F`` frames).
+
+    obs: uint8[B, L, F, H, W], ``obs[:, i]`` the stacked observation ``s_{t+i}``
+      (sanitized after the first done in the window).
+    actions: int32[B, L], the action taken at each state.
+    returns: float32[B], ``sum_{k<n} gamma^k r_{t+k}`` truncated after the first done.
+    discounts: float32[B], ``gamma^n``, or 0 if a done falls within ``r_t .. r_{t+n-1}``.
+    weights: float32[B], importance weights ``(1 / (p + 1e-5))^beta / max`` over the batch.
+    indices: int64[B], absolute step indices of the starts (for :meth:`update_priorities`).
+    """
+
+    obs: np.ndarray
+    actions: np.ndarray
+    returns: np.ndarray
+    discounts: np.ndarray
+    weights: np.ndarray
+    indices: np.ndarray
+
+
+class AtariReplay:
+    """Prioritized sequence replay holding frames once.
+
+    Args:
+      capacity: steps kept (100k holds the whole Atari-100k run).
+      frame_stack: frames per observation ``F``.
+      seq_len: MLR sequence length ``K``.
+      n_step: return horizon ``n``.
+      gamma: discount.
+      priority_exponent: ``alpha`` in ``p = priority^alpha``.
+      frame_shape: ``(H, W)`` of one grayscale frame.
+      stack_fill: ``"repeat"`` (envpool at a game reset, as ``envs/atari.py`` returns it)
+        or ``"zero"`` (the authors' rlpyt env and frame buffer).
+      reset_stack_on_terminal: also start a new stack at every terminal (life loss).
+      initial_priority: priority of new steps; None = the largest priority seen so far
+        (1 before any update), 1.0 = the authors' rlpyt buffer (a fixed default).
+    """
+
+    def __init__(self, capacity: int = 100_000, frame_stack: int = 4, seq_len: int = 16,
+                 n_step: int = 10, gamma: float = 0.99, priority_exponent: float = 0.5,
+                 frame_shape: tuple[int, int] = (84, 84), stack_fill: str = "repeat",
+                 reset_stack_on_terminal: bool = False, initial_priority: float | None = None):
+        if n_step < 1 or seq_len < 1:
+            raise ValueError(f"n_step={n_step} and seq_len={seq_len} must be >= 1")
+        self.seq_len = int(seq_len)
+        self.n_step = int(n_step)
+        self.window = max(self.seq_len, self.n_step + 1)  # L
+        if capacity < self.window + frame_stack - 1:
+            raise ValueError(f"capacity={capacity} cannot hold one window of {self.window} "
+                             f"steps plus {frame_stack - 1} history frames")
+        if len(frame_shape) != 2:
+            raise ValueError(f"Atari frame_shape must be (H, W), got {frame_shape}")
+        self.gamma = float(gamma)
+        self.priority_exponent = float(priority_exponent)
+        self.reset_stack_on_terminal = bool(reset_stack_on_terminal)
+        if initial_priority is not None and not initial_priority > 0:
+            raise ValueError(f"initial_priority must be > 0 or None, got {initial_priority}")
+        self.initial_priority = initial_priority
+        self._ring = FrameRing(capacity, frame_shape, frame_stack, stack_fill, fields={
+            "action": ((), np.int32), "reward": ((), np.float32),
+            "terminal": ((), bool), "episode_end": ((), bool)})
+        self._priority = np.zeros(capacity, dtype=np.float64)  # priority ** alpha per slot
+        self._max_priority = 1.0
+        self._tree = SumTree(capacity)
+
+    def __len__(self) -> int:
+        return len(self._ring)
+
+    def add(self, frame: np.ndarray, action: int, reward: float, terminal: bool,
+            episode_end: bool) -> None:
+        """Store step ``t`` (see the module docstring for the loop protocol).
+
+        Args:
+          frame: uint8[H, W], the newest frame of ``s_t`` (``obs[-1]``).
+          action: int, the action taken at ``s_t``.
+          reward: float, the clipped reward of the transition.
+          terminal: bool, life loss or game over (no bootstrapping past this step).
+          episode_end: bool, the game ended; the next added step starts a new game.
+        """
+        ends = bool(episode_end) or (self.reset_stack_on_terminal and bool(terminal))
+        index = self._ring.append(frame, ends, action=action, reward=reward,
+                                  terminal=terminal, episode_end=episode_end)
+        new = self._max_priority if self.initial_priority is None else self.initial_priority
+        self._priority[self._ring.slot(index)] = new ** self.priority_exponent
+        self._refresh(self._ring.changed_starts(self.window))
+
+    def mark_episode_end(self) -> None:
+        """End the game at the newest stored step (e.g. after a resume restarts the env):
+        returns are cut there, windows crossing it are sanitized, and no stack continues
+        into the next added step."""
+        index = self._ring.end_segment()
+        if index >= 0:
+            self._ring.data["episode_end"][self._ring.slot(index)] = True
+
+    def sample(self, batch_size: int, beta: float, rng: np.random.Generator) -> AtariBatch:
+        """Draw ``batch_size`` windows by priority (with replacement); see :class:`AtariBatch`."""
+        if self._tree.total <= 0.0:
+            raise ValueError(
+                f"AtariReplay.sample: no valid start yet: {len(self)} steps stored, a sequence "
+                f"needs {self.window} consecutive written steps (seq_len={self.seq_len}, "
+                f"n_step={self.n_step}) with positive priority")
+        ring, L, n = self._ring, self.window, self.n_step
+        slots = self._tree.sample(batch_size, rng)
+        p = self._tree.get(slots)
+        start = ring.absolute(slots)
+        steps = start[:, None] + np.arange(L)  # [B, L] absolute
+        rows = ring.slot(steps)
+        done = ring.data["terminal"][rows] | ring.data["episode_end"][rows]
+        first_done = np.where(done.any(axis=1), done.argmax(axis=1), L)  # [B]
+        alive = np.arange(n) <= first_done[:, None]  # rewards up to and including the done
+        returns = (ring.data["reward"][rows[:, :n]] * alive * self.gamma ** np.arange(n)).sum(1)
+        discounts = np.where(first_done < n, 0.0, self.gamma ** n)
+        obs = ring.stacks(np.minimum(steps, (start + first_done)[:, None]))
+        weights = (1.0 / (p + 1e-5)) ** beta
+        return AtariBatch(
+            obs=obs,
+            actions=ring.data["action"][rows],
+            returns=returns.astype(np.float32),
+            discounts=discounts.astype(np.float32),
+            weights=(weights / weights.max()).astype(np.float32),
+            indices=start)
+
+    def update_priorities(self, indices: np.ndarray, priorities: np.ndarray) -> None:
+        """Set the priorities of sampled starts (``indices`` from :class:`AtariBatch`).
+
+        Args:
+          indices: int[N] absolute start indices; ones overwritten since they were sampled
+            are ignored.
+          priorities: float[N], finite and >= 0 (e.g. the KL loss); stored as
+            ``priority ** priority_exponent``.
+        """
+        indices = np.asarray(indices, dtype=np.int64)
+        priorities = np.asarray(priorities, dtype=np.float64)
+        if indices.ndim != 1 or priorities.shape != indices.shape:
+            raise ValueError(f"indices {indices.shape} and priorities {priorities.shape} "
+                             "must be matching 1-D arrays")
+        if not np.all(np.isfinite(priorities)) or (priorities.size and priorities.min() < 0):
+            raise ValueError(f"priorities must be finite and >= 0, got {priorities}")
+        keep = self._ring.stored(indices)
+        indices, priorities = indices[keep], priorities[keep]
+        if not indices.size:
+            return
+        self._priority[self._ring.slot(indices)] = priorities ** self.priority_exponent
+        self._max_priority = max(self._max_priority, float(priorities.max()))
+        self._refresh(indices)
+
+    # ------------------------------------------------------------------ validity
+
+    def _valid(self, starts: np.ndarray) -> np.ndarray:
+        """bool[N]: the window ``[s, s + L)`` is written and ``s_t``'s history is stored."""
+        return self._ring.history_ok(starts) & (starts + self.window <= self._ring.count)
+
+    def _refresh(self, starts: np.ndarray) -> None:
+        slots = self._ring.slot(starts)
+        self._tree.set(slots, np.where(self._valid(starts), self._priority[slots], 0.0))
+
+    # ------------------------------------------------------------------ state
+
+    def state_dict(self) -> dict:
+        """Nested dict of numpy arrays (views) of the whole replay, for checkpointing."""
+        return {"ring": self._ring.state_dict(), "priority": self._priority,
+                "max_priority": np.asarray(self._max_priority, np.float64)}
+
+    def load_state_dict(self, state: Mapping) -> None:
+        """Restore a :meth:`state_dict` of a replay built with the same arguments."""
+        check_state(state, self.state_dict(), "AtariReplay state")
+        self._ring.load_state_dict(state["ring"])
+        self._priority[:] = np.asarray(state["priority"])
+        self._max_priority = float(np.asarray(state["max_priority"]))
+        starts = self._ring.absolute(np.arange(len(self._ring)))
+        slots = self._ring.slot(starts)
+        leaves = np.zeros(self._tree.size)
+        leaves[slots] = np.where(self._valid(starts), self._priority[slots], 0.0)
+        self._tree.set_all(leaves)

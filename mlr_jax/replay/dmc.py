@@ -1,0 +1,183 @@
+"""Uniform transition + sequence replay for DMControl (CURL-style SAC + MLR), numpy on the host.
+
+What the loop stores, once per agent step ``t`` (single environment stream)::
+
+    obs = env.reset()                                   # uint8[1, F*3, H, W]
+    while ...:
+        action = act(obs)
+        step = env.step(action)
+        replay.add(obs[0, -3:], action[0], step.reward[0], step.terminal[0], step.episode_end[0])
+        obs = step.obs  # on episode_end: already the first obs of the next episode
+
+i.e. the NEWEST RGB frame of ``s_t``, the action ``a_t`` taken there, ``r_t``, ``terminal``
+(a true terminal: no bootstrapping; DMC has none, a time limit is NOT terminal) and
+``episode_end`` (the next step starts a new episode). Each frame is stored once; stacks of
+``F`` frames are rebuilt on sample and, at an episode start, repeat the first frame as
+CURL's ``FrameStack`` does.
+
+Two samplers, both uniform with replacement over VALID starts only, so batches always
+have their full size (the official code dropped invalid sequences and shrank the batch):
+
+* :meth:`DMCReplay.sample` -> :class:`SACBatch` of transitions ``(s_t, a_t, r_t, s_{t+1})``
+  as the official ``ReplayBuffer`` stores them. Difference: the official buffer keeps the
+  true final observation of an episode as the last transition's ``next_obs``; here the env
+  already returned the next episode's first observation, so the last step of an episode
+  that ended by time limit has no successor and is never sampled (1 of 125..500 steps).
+* :meth:`DMCReplay.sample_sequences` -> :class:`SeqBatch` of ``K`` consecutive observations
+  and the actions taken at them (the official ``obses[idxs]``, ``actions[idxs]``), never
+  crossing an episode end or the write position. The official code also excluded windows
+  whose last step is the episode's final step; here that step is allowed (it is a real state
+  of the same episode).
+"""
+from __future__ import annotations
+
+from typing import Mapping, NamedTuple
+
+import numpy as np
+
+from mlr_jax.replay.frames import FrameRing, check_state
+from mlr_jax.replay.sum_tree import SumTree
+
+
+class SACBatch(NamedTuple):
+    """Transitions for SAC (``B`` samples, ``F`` stacked RGB frames).
+
+    obs: uint8[B, 3F, H, W] stacked ``s_t``.
+    action: float32[B, A] action taken at ``s_t``.
+    reward: float32[B] ``r_t``.
+    discount: float32[B] 1, or 0 if the transition is terminal (not for time limits).
+    next_obs: uint8[B, 3F, H, W] stacked ``s_{t+1}`` (a copy of ``s_t`` where terminal).
+    """
+
+    obs: np.ndarray
+    action: np.ndarray
+    reward: np.ndarray
+    discount: np.ndarray
+    next_obs: np.ndarray
+
+
+class SeqBatch(NamedTuple):
+    """Sequences for MLR: obs uint8[B, K, 3F, H, W], action float32[B, K, A] (taken at obs)."""
+
+    obs: np.ndarray
+    action: np.ndarray
+
+
+class DMCReplay:
+    """Frame-once replay of single-stream DMC experience.
+
+    Args:
+      capacity: steps kept.
+      action_dim: ``A``.
+      frame_stack: frames per observation ``F``.
+      seq_len: MLR sequence length ``K``.
+      frame_shape: ``(3, H, W)`` of one RGB frame.
+    """
+
+    def __init__(self, capacity: int = 100_000, action_dim: int = 1, frame_stack: int = 3,
+                 seq_len: int = 16, frame_shape: tuple[int, int, int] = (3, 100, 100)):
+        if action_dim < 1 or seq_len < 1:
+            raise ValueError(f"action_dim={action_dim} and seq_len={seq_len} must be >= 1")
+        if capacity < max(seq_len, 2) + frame_stack - 1:
+            raise ValueError(f"capacity={capacity} cannot hold one sequence of {seq_len} steps")
+        if len(frame_shape) != 3:
+            raise ValueError(f"DMC frame_shape must be (C, H, W), got {frame_shape}")
+        self.action_dim = int(action_dim)
+        self.seq_len = int(seq_len)
+        self._ring = FrameRing(capacity, frame_shape, frame_stack, "repeat", fields={
+            "action": ((self.action_dim,), np.float32), "reward": ((), np.float32),
+            "terminal": ((), bool), "episode_end": ((), bool)})
+        self._transitions = SumTree(capacity)  # 0/1 leaves: valid transition starts
+        self._sequences = SumTree(capacity)  # 0/1 leaves: valid sequence starts
+
+    def __len__(self) -> int:
+        return len(self._ring)
+
+    def add(self, frame: np.ndarray, action: np.ndarray, reward: float, terminal: bool,
+            episode_end: bool) -> None:
+        """Store step ``t`` (see the module docstring for the loop protocol).
+
+        Args:
+          frame: uint8[3, H, W], the newest frame of ``s_t`` (``obs[-3:]``).
+          action: float[A], the action taken at ``s_t``.
+          reward: float, ``r_t``.
+          terminal: bool, a true terminal (never a time limit).
+          episode_end: bool, the episode ended; the next added step starts a new one.
+        """
+        action = np.asarray(action, dtype=np.float32)
+        if action.shape != (self.action_dim,):
+            raise ValueError(f"action shape {action.shape} != ({self.action_dim},)")
+        self._ring.append(frame, bool(episode_end), action=action, reward=reward,
+                          terminal=terminal, episode_end=episode_end)
+        self._refresh(self._ring.changed_starts(max(self.seq_len, 2)))
+
+    def mark_episode_end(self) -> None:
+        """End the episode at the newest stored step (e.g. after a resume restarts the env):
+        it gets no successor and no stack or sequence continues into the next added step."""
+        index = self._ring.end_segment()
+        if index >= 0:
+            self._ring.data["episode_end"][self._ring.slot(index)] = True
+
+    def sample(self, batch_size: int, rng: np.random.Generator) -> SACBatch:
+        """``batch_size`` uniform transitions; see :class:`SACBatch`."""
+        t = self._draw(self._transitions, batch_size, rng, "sample",
+                       "a transition needs 2 consecutive steps of one episode")
+        ring = self._ring
+        rows = ring.slot(t)
+        terminal = ring.data["terminal"][rows]
+        successor = np.where(ring.data["episode_end"][rows], t, t + 1)
+        return SACBatch(obs=ring.stacks(t), action=ring.data["action"][rows],
+                        reward=ring.data["reward"][rows],
+                        discount=(~terminal).astype(np.float32),
+                        next_obs=ring.stacks(successor))
+
+    def sample_sequences(self, batch_size: int, rng: np.random.Generator) -> SeqBatch:
+        """``batch_size`` uniform windows of ``seq_len`` steps within one episode."""
+        start = self._draw(self._sequences, batch_size, rng, "sample_sequences",
+                           f"a sequence needs {self.seq_len} consecutive steps of one episode")
+        steps = start[:, None] + np.arange(self.seq_len)
+        return SeqBatch(obs=self._ring.stacks(steps),
+                        action=self._ring.data["action"][self._ring.slot(steps)])
+
+    # ------------------------------------------------------------------ validity
+
+    def _draw(self, tree: SumTree, batch_size: int, rng: np.random.Generator, name: str,
+              need: str) -> np.ndarray:
+        if tree.total <= 0.0:
+            raise ValueError(f"DMCReplay.{name}: no valid start yet: {len(self)} steps stored; "
+                             f"{need}")
+        return self._ring.absolute(tree.sample(batch_size, rng))
+
+    def _valid_transitions(self, t: np.ndarray) -> np.ndarray:
+        """bool[N]: ``s_t`` is stored with its history and has a successor (or is terminal)."""
+        ring = self._ring
+        terminal = np.where(ring.stored(t), ring.data["terminal"][ring.slot(t)], False)
+        return ring.history_ok(t) & (terminal | ring.same_segment(t, t + 1))
+
+    def _valid_sequences(self, s: np.ndarray) -> np.ndarray:
+        """bool[N]: steps ``s .. s + K - 1`` are stored, in one episode, with history."""
+        ring = self._ring
+        return ring.history_ok(s) & ring.same_segment(s, s + self.seq_len - 1)
+
+    def _refresh(self, starts: np.ndarray) -> None:
+        slots = self._ring.slot(starts)
+        self._transitions.set(slots, self._valid_transitions(starts).astype(np.float64))
+        self._sequences.set(slots, self._valid_sequences(starts).astype(np.float64))
+
+    # ------------------------------------------------------------------ state
+
+    def state_dict(self) -> dict:
+        """Nested dict of numpy arrays (views) of the whole replay, for checkpointing."""
+        return {"ring": self._ring.state_dict()}
+
+    def load_state_dict(self, state: Mapping) -> None:
+        """Restore a :meth:`state_dict` of a replay built with the same arguments."""
+        check_state(state, self.state_dict(), "DMCReplay state")
+        self._ring.load_state_dict(state["ring"])
+        starts = self._ring.absolute(np.arange(len(self._ring)))
+        slots = self._ring.slot(starts)
+        for tree, valid in ((self._transitions, self._valid_transitions),
+                            (self._sequences, self._valid_sequences)):
+            leaves = np.zeros(tree.size)
+            leaves[slots] = valid(starts)
+            tree.set_all(leaves)

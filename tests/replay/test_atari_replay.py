@@ -1,0 +1,293 @@
+"""AtariReplay against slow per-sample references.
+
+Frames are 8x8 and encode (game id + 1, step): pixel [0,0] = game + 1 (so an all-zero
+padding frame is recognisable), pixels [0,1], [0,2] = step % 256, step // 256.
+"""
+import copy
+
+import chex
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from scipy import stats
+
+from mlr_jax.replay import AtariBatch, AtariReplay
+
+SHAPE = (8, 8)
+F, SEQ, N, GAMMA = 4, 6, 3, 0.9
+L = max(SEQ, N + 1)
+
+
+def encode(game, step):
+    frame = np.full(SHAPE, (7 * step) % 251 + 1, dtype=np.uint8)
+    frame[0, 0], frame[0, 1], frame[0, 2] = game + 1, step % 256, step // 256
+    return frame
+
+
+def decode_step(frames):
+    return frames[..., 0, 1].astype(np.int64) + 256 * frames[..., 0, 2].astype(np.int64)
+
+
+class Stream:
+    """Random steps with life losses, game overs and time-limit ends, plus slow references."""
+
+    def __init__(self, n, seed, p_life=0.08, p_game=0.04):
+        rng = np.random.default_rng(seed)
+        self.episode_end = rng.random(n) < p_game
+        time_limit = self.episode_end & (rng.random(n) < 0.3)  # game cut without a terminal
+        self.terminal = ((rng.random(n) < p_life) | self.episode_end) & ~time_limit
+        self.reward = rng.integers(-1, 2, n).astype(np.float32)
+        self.action = rng.integers(0, 6, n).astype(np.int32)
+        self.game = np.concatenate([[0], np.cumsum(self.episode_end)[:-1]])
+        assert self.game.max() < 250
+
+    def add_to(self, replay, lo, hi):
+        for t in range(lo, hi):
+            replay.add(encode(self.game[t], t), self.action[t], self.reward[t],
+                       self.terminal[t], self.episode_end[t])
+
+    def segment_start(self, t, reset_on_terminal):
+        boundary = self.episode_end | (self.terminal & reset_on_terminal)
+        while t > 0 and not boundary[t - 1]:
+            t -= 1
+        return t
+
+    def stack(self, t, fill, reset_on_terminal):
+        first = self.segment_start(t, reset_on_terminal)
+        frames = []
+        for back in range(F - 1, -1, -1):
+            if t - back >= first:
+                frames.append(encode(self.game[t - back], t - back))
+            else:
+                frames.append(np.zeros(SHAPE, np.uint8) if fill == "zero" else
+                              encode(self.game[first], first))
+        return np.stack(frames)
+
+    def valid_starts(self, count, capacity, reset_on_terminal):
+        lo = max(0, count - capacity)
+        valid = []
+        for s in range(lo, count - L + 1):
+            first = self.segment_start(s, reset_on_terminal)
+            if s - min(F - 1, s - first) >= lo:
+                valid.append(s)
+        return set(valid)
+
+    def window(self, s, fill, reset_on_terminal):
+        """Reference obs[L], actions[L], n-step return and discount of start s."""
+        ret, discount, first_done = 0.0, GAMMA ** N, None
+        for k in range(L):
+            if first_done is None and k < N:
+                ret += GAMMA ** k * self.reward[s + k]
+            if first_done is None and (self.terminal[s + k] or self.episode_end[s + k]):
+                first_done = k
+                if k < N:
+                    discount = 0.0
+        obs = [self.stack(s + (k if first_done is None else min(k, first_done)), fill,
+                          reset_on_terminal) for k in range(L)]
+        return np.stack(obs), self.action[s:s + L], ret, discount
+
+
+def make_replay(capacity=60, **kwargs):
+    return AtariReplay(capacity=capacity, frame_stack=F, seq_len=SEQ, n_step=N, gamma=GAMMA,
+                       priority_exponent=0.5, frame_shape=SHAPE, **kwargs)
+
+
+def test_batch_shapes_and_dtypes():
+    replay = make_replay()
+    Stream(40, seed=0).add_to(replay, 0, 40)
+    batch = replay.sample(5, beta=0.4, rng=np.random.default_rng(0))
+    assert isinstance(batch, AtariBatch)
+    chex.assert_shape(batch.obs, (5, L, F, *SHAPE))
+    chex.assert_shape(batch.actions, (5, L))
+    chex.assert_shape([batch.returns, batch.discounts, batch.weights, batch.indices], (5,))
+    assert batch.obs.dtype == np.uint8 and batch.actions.dtype == np.int32
+    assert batch.indices.dtype == np.int64
+    for x in (batch.returns, batch.discounts, batch.weights):
+        assert x.dtype == np.float32
+    assert len(replay) == 40
+
+
+@pytest.mark.parametrize("fill,reset_on_terminal", [("zero", False), ("repeat", False),
+                                                    ("zero", True)])
+def test_samples_match_slow_reference_while_wrapping(fill, reset_on_terminal):
+    capacity, n = 60, 250
+    stream = Stream(n, seed=1)
+    replay = make_replay(capacity, stack_fill=fill, reset_stack_on_terminal=reset_on_terminal)
+    rng = np.random.default_rng(0)
+    count = 0
+    for stop in (20, 59, 60, 61, 97, 143, 200, 250):
+        stream.add_to(replay, count, stop)
+        count = stop
+        batch = replay.sample(1500, beta=0.4, rng=rng)
+        valid = stream.valid_starts(count, capacity, reset_on_terminal)
+        # every valid start is drawn and nothing else: nothing crosses the write head
+        assert set(batch.indices.tolist()) == valid
+        for i in range(0, 1500, 25):
+            obs, actions, ret, discount = stream.window(batch.indices[i], fill, reset_on_terminal)
+            np.testing.assert_array_equal(batch.obs[i], obs)
+            np.testing.assert_array_equal(batch.actions[i], actions)
+            np.testing.assert_allclose(batch.returns[i], ret, rtol=1e-6, atol=1e-6)
+            np.testing.assert_allclose(batch.discounts[i], discount, rtol=1e-6)
+
+
+@pytest.mark.parametrize("fill", ["zero", "repeat"])
+def test_no_stacked_observation_mixes_games(fill):
+    stream = Stream(300, seed=2, p_game=0.08)
+    replay = make_replay(80, stack_fill=fill)
+    stream.add_to(replay, 0, 300)
+    obs = replay.sample(3000, beta=1.0, rng=np.random.default_rng(1)).obs.reshape(-1, F, *SHAPE)
+    game = obs[..., 0, 0].astype(np.int64) - 1  # -1 marks a zero padding frame
+    step = decode_step(obs)
+    newest = step[:, -1]
+    starts = np.flatnonzero(np.concatenate([[True], stream.episode_end[:-1]]))
+    game_start = starts[np.searchsorted(starts, newest, side="right") - 1]
+    wanted = newest[:, None] - np.arange(F - 1, -1, -1)  # steps the stack would hold
+    inside = wanted >= game_start[:, None]
+    assert (~inside).any()  # stacks at game starts were sampled
+    real = game >= 0
+    # frames of one game only, each the right step; positions before the game start are
+    # zero frames or copies of the game's first frame
+    assert np.all((game == game[:, -1:]) | ~real)
+    if fill == "zero":
+        np.testing.assert_array_equal(real, inside)
+        assert np.all(obs[~real] == 0)
+        np.testing.assert_array_equal(step[inside], wanted[inside])
+    else:
+        assert np.all(real)
+        np.testing.assert_array_equal(step, np.maximum(wanted, game_start[:, None]))
+
+
+def test_sanitize_repeats_the_terminal_step_observation():
+    replay = make_replay()
+    reward = np.array([1, 0, 1, 1, 1, 1], np.float32)
+    for t in range(L):  # exactly one valid start (0); life loss at step 2
+        replay.add(encode(0, t), t + 10, reward[t], t == 2, False)
+    batch = replay.sample(4, beta=0.5, rng=np.random.default_rng(0))
+    np.testing.assert_array_equal(batch.indices, 0)
+    newest = decode_step(batch.obs[:, :, -1])
+    np.testing.assert_array_equal(newest, np.broadcast_to([0, 1, 2, 2, 2, 2], (4, L)))
+    np.testing.assert_array_equal(batch.obs[:, 3:], np.repeat(batch.obs[:, 2:3], L - 3, 1))
+    np.testing.assert_array_equal(batch.actions[0], np.arange(L) + 10)  # actions as stored
+    np.testing.assert_allclose(batch.returns, 1 + GAMMA ** 2)  # r_0 + r_1 + r_2, then cut
+    np.testing.assert_array_equal(batch.discounts, 0.0)
+
+
+def test_prioritized_frequencies_and_importance_weights():
+    stream = Stream(150, seed=3)
+    replay = make_replay(60)
+    stream.add_to(replay, 0, 150)
+    valid = np.array(sorted(stream.valid_starts(150, 60, False)))
+    priorities = np.random.default_rng(4).uniform(0.1, 5.0, valid.size)
+    replay.update_priorities(valid, priorities)
+    rng = np.random.default_rng(5)
+    draws = np.concatenate([replay.sample(2000, 0.4, rng).indices for _ in range(10)])
+    counts = np.array([(draws == s).sum() for s in valid])
+    assert counts.sum() == draws.size  # nothing outside the valid starts
+    expected = priorities ** 0.5 / (priorities ** 0.5).sum() * draws.size
+    assert stats.chisquare(counts, expected).pvalue > 1e-3
+
+    batch = replay.sample(64, beta=0.7, rng=rng)
+    p = dict(zip(valid.tolist(), priorities ** 0.5))
+    w = np.array([(1.0 / (p[s] + 1e-5)) ** 0.7 for s in batch.indices])
+    np.testing.assert_allclose(batch.weights, w / w.max(), rtol=1e-5)
+
+
+def test_new_steps_get_the_max_priority_seen():
+    stream = Stream(70, seed=6)
+    replay = make_replay(60)
+    stream.add_to(replay, 0, 30)
+    np.testing.assert_allclose(replay.state_dict()["priority"][:30], 1.0)
+    replay.update_priorities(np.array([3, 4]), np.array([9.0, 0.25]))
+    stream.add_to(replay, 30, 70)  # wraps: slots of steps 60..69 are 0..9
+    prio = replay.state_dict()["priority"]
+    np.testing.assert_allclose(prio[30:60], 3.0)  # 9 ** 0.5
+    np.testing.assert_allclose(prio[:10], 3.0)
+    np.testing.assert_allclose(prio[10:30], 1.0)
+
+
+def test_fixed_initial_priority():
+    replay = make_replay(60, initial_priority=1.0)
+    stream = Stream(40, seed=6)
+    stream.add_to(replay, 0, 20)
+    replay.update_priorities(np.array([3]), np.array([16.0]))
+    stream.add_to(replay, 20, 40)
+    prio = replay.state_dict()["priority"]
+    np.testing.assert_allclose(prio[[3, 20, 39]], [4.0, 1.0, 1.0])
+
+
+def test_update_of_overwritten_start_is_ignored():
+    stream = Stream(200, seed=7)
+    replay = make_replay(60)
+    stream.add_to(replay, 0, 40)
+    old = replay.sample(8, 0.4, np.random.default_rng(0)).indices
+    stream.add_to(replay, 40, 200)
+    before = replay.state_dict()["priority"].copy()
+    replay.update_priorities(old, np.full(8, 100.0))
+    np.testing.assert_array_equal(replay.state_dict()["priority"], before)
+    assert replay.sample(500, 0.4, np.random.default_rng(1)).indices.min() >= 140
+
+
+def test_mark_episode_end_cuts_returns_and_stacks():
+    replay = make_replay(stack_fill="zero")
+    for t in range(4):
+        replay.add(encode(0, t), 1, 1.0, False, False)
+    replay.mark_episode_end()  # e.g. a resume restarts the environment after step 3
+    for t in range(4, 4 + L):
+        replay.add(encode(1, t), 1, 1.0, False, False)
+    batch = replay.sample(300, 0.4, np.random.default_rng(0))
+    at = {int(s): i for i, s in enumerate(batch.indices)}
+    assert 3 in at and 4 in at
+    np.testing.assert_allclose(batch.returns[at[3]], 1.0)  # only r_3: the game ended there
+    assert batch.discounts[at[3]] == 0.0
+    np.testing.assert_array_equal(decode_step(batch.obs[at[3], 1:, -1]), 3)  # sanitized
+    first = batch.obs[at[4], 0]
+    np.testing.assert_array_equal(first[:-1], 0)  # step 4 starts a new stack
+    np.testing.assert_array_equal(first[-1], encode(1, 4))
+
+
+def test_clear_errors():
+    replay = make_replay()
+    Stream(L - 1, seed=8).add_to(replay, 0, L - 1)
+    with pytest.raises(ValueError, match=f"{L - 1} steps stored.*needs {L}"):
+        replay.sample(2, 0.4, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="frame shape"):
+        replay.add(np.zeros((F, *SHAPE), np.uint8), 0, 0.0, False, False)
+    with pytest.raises(ValueError, match="finite"):
+        replay.update_priorities(np.array([0]), np.array([np.nan]))
+
+
+def test_state_dict_round_trip():
+    stream = Stream(140, seed=9)
+    replay = make_replay(60)
+    stream.add_to(replay, 0, 130)
+    replay.update_priorities(np.arange(80, 100), np.linspace(0.1, 4.0, 20))
+    state = copy.deepcopy(replay.state_dict())
+    restored = make_replay(60)
+    restored.load_state_dict(state)
+    a = replay.sample(50, 0.5, np.random.default_rng(3))
+    b = restored.sample(50, 0.5, np.random.default_rng(3))
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+    stream.add_to(replay, 130, 140)  # both keep going identically after the restore
+    stream.add_to(restored, 130, 140)
+    for x, y in zip(replay.sample(50, 0.5, np.random.default_rng(4)),
+                    restored.sample(50, 0.5, np.random.default_rng(4))):
+        np.testing.assert_array_equal(x, y)
+    with pytest.raises(ValueError, match="shape"):
+        make_replay(70).load_state_dict(state)
+
+
+def test_state_survives_an_orbax_round_trip(tmp_path):
+    stream = Stream(90, seed=10)
+    replay = make_replay(60)
+    stream.add_to(replay, 0, 90)
+    replay.update_priorities(np.arange(40, 50), np.linspace(0.5, 3.0, 10))
+    with ocp.StandardCheckpointer() as ckpt:
+        ckpt.save(tmp_path / "replay", replay.state_dict())
+    with ocp.StandardCheckpointer() as ckpt:
+        state = ckpt.restore(tmp_path / "replay")
+    restored = make_replay(60)
+    restored.load_state_dict(state)
+    for x, y in zip(replay.sample(40, 0.5, np.random.default_rng(6)),
+                    restored.sample(40, 0.5, np.random.default_rng(6))):
+        np.testing.assert_array_equal(x, y)
