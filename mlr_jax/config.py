@@ -58,14 +58,18 @@ class MLRConfig:
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
-    """Loop, logging and checkpoint settings common to both domains."""
+    """Loop, logging and checkpoint settings common to both domains.
+
+    The ``*_every`` intervals count the domain's usual steps: AGENT steps for Atari (as
+    ``steps``), ENVIRONMENT steps for DMC (as ``env_steps``; the paper evaluates every 5,000).
+    """
 
     seed: int = 1
     outdir: str = "runs"
     eval_episodes: int = 100
-    eval_every: int = 0  # agent steps between evaluations; 0 = final evaluation only
-    log_every: int = 1000  # agent steps between metric rows
-    checkpoint_every: int = 0  # agent steps between checkpoints; 0 = final only
+    eval_every: int = 0  # steps between evaluations; 0 = final evaluation only
+    log_every: int = 1000  # steps between metric rows and progress lines
+    checkpoint_every: int = 0  # steps between checkpoints; 0 = at the end only
     precision: str = "fp32"  # "fp32" (paper) or "bf16" (matmuls/convs in bfloat16)
     progress: bool = True
 
@@ -223,8 +227,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "num_filters": 8, "num_conv_layers": 2, "hidden_dim": 32,
             "replay_capacity": 2_000, "mlr.seq_len": 4, "mlr.block_size": 2,
             "mlr.num_layers": 1, "aux_warmup_steps": 50,
-            "run.eval_episodes": 2, "run.eval_every": 1_200, "run.log_every": 100,
-            "run.checkpoint_every": 150,
+            "run.eval_episodes": 2, "run.eval_every": 1_200, "run.log_every": 400,
+            "run.checkpoint_every": 1_200,
         },
     },
 }

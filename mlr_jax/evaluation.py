@@ -107,8 +107,9 @@ def summarize_scores(domain: str, name: str, scores: Sequence[float], budget: st
       budget: ``"100k"`` or (DMC only) ``"500k"``: which paper table to quote.
 
     Returns:
-      JSON-ready dict: n, mean, std (population, ddof 0), median, min, max, scores; for Atari
-      also ``human_normalized`` (of the mean); ``paper``: :func:`paper_reference`.
+      JSON-ready dict: n, mean, std (population, ddof 0), median, min, max, scores; where the
+      paper reports the game/task at this budget (:func:`has_reference`), for Atari also
+      ``human_normalized`` (of the mean), and ``paper``: :func:`paper_reference`.
     """
     x = _as_scores(scores)
     summary: dict[str, Any] = {
@@ -116,7 +117,16 @@ def summarize_scores(domain: str, name: str, scores: Sequence[float], budget: st
         "mean": float(x.mean()), "std": float(x.std()), "median": float(np.median(x)),
         "min": float(x.min()), "max": float(x.max()), "scores": x.tolist(),
     }
-    if domain == "atari":
-        summary["human_normalized"] = float(human_normalized(name, summary["mean"]))
-    summary["paper"] = paper_reference(domain, name, budget)
+    if has_reference(domain, name, budget):
+        if domain == "atari":
+            summary["human_normalized"] = float(human_normalized(name, summary["mean"]))
+        summary["paper"] = paper_reference(domain, name, budget)
     return summary
+
+
+def has_reference(domain: str, name: str, budget: str = "100k") -> bool:
+    """Whether the paper reports ``name`` at ``budget`` (its 26 games and 6 tasks; not e.g. a
+    smoke run's budget or another envpool task)."""
+    key = _BENCHMARKS.get((domain, budget))
+    table = _load_reference()[key]["games" if domain == "atari" else "tasks"] if key else {}
+    return name in table

@@ -4,7 +4,7 @@ A run directory holds everything one training run writes::
 
     <outdir>/<domain>_<name>_<aux>_s<seed>_<YYYYmmdd-HHMMSS>/
       config.json  param_counts.json  metrics.jsonl  metrics.csv  tb/  checkpoints/
-      final_eval.json  learning_curve.png  summary.md
+      final_eval.json  learning_curve.png  summary.md  eval.gif
 
 Metric rows are dicts of scalars keyed by ``"<group>/<name>"``. The plot reads the keys
 :data:`EPISODE_SCORE` (raw score of a finished training episode), :data:`EVAL_MEAN` and
@@ -84,6 +84,7 @@ class RunDir:
     final_eval = property(lambda self: self.root / "final_eval.json")
     learning_curve = property(lambda self: self.root / "learning_curve.png")
     summary = property(lambda self: self.root / "summary.md")
+    eval_video = property(lambda self: self.root / "eval.gif")
 
 
 # --------------------------------------------------------------------------- metrics
@@ -235,7 +236,8 @@ class Progress:
 # --------------------------------------------------------------------------- reports
 
 def plot_learning_curve(metrics_path: str | pathlib.Path, png_path: str | pathlib.Path,
-                        title: str = "", reference: Mapping[str, float] | None = None) -> None:
+                        title: str = "", reference: Mapping[str, float] | None = None,
+                        step_scale: int = 1, xlabel: str = "agent step") -> None:
     """Plot raw training episode scores and evaluation mean +- std against agent step.
 
     Args:
@@ -243,10 +245,11 @@ def plot_learning_curve(metrics_path: str | pathlib.Path, png_path: str | pathli
       png_path: output PNG.
       title: plot title.
       reference: e.g. ``{"paper MLR": 990.1, "paper Baseline": 678.5}``: horizontal lines.
+      step_scale, xlabel: the x axis shows ``step * step_scale`` (DMC: environment steps).
     """
     rows = read_metrics(metrics_path)
-    episodes = np.array([(r["step"], r[EPISODE_SCORE]) for r in rows if EPISODE_SCORE in r]).reshape(-1, 2)
-    evals = np.array([(r["step"], r[EVAL_MEAN], r.get(EVAL_STD, 0.0)) for r in rows
+    episodes = np.array([(r["step"] * step_scale, r[EPISODE_SCORE]) for r in rows if EPISODE_SCORE in r]).reshape(-1, 2)
+    evals = np.array([(r["step"] * step_scale, r[EVAL_MEAN], r.get(EVAL_STD, 0.0)) for r in rows
                       if EVAL_MEAN in r]).reshape(-1, 3)
     fig = Figure(figsize=(7, 4.5), dpi=100)
     ax = fig.subplots()
@@ -256,11 +259,22 @@ def plot_learning_curve(metrics_path: str | pathlib.Path, png_path: str | pathli
     styles = (("--", "tab:red"), (":", "tab:purple"), ("-.", "tab:green"))
     for (label, value), (style, color) in zip((reference or {}).items(), styles):
         ax.axhline(value, ls=style, color=color, lw=1, label=f"{label} ({value:g})")
-    ax.set(xlabel="agent step", ylabel="episode score", title=title)
+    ax.set(xlabel=xlabel, ylabel="episode score", title=title)
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize="small")
     fig.tight_layout()
     fig.savefig(png_path)
+
+
+def write_gif(path: str | pathlib.Path, frames: np.ndarray, fps: int = 25) -> None:
+    """Write ``frames`` uint8[T, C, H, W] (C = 1 gray or 3 RGB) as an animated GIF."""
+    import imageio.v2 as imageio  # only needed for the evaluation video
+
+    frames = np.asarray(frames, np.uint8)
+    if frames.ndim != 4 or frames.shape[1] not in (1, 3):
+        raise ValueError(f"frames must be uint8[T, 1|3, H, W], got shape {frames.shape}")
+    hwc = np.repeat(frames, 3, axis=1) if frames.shape[1] == 1 else frames
+    imageio.mimsave(path, list(hwc.transpose(0, 2, 3, 1)), duration=1000 / fps, loop=0)
 
 
 def _fmt(x: float) -> str:

@@ -93,16 +93,18 @@ def on_first_replica(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def split_batch(batch: Any, num_devices: int) -> Any:
-    """Reshape every leaf ``[B, ...] -> [D, B/D, ...]`` (host arrays, no copy)."""
-    leaves = jax.tree_util.tree_leaves(batch)
-    if leaves:
-        check_divisible(leaves[0].shape[0], num_devices)
+    """Reshape every leaf ``[B, ...] -> [D, B/D, ...]`` (host arrays, no copy).
 
-    def split(x):
+    Raises:
+      ParallelError: a leaf's batch axis does not split evenly; the message names the leaf.
+    """
+
+    def split(path, x):
         x = np.asarray(x) if not isinstance(x, jax.Array) else x
+        check_divisible(x.shape[0], num_devices, f"batch size of {jax.tree_util.keystr(path) or 'batch'}")
         return x.reshape((num_devices, x.shape[0] // num_devices) + x.shape[1:])
 
-    return jax.tree_util.tree_map(split, batch)
+    return jax.tree_util.tree_map_with_path(split, batch)
 
 
 def data_parallel(train_step: Callable[..., tuple[Any, Any]], num_devices: int | None = None,

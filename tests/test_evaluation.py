@@ -117,10 +117,16 @@ def test_summarize_scores_dmc_and_errors():
     assert "human_normalized" not in s
     assert s["paper"]["MLR"] == {"mean": 939.0, "std": 10.0}
     assert s["paper"]["Baseline"] == {"mean": 818.0, "std": 263.0}
+    # games/tasks/budgets the paper does not report: statistics only, no reference
+    for args in (("atari", "pong", [1.0], "500k"), ("dmc", "walker_run", [1.0], "100k"),
+                 ("atari", "pooyan", [1.0], "100k"), ("dmc", "cartpole_swingup", [1.0], "2400")):
+        s = evaluation.summarize_scores(*args)
+        assert "paper" not in s and "human_normalized" not in s and s["n"] == 1
+    assert evaluation.has_reference("dmc", "walker_walk", "500k")
     with pytest.raises(ValueError, match="500k"):
-        evaluation.summarize_scores("atari", "pong", [1.0], budget="500k")
+        evaluation.paper_reference("atari", "pong", budget="500k")
     with pytest.raises(ValueError, match="walker_walk"):
-        evaluation.summarize_scores("dmc", "walker_run", [1.0])
+        evaluation.paper_reference("dmc", "walker_run")
 
 
 def test_reference_loader_returns_copies_and_names_a_missing_file(monkeypatch, tmp_path):

@@ -1,0 +1,514 @@
+"""The DMControl agent: CURL-style SAC from pixels with the MLR auxiliary objective.
+
+One update (:func:`train_step`) reproduces the order of the authors' ``MTMSacAgent.update``:
+
+1. critic: random 100 -> 84 crops of ``obs`` and ``next_obs`` (independent), soft Bellman
+   target from the current actor, target critic and temperature; critic Adam step (trains
+   the encoder's convs, Linear and LayerNorm and both Q MLPs);
+2. MLR (``cfg.aux == "mlr"``): cube mask on the 100x100 sequence frames (all 9 channels),
+   then random crop + intensity per frame for the masked online view and, separately, for the
+   unmasked target view; masked latents from the critic's encoder (as updated by step 1),
+   interleaved with action tokens through the decoder, projection and predictor, against the
+   momentum encoder + momentum projection; its own Adam (lr ``aux_lr * aux_lr_scale`` with the
+   code's inverse-square-root warm-up), gradients clipped at ``aux_clip_norm`` over all MLR
+   parameters (critic encoder included);
+3. every ``actor_update_freq`` updates: actor and temperature on the step-1 crop of ``obs``,
+   with the critic as updated by steps 1-2 and the conv features detached;
+4. every ``target_update_freq`` updates: critic target (Q MLPs with ``critic_tau``, encoder
+   with ``encoder_tau``), momentum encoder and momentum projection (``momentum_tau``).
+
+Counting: ``state.step`` is the number of updates done so far, and steps 3-4 run when
+``state.step % freq == 0``. The authors gate on the agent step (``step % freq`` in env steps
+with both scaled by the action repeat) and start updating at agent step ``seed_steps``
+(1,000), so the two agree whenever ``seed_steps`` is a multiple of the frequencies (1,000
+and the smoke preset's 100 with frequency 2): the first update updates the actor.
+
+Randomness: ``train_step`` takes a key that is the same on every device, draws per-sample
+randomness (crops, intensities, policy noise, per-sample masks) for the global batch and keeps
+this device's slice (:func:`mlr_jax.parallel.shard_slice`), so 1 and D devices compute the same
+update. Gradients and metrics are averaged with :func:`mlr_jax.parallel.pmean`.
+
+Initialisation follows the code: the critic target copies the critic; with MLR the momentum
+encoder copies the critic's encoder, and the MLR module's re-initialisation then re-draws
+the Linear (truncated normal, std 0.02) and resets the LayerNorm of both the critic's encoder
+and the momentum encoder, independently (``cfg.reinit_encoder_linear``; False keeps the
+orthogonal Linear and makes the momentum encoder an exact copy). The momentum projection has
+its own random init (not a copy of the projection).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, NamedTuple
+
+import chex
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from mlr_jax import ema, parallel
+from mlr_jax.agents.common import Agent, clip_by_global_norm, count_params
+from mlr_jax.config import DMCConfig
+from mlr_jax.mlr import augment, loss as mlr_loss_lib, masking
+from mlr_jax.nets import dmc as nets_lib
+from mlr_jax.nets.decoder import PredictiveLatentDecoder, linear_init
+from mlr_jax.rl import sac
+
+# Hidden width of the MLR projection and predictor MLPs (the official ``latent_dim: 100``).
+MLR_HIDDEN_DIM = 100
+# The warm-up factor starts here and rises linearly to 1 (the code's InverseSquareRootSchedule).
+WARMUP_INIT_FACTOR = 5e-4
+
+Params = Any
+
+
+class DMCBatch(NamedTuple):
+    """One update's data: ``sac`` a SACBatch (``obs u8[B,C,H,W]``, ``action f32[B,A]``,
+    ``reward f32[B]``, ``discount f32[B]`` = 1 unless terminal, ``next_obs u8[B,C,H,W]``, all
+    at the rendered size, e.g. 9x100x100) and ``seq`` a SeqBatch (``obs u8[Bm,K,C,H,W]``,
+    ``action f32[Bm,K,A]``), or None when ``cfg.aux == "none"``. Any ``(sac, seq)`` pair with
+    those fields works."""
+
+    sac: Any
+    seq: Any
+
+
+@flax.struct.dataclass
+class DMCState:
+    """Everything one update reads and writes (a pytree).
+
+    critic: ``{"encoder": {"convs", "head"}, "q1", "q2"}`` (the encoder's convs are also the
+      actor's); critic_target: same tree; actor: ``{"head", "trunk"}``; log_alpha: f32[];
+    mlr: ``{"action_embed", "decoder", "projection", "predictor"}`` (empty without MLR);
+    momentum: ``{"encoder", "projection"}`` (empty without MLR);
+    *_opt: optax states (``mlr_opt`` over ``{"encoder": critic encoder, **mlr}``);
+    step: int32[] number of updates done.
+    """
+
+    critic: Params
+    critic_target: Params
+    actor: Params
+    log_alpha: jax.Array
+    mlr: Params
+    momentum: Params
+    critic_opt: optax.OptState
+    actor_opt: optax.OptState
+    alpha_opt: optax.OptState
+    mlr_opt: optax.OptState
+    step: jax.Array
+
+
+class DMCNetworks(NamedTuple):
+    """Static pieces built from the config: Flax modules and optax transformations."""
+
+    cfg: DMCConfig
+    action_dim: int
+    convs: nets_lib.ConvStack
+    encoder: nets_lib.PixelEncoder
+    critic: nets_lib.Critic
+    actor: nets_lib.Actor
+    action_embed: nn.Dense
+    decoder: PredictiveLatentDecoder
+    projection: nets_lib.MLP
+    predictor: nets_lib.MLP
+    critic_tx: optax.GradientTransformation
+    actor_tx: optax.GradientTransformation
+    alpha_tx: optax.GradientTransformation
+    mlr_tx: optax.GradientTransformation
+
+
+def inverse_sqrt_warmup(peak_lr: float, warmup_steps: int) -> optax.Schedule:
+    """The authors' MLR learning-rate schedule (``InverseSquareRootSchedule`` in LambdaLR).
+
+    ``peak_lr * f(count)`` with ``f = 5e-4 + (1 - 5e-4) * count / warmup_steps`` while
+    ``count < warmup_steps``, then ``sqrt(warmup_steps / count)``; ``count`` = optimiser steps
+    already taken (0 for the first).
+    """
+    if warmup_steps < 1:
+        raise ValueError(f"aux_warmup_steps must be >= 1, got {warmup_steps}")
+
+    def schedule(count: chex.Numeric) -> jax.Array:
+        count = jnp.asarray(count, jnp.float32)
+        rising = WARMUP_INIT_FACTOR + (1.0 - WARMUP_INIT_FACTOR) / warmup_steps * count
+        decaying = jnp.sqrt(warmup_steps / jnp.maximum(count, 1.0))
+        return peak_lr * jnp.where(count < warmup_steps, rising, decaying)
+
+    return schedule
+
+
+def build_networks(cfg: DMCConfig, action_dim: int) -> DMCNetworks:
+    """Modules and optimisers of the agent for ``action_dim``-dimensional actions in [-1, 1]."""
+    if action_dim < 1:
+        raise ValueError(f"action_dim must be >= 1, got {action_dim}")
+    if cfg.aux not in ("mlr", "none"):
+        raise ValueError(f"aux must be 'mlr' or 'none', got {cfg.aux!r}")
+    dtype = jnp.bfloat16 if cfg.run.precision == "bf16" else jnp.float32
+    m = cfg.mlr
+    return DMCNetworks(
+        cfg=cfg,
+        action_dim=action_dim,
+        convs=nets_lib.ConvStack(cfg.num_filters, cfg.num_conv_layers, dtype),
+        encoder=nets_lib.PixelEncoder(cfg.feature_dim, cfg.num_filters, cfg.num_conv_layers, dtype),
+        critic=nets_lib.Critic(cfg.feature_dim, cfg.num_filters, cfg.num_conv_layers, cfg.hidden_dim, dtype),
+        actor=nets_lib.Actor(action_dim, cfg.feature_dim, cfg.hidden_dim, cfg.log_std_min,
+                             cfg.log_std_max, dtype),
+        action_embed=nn.Dense(cfg.feature_dim, **linear_init("trunc_normal", action_dim)),
+        decoder=PredictiveLatentDecoder(cfg.feature_dim, m.num_layers, m.num_heads, m.mlp_ratio,
+                                        layout="interleaved", init_scheme="trunc_normal", dtype=dtype),
+        projection=nets_lib.MLP((MLR_HIDDEN_DIM, cfg.feature_dim), nets_lib.mlr_init, dtype),
+        predictor=nets_lib.MLP((MLR_HIDDEN_DIM, cfg.feature_dim), nets_lib.mlr_init, dtype),
+        critic_tx=optax.adam(cfg.critic_lr, b1=cfg.critic_beta1, b2=0.999),
+        actor_tx=optax.adam(cfg.actor_lr, b1=cfg.actor_beta1, b2=0.999),
+        alpha_tx=optax.adam(cfg.alpha_lr, b1=cfg.alpha_beta1, b2=0.999),
+        mlr_tx=optax.adam(inverse_sqrt_warmup(cfg.aux_lr * cfg.aux_lr_scale, cfg.aux_warmup_steps),
+                          b1=0.9, b2=0.999),
+    )
+
+
+def _mlr_opt_params(state_critic: Params, mlr: Params) -> Params:
+    """The parameters the MLR optimiser steps: the critic's encoder and the MLR modules."""
+    return {"encoder": state_critic["encoder"], **mlr}
+
+
+def init(nets: DMCNetworks, key: chex.PRNGKey) -> DMCState:
+    """Fresh agent state (see the module docstring for the initialisation details)."""
+    cfg = nets.cfg
+    channels = 3 * cfg.frame_stack
+    obs = jnp.zeros((1, channels, cfg.crop_size, cfg.crop_size), jnp.uint8)
+    action = jnp.zeros((1, nets.action_dim), jnp.float32)
+    keys = jax.random.split(key, 9)
+    critic = nets.critic.init(keys[0], obs, action)["params"]
+    conv_features = nets.convs.apply({"params": critic["encoder"]["convs"]}, obs)
+    actor = nets.actor.init(keys[1], conv_features)["params"]
+    critic_target = critic
+    mlr, momentum = {}, {}
+    if cfg.aux == "mlr":
+        momentum_encoder = critic["encoder"]
+        if cfg.reinit_encoder_linear:
+            critic = {**critic, "encoder": nets_lib.reinit_feature_head(keys[2], critic["encoder"])}
+            momentum_encoder = nets_lib.reinit_feature_head(keys[3], momentum_encoder)
+        seq = jnp.zeros((1, cfg.mlr.seq_len, cfg.feature_dim), jnp.float32)
+        mlr = {
+            "action_embed": nets.action_embed.init(keys[4], action)["params"],
+            "decoder": nets.decoder.init(keys[5], seq, seq)["params"],
+            "projection": nets.projection.init(keys[6], seq)["params"],
+            "predictor": nets.predictor.init(keys[7], seq)["params"],
+        }
+        momentum = {"encoder": momentum_encoder,
+                    "projection": nets.projection.init(keys[8], seq)["params"]}
+    log_alpha = jnp.asarray(math.log(cfg.init_temperature), jnp.float32)
+    return DMCState(
+        critic=critic, critic_target=critic_target, actor=actor, log_alpha=log_alpha,
+        mlr=mlr, momentum=momentum,
+        critic_opt=nets.critic_tx.init(critic), actor_opt=nets.actor_tx.init(actor),
+        alpha_opt=nets.alpha_tx.init(log_alpha),
+        mlr_opt=nets.mlr_tx.init(_mlr_opt_params(critic, mlr)) if cfg.aux == "mlr" else optax.EmptyState(),
+        step=jnp.zeros((), jnp.int32))
+
+
+def _conv_features(nets: DMCNetworks, critic: Params, obs: jax.Array) -> jax.Array:
+    """The critic's (shared) conv features of ``obs [B, C, H, W]``: f32[B, F]."""
+    return nets.convs.apply({"params": critic["encoder"]["convs"]}, obs)
+
+
+def _policy(nets: DMCNetworks, state: DMCState, conv_features: jax.Array) -> tuple[jax.Array, jax.Array]:
+    return nets.actor.apply({"params": state.actor}, conv_features)
+
+
+def update_critic(nets: DMCNetworks, state: DMCState, obs: jax.Array, action: jax.Array,
+                  reward: jax.Array, not_done: jax.Array, next_obs: jax.Array, next_noise: jax.Array,
+                  axis_name: str | None = None) -> tuple[DMCState, dict[str, jax.Array]]:
+    """One critic Adam step on cropped observations.
+
+    Args:
+      obs, next_obs: [B, C, crop, crop] (uint8 or 0-255 floats).
+      action: f32[B, A]; reward: f32[B]; not_done: f32[B] (0 at a terminal).
+      next_noise: f32[B, A] standard normal noise of the policy sample at ``next_obs``.
+    """
+    cfg = nets.cfg
+    alpha = jnp.exp(state.log_alpha)
+    mean, log_std = _policy(nets, state, _conv_features(nets, state.critic, next_obs))
+    next_action, next_log_prob = sac.tanh_gaussian_sample_and_logprob(mean, log_std, next_noise)
+    next_q1, next_q2 = nets.critic.apply({"params": state.critic_target}, next_obs, next_action)
+    target = sac.soft_q_target(reward, cfg.gamma * not_done, next_q1, next_q2, next_log_prob, alpha)
+
+    def loss_fn(params):
+        q1, q2 = nets.critic.apply({"params": params}, obs, action)
+        return sac.critic_loss(q1, q2, target), q1
+
+    (loss, q1), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.critic)
+    grads = parallel.pmean(grads, axis_name)
+    updates, critic_opt = nets.critic_tx.update(grads, state.critic_opt, state.critic)
+    state = state.replace(critic=optax.apply_updates(state.critic, updates), critic_opt=critic_opt)
+    metrics = {"critic_loss": loss, "q1": jnp.mean(q1), "batch_reward": jnp.mean(reward), "alpha": alpha}
+    return state, parallel.pmean(metrics, axis_name)
+
+
+def update_mlr(nets: DMCNetworks, state: DMCState, online_frames: jax.Array, target_frames: jax.Array,
+               actions: jax.Array, axis_name: str | None = None) -> tuple[DMCState, dict[str, jax.Array]]:
+    """One MLR Adam step (clipped) on augmented sequences.
+
+    Args:
+      online_frames: f32[B, K, C, crop, crop] masked, augmented frames (0-255 range).
+      target_frames: f32[B, K, C, crop, crop] unmasked, separately augmented frames.
+      actions: f32[B, K, A], ``actions[:, i]`` taken at frame i.
+    """
+    cfg = nets.cfg
+    chex.assert_rank([online_frames, target_frames, actions], [5, 5, 3])
+    chex.assert_equal_shape([online_frames, target_frames])
+    batch, seq_len = online_frames.shape[:2]
+
+    def encode(module_apply, params, frames):
+        flat = frames.reshape((batch * seq_len,) + frames.shape[2:])
+        return module_apply({"params": params}, flat).reshape(batch, seq_len, -1)
+
+    target_latents = encode(nets.encoder.apply, state.momentum["encoder"], target_frames)
+    targets = nets.projection.apply({"params": state.momentum["projection"]}, target_latents)
+
+    def loss_fn(params):
+        latents = encode(nets.encoder.apply, params["encoder"], online_frames)
+        action_tokens = nets.action_embed.apply({"params": params["action_embed"]}, actions)
+        decoded = nets.decoder.apply({"params": params["decoder"]}, latents, action_tokens)
+        projected = nets.projection.apply({"params": params["projection"]}, decoded)
+        predictions = nets.predictor.apply({"params": params["predictor"]}, projected)
+        loss, _ = mlr_loss_lib.mlr_loss(predictions, targets)
+        return cfg.mlr.weight * loss
+
+    params = _mlr_opt_params(state.critic, state.mlr)
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    grads, grad_norm = clip_by_global_norm(parallel.pmean(grads, axis_name), cfg.aux_clip_norm)
+    updates, mlr_opt = nets.mlr_tx.update(grads, state.mlr_opt, params)
+    new = optax.apply_updates(params, updates)
+    schedule = inverse_sqrt_warmup(cfg.aux_lr * cfg.aux_lr_scale, cfg.aux_warmup_steps)
+    metrics = {"mlr_loss": parallel.pmean(loss, axis_name), "mlr_grad_norm": grad_norm,
+               "mlr_lr": schedule(state.step)}  # the MLR optimiser steps on every update
+    state = state.replace(critic={**state.critic, "encoder": new["encoder"]},
+                          mlr={k: v for k, v in new.items() if k != "encoder"}, mlr_opt=mlr_opt)
+    return state, metrics
+
+
+def update_actor_and_alpha(nets: DMCNetworks, state: DMCState, obs: jax.Array, noise: jax.Array,
+                           axis_name: str | None = None) -> tuple[DMCState, dict[str, jax.Array]]:
+    """One actor Adam step and one temperature Adam step.
+
+    The conv features come from the critic's current convs under stop-gradient (the actor's
+    own parameters hold no convs), so this update never changes the convolutions.
+
+    Args:
+      obs: [B, C, crop, crop] the critic update's crops.
+      noise: f32[B, A] standard normal noise of the policy sample.
+    """
+    conv_features = jax.lax.stop_gradient(_conv_features(nets, state.critic, obs))
+    alpha = jnp.exp(state.log_alpha)
+
+    def actor_loss_fn(params):
+        mean, log_std = nets.actor.apply({"params": params}, conv_features)
+        action, log_prob = sac.tanh_gaussian_sample_and_logprob(mean, log_std, noise)
+        q1, q2 = nets.critic.apply({"params": state.critic}, conv_features, action,
+                                   method=nets_lib.Critic.from_conv)
+        return sac.actor_loss(log_prob, q1, q2, alpha), log_prob
+
+    (actor_loss, log_prob), grads = jax.value_and_grad(actor_loss_fn, has_aux=True)(state.actor)
+    grads = parallel.pmean(grads, axis_name)
+    updates, actor_opt = nets.actor_tx.update(grads, state.actor_opt, state.actor)
+    actor = optax.apply_updates(state.actor, updates)
+
+    target_entropy = -float(nets.action_dim)
+    alpha_loss, alpha_grad = jax.value_and_grad(sac.temperature_loss)(state.log_alpha, log_prob,
+                                                                       target_entropy)
+    alpha_grad = parallel.pmean(alpha_grad, axis_name)
+    alpha_updates, alpha_opt = nets.alpha_tx.update(alpha_grad, state.alpha_opt, state.log_alpha)
+    state = state.replace(actor=actor, actor_opt=actor_opt,
+                          log_alpha=optax.apply_updates(state.log_alpha, alpha_updates),
+                          alpha_opt=alpha_opt)
+    metrics = {"actor_loss": actor_loss, "alpha_loss": alpha_loss, "entropy": -jnp.mean(log_prob)}
+    return state, parallel.pmean(metrics, axis_name)
+
+
+ACTOR_METRICS = ("actor_loss", "alpha_loss", "entropy")
+
+
+def update_targets(nets: DMCNetworks, state: DMCState) -> DMCState:
+    """Soft updates: critic target (Qs ``critic_tau``, encoder ``encoder_tau``) and, with MLR,
+    momentum encoder and projection (``momentum_tau``)."""
+    cfg = nets.cfg
+    critic_target = {
+        name: ema.ema_update(target, state.critic[name],
+                             cfg.encoder_tau if name == "encoder" else cfg.critic_tau)
+        for name, target in state.critic_target.items()}
+    momentum = state.momentum
+    if cfg.aux == "mlr":
+        momentum = {
+            "encoder": ema.ema_update(momentum["encoder"], state.critic["encoder"], cfg.momentum_tau),
+            "projection": ema.ema_update(momentum["projection"], state.mlr["projection"], cfg.momentum_tau)}
+    return state.replace(critic_target=critic_target, momentum=momentum)
+
+
+def _sample_keys(key: chex.PRNGKey, local_batch: int, axis_name: str | None) -> jax.Array:
+    """One key per sample of the GLOBAL batch, sliced to this device's samples."""
+    devices = 1 if axis_name is None else jax.lax.psum(1, axis_name)
+    return parallel.shard_slice(jax.random.split(key, local_batch * devices), axis_name)
+
+
+def _global_normal(key: chex.PRNGKey, shape: tuple[int, ...], axis_name: str | None) -> jax.Array:
+    """Standard normal noise drawn for the global batch; this device's rows."""
+    devices = 1 if axis_name is None else jax.lax.psum(1, axis_name)
+    return parallel.shard_slice(jax.random.normal(key, (shape[0] * devices,) + shape[1:]), axis_name)
+
+
+def _random_crops(key: chex.PRNGKey, obs: jax.Array, size: int, axis_name: str | None) -> jax.Array:
+    """Independent random crop of every ``obs[i] [C, H, W]`` to ``size``."""
+    keys = _sample_keys(key, obs.shape[0], axis_name)
+    return jax.vmap(lambda k, x: augment.random_crop(k, x[None], size)[0])(keys, obs)
+
+
+def mlr_views(nets: DMCNetworks, key: chex.PRNGKey, frames: jax.Array,
+              axis_name: str | None = None) -> tuple[jax.Array, jax.Array]:
+    """Masked online view and target view of a sequence batch.
+
+    Args:
+      frames: u8[B, K, C, H, W] at the rendered size.
+
+    Returns:
+      ``(online, target)`` f32[B, K, C, crop, crop]: the online view is cube-masked in pixel
+      space first; each view then gets a random crop and an intensity factor per frame.
+    """
+    cfg, m = nets.cfg, nets.cfg.mlr
+    batch = frames.shape[0]
+    mask_key, online_key, target_key = jax.random.split(key, 3)
+    draw = functools.partial(masking.cube_mask, seq_len=m.seq_len, image_size=cfg.image_size,
+                             patch_size=m.patch_size, block_size=m.block_size,
+                             mask_ratio=m.mask_ratio, rule=m.mask_count_rule)
+    if m.mask_per_sample:
+        mask = jax.vmap(draw)(_sample_keys(mask_key, batch, axis_name))
+    else:
+        mask = draw(mask_key)
+
+    def augment_sequence(k, sequence):
+        crop_key, intensity_key = jax.random.split(k)
+        cropped = augment.random_crop(crop_key, sequence, cfg.crop_size).astype(jnp.float32)
+        return augment.intensity(intensity_key, cropped, cfg.intensity_scale)
+
+    def augment_batch(k, x):
+        return jax.vmap(augment_sequence)(_sample_keys(k, batch, axis_name), x)
+
+    online = augment_batch(online_key, masking.apply_cube_mask(frames, mask))
+    return online, augment_batch(target_key, frames)
+
+
+def _check_batch(nets: DMCNetworks, sac_batch: Any, seq: Any) -> None:
+    cfg = nets.cfg
+    obs_shape = (3 * cfg.frame_stack, cfg.image_size, cfg.image_size)
+    for name, x in (("sac.obs", sac_batch.obs), ("sac.next_obs", sac_batch.next_obs)):
+        if x.shape[1:] != obs_shape:
+            raise ValueError(f"{name} has shape {x.shape}; expected [B, *{obs_shape}]")
+    if sac_batch.action.shape[1:] != (nets.action_dim,):
+        raise ValueError(f"sac.action has shape {sac_batch.action.shape}; expected [B, {nets.action_dim}]")
+    if cfg.aux == "mlr":
+        if seq is None:
+            raise ValueError("cfg.aux='mlr' needs a sequence batch (batch.seq is None)")
+        expected = (cfg.mlr.seq_len,) + obs_shape
+        if seq.obs.shape[1:] != expected:
+            raise ValueError(f"seq.obs has shape {seq.obs.shape}; expected [B, *{expected}]")
+        if seq.action.shape[1:] != (cfg.mlr.seq_len, nets.action_dim):
+            raise ValueError(f"seq.action has shape {seq.action.shape}; "
+                             f"expected [B, {cfg.mlr.seq_len}, {nets.action_dim}]")
+
+
+def train_step(nets: DMCNetworks, state: DMCState, batch: Any, key: chex.PRNGKey,
+               axis_name: str | None = None) -> tuple[DMCState, dict[str, jax.Array]]:
+    """One full update (critic, MLR, gated actor/temperature, gated target EMAs).
+
+    Args:
+      state: the agent state (replicated under data parallelism).
+      batch: a :class:`DMCBatch` ``(sac, seq)``, this device's shard.
+      key: PRNG key, the same on every device.
+      axis_name: the pmap axis, or None on one device.
+
+    Returns:
+      ``(state, metrics)``: scalar metrics averaged over devices; ``actor_loss``,
+      ``alpha_loss`` and ``entropy`` are NaN on updates without an actor step.
+    """
+    cfg = nets.cfg
+    sac_batch, seq = batch
+    _check_batch(nets, sac_batch, seq)
+    chex.assert_rank([sac_batch.reward, sac_batch.discount], 1)
+    keys = jax.random.split(key, 5)
+    obs = _random_crops(keys[0], sac_batch.obs, cfg.crop_size, axis_name)
+    next_obs = _random_crops(keys[1], sac_batch.next_obs, cfg.crop_size, axis_name)
+    noise_shape = sac_batch.action.shape
+    state, metrics = update_critic(nets, state, obs, sac_batch.action, sac_batch.reward,
+                                   sac_batch.discount, next_obs,
+                                   _global_normal(keys[2], noise_shape, axis_name), axis_name)
+    if cfg.aux == "mlr":
+        online, target = mlr_views(nets, keys[3], seq.obs, axis_name)
+        state, mlr_metrics = update_mlr(nets, state, online, target, seq.action, axis_name)
+        metrics.update(mlr_metrics)
+
+    actor_noise = _global_normal(keys[4], noise_shape, axis_name)
+    skipped = {name: jnp.full((), jnp.nan, jnp.float32) for name in ACTOR_METRICS}
+    state, actor_metrics = jax.lax.cond(
+        state.step % cfg.actor_update_freq == 0,
+        lambda s: update_actor_and_alpha(nets, s, obs, actor_noise, axis_name),
+        lambda s: (s, skipped), state)
+    metrics.update(actor_metrics)
+    state = jax.lax.cond(state.step % cfg.target_update_freq == 0,
+                         functools.partial(update_targets, nets), lambda s: s, state)
+    return state.replace(step=state.step + 1), metrics
+
+
+def _policy_outputs(nets: DMCNetworks, state: DMCState, obs: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Pre-squash mean and log-std for ``obs u8[N, C, H, W]`` (centre-cropped to the input size)."""
+    chex.assert_rank(obs, 4)
+    if obs.shape[-1] != nets.cfg.crop_size:
+        obs = augment.center_crop(obs, nets.cfg.crop_size)
+    return _policy(nets, state, _conv_features(nets, state.critic, obs))
+
+
+def act(nets: DMCNetworks, state: DMCState, obs: jax.Array, key: chex.PRNGKey) -> jax.Array:
+    """Training behaviour: a sample of the squashed Gaussian policy, f32[N, A] in (-1, 1).
+
+    ``obs`` u8[N, C, H, W] at the rendered size (centre-cropped here, as the code's
+    ``sample_action`` does) or already at the crop size.
+    """
+    mean, log_std = _policy_outputs(nets, state, obs)
+    return jnp.tanh(mean + jax.random.normal(key, mean.shape) * jnp.exp(log_std))
+
+
+def eval_act(nets: DMCNetworks, state: DMCState, obs: jax.Array, key: chex.PRNGKey) -> jax.Array:
+    """Evaluation behaviour: the squashed mean ``tanh(mu)`` (``key`` unused), f32[N, A]."""
+    del key
+    return jnp.tanh(_policy_outputs(nets, state, obs)[0])
+
+
+def param_counts(state: DMCState) -> dict[str, int]:
+    """Parameter counts per component (the shared convs are counted once, in ``encoder``)."""
+    counts = {
+        "encoder": count_params(state.critic["encoder"]),
+        "critic_q": count_params({k: v for k, v in state.critic.items() if k != "encoder"}),
+        "actor": count_params(state.actor),
+        "decoder": count_params(state.mlr.get("decoder", {})),
+        "mlr_heads": count_params({k: v for k, v in state.mlr.items() if k != "decoder"}),
+    }
+    counts["trained_total"] = sum(counts.values()) + 1  # + log_alpha
+    counts["momentum"] = count_params(state.momentum)
+    return counts
+
+
+def make_agent(cfg: DMCConfig, action_dim: int) -> Agent:
+    """The DMC agent's pure functions for ``action_dim``-dimensional actions.
+
+    ``init(key) -> DMCState``; ``train_step(state, DMCBatch, key, axis_name=None) ->
+    (state, metrics)``; ``act(state, obs u8[N,C,H,W], key) -> f32[N,A]`` (stochastic);
+    ``eval_act(state, obs, key) -> f32[N,A]`` (deterministic); ``param_counts(state)``.
+    Both batch sizes (``batch_size``, ``aux_batch_size``) must split evenly over the devices.
+    """
+    nets = build_networks(cfg, action_dim)
+    return Agent(init=functools.partial(init, nets),
+                 train_step=functools.partial(train_step, nets),
+                 act=functools.partial(act, nets),
+                 eval_act=functools.partial(eval_act, nets),
+                 param_counts=param_counts)

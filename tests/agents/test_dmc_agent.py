@@ -1,0 +1,240 @@
+"""The DMC agent: init, update order and gating, schedules, data parallelism, acting.
+
+Smoke config with a small rendered image (30 -> 24 crop) to keep compilation short; every
+code path is the paper configuration's.
+"""
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mlr_jax import parallel
+from mlr_jax.agents import dmc
+from mlr_jax.config import make_config
+from mlr_jax.replay.dmc import SACBatch, SeqBatch
+
+ACTION_DIM = 2
+SMALL = {"image_size": 30, "crop_size": 24}
+
+
+def _config(**overrides):
+    return make_config("dmc", "cartpole_swingup", "smoke", {**SMALL, **overrides})
+
+
+def _batch(cfg, seed=0):
+    rng = np.random.default_rng(seed)
+    b, bm, k = cfg.batch_size, cfg.aux_batch_size, cfg.mlr.seq_len
+    shape = (3 * cfg.frame_stack, cfg.image_size, cfg.image_size)
+    sac = SACBatch(obs=rng.integers(0, 256, (b, *shape), dtype=np.uint8),
+                   action=rng.uniform(-1, 1, (b, ACTION_DIM)).astype(np.float32),
+                   reward=rng.normal(size=b).astype(np.float32),
+                   discount=(rng.uniform(size=b) > 0.2).astype(np.float32),
+                   next_obs=rng.integers(0, 256, (b, *shape), dtype=np.uint8))
+    seq = SeqBatch(obs=rng.integers(0, 256, (bm, k, *shape), dtype=np.uint8),
+                   action=rng.uniform(-1, 1, (bm, k, ACTION_DIM)).astype(np.float32))
+    return dmc.DMCBatch(sac, seq)
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    return _config()
+
+
+@pytest.fixture(scope="module")
+def nets(cfg):
+    return dmc.build_networks(cfg, ACTION_DIM)
+
+
+@pytest.fixture(scope="module")
+def state(nets):
+    return dmc.init(nets, jax.random.key(0))
+
+
+@pytest.fixture(scope="module")
+def jit_step(nets):
+    """One compiled 1-device train step; any retrace fails the tests that use it."""
+    def step(state, batch, key):
+        return dmc.train_step(nets, state, batch, key)
+
+    return jax.jit(chex.assert_max_traces(step, n=1))
+
+
+@pytest.fixture(scope="module")
+def trajectory(state, jit_step, cfg):
+    """States after updates 0..3 (even updates run the actor and the soft updates)."""
+    states, metrics = [state], []
+    for i in range(4):
+        new, m = jit_step(states[-1], _batch(cfg, i), jax.random.key(100 + i))
+        states.append(new)
+        metrics.append(jax.device_get(m))
+    return states, metrics
+
+
+def _same(a, b):
+    return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def _mix(target, online, tau):
+    """Numpy reference of a soft update."""
+    return jax.tree.map(lambda t, o: (1 - tau) * np.asarray(t) + tau * np.asarray(o), target, online)
+
+
+def _changed(a, b):
+    return all(not np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def test_init_copies_and_reinitialisation(state, cfg):
+    critic, target, momentum = state.critic, state.critic_target, state.momentum
+    assert _same(target["q1"], critic["q1"]) and _same(target["q2"], critic["q2"])
+    for copy in (target["encoder"]["convs"], momentum["encoder"]["convs"]):
+        assert _same(copy, critic["encoder"]["convs"])
+    # the MLR re-init redraws the critic's and the momentum encoder's Linear independently,
+    # after the target was copied (which keeps the orthogonal Linear)
+    fc = [t["head"]["fc"]["kernel"] for t in (critic["encoder"], target["encoder"], momentum["encoder"])]
+    assert not np.allclose(fc[0], fc[1]) and not np.allclose(fc[0], fc[2]) and not np.allclose(fc[1], fc[2])
+    assert float(jnp.abs(fc[0]).max()) <= 0.02 + 1e-7 and float(jnp.abs(fc[1]).max()) > 0.02
+    # the momentum projection has its own random init
+    assert not np.allclose(momentum["projection"]["fc0"]["kernel"], state.mlr["projection"]["fc0"]["kernel"])
+    assert float(state.log_alpha) == pytest.approx(np.log(cfg.init_temperature))
+    assert int(state.step) == 0
+
+
+def test_init_without_reinit_copies_the_encoder_exactly():
+    nets = dmc.build_networks(_config(reinit_encoder_linear=False), ACTION_DIM)
+    state = dmc.init(nets, jax.random.key(0))
+    chex.assert_trees_all_equal(state.momentum["encoder"], state.critic["encoder"])
+    chex.assert_trees_all_equal(state.critic_target, state.critic)
+
+
+def test_baseline_has_no_mlr_parameters():
+    agent = dmc.make_agent(_config(aux="none"), ACTION_DIM)
+    state = jax.eval_shape(agent.init, jax.random.key(0))
+    assert state.mlr == {} and state.momentum == {}
+    counts = agent.param_counts(state)
+    assert counts["decoder"] == 0 and counts["mlr_heads"] == 0 and counts["momentum"] == 0
+
+
+def test_param_counts(state, cfg):
+    counts = dmc.param_counts(state)
+    f, c = cfg.num_filters, 3 * cfg.frame_stack
+    side = (cfg.crop_size - 3) // 2 + 1 - 2 * (cfg.num_conv_layers - 1)
+    convs = (9 * c * f + f) + (cfg.num_conv_layers - 1) * (9 * f * f + f)
+    head = f * side * side * cfg.feature_dim + cfg.feature_dim + 2 * cfg.feature_dim
+    assert counts["encoder"] == convs + head
+    h, z, a = cfg.hidden_dim, cfg.feature_dim, ACTION_DIM
+    assert counts["critic_q"] == 2 * ((z + a) * h + h + h * h + h + h + 1)
+    assert counts["actor"] == (f * side * side * z + z + 2 * z) + (z * h + h + h * h + h + h * 2 * a + 2 * a)
+    assert counts["mlr_heads"] == (a * z + z) + 2 * (z * 100 + 100 + 100 * z + z)
+    assert counts["momentum"] == counts["encoder"] + (z * 100 + 100 + 100 * z + z)
+
+
+def test_warmup_schedule_values():
+    schedule = dmc.inverse_sqrt_warmup(0.5e-3, 6000)
+    for count, factor in [(0, 5e-4), (3000, 5e-4 + (1 - 5e-4) / 2), (6000, 1.0), (24000, 0.5)]:
+        assert float(schedule(count)) == pytest.approx(0.5e-3 * factor, rel=1e-5)
+    with pytest.raises(ValueError, match="aux_warmup_steps"):
+        dmc.inverse_sqrt_warmup(1e-3, 0)
+
+
+def test_sub_updates_touch_only_their_parameters(nets, state, cfg):
+    batch = _batch(cfg)
+    obs = jnp.asarray(batch.sac.obs[:, :, 3:27, 3:27])
+    noise = jax.random.normal(jax.random.key(1), (cfg.batch_size, ACTION_DIM))
+    online, target = dmc.mlr_views(nets, jax.random.key(2), jnp.asarray(batch.seq.obs))
+
+    @jax.jit
+    def run(s):
+        after_critic, _ = dmc.update_critic(nets, s, obs, batch.sac.action, batch.sac.reward,
+                                            batch.sac.discount, obs, noise)
+        after_mlr, mlr_metrics = dmc.update_mlr(nets, s, online, target, batch.seq.action)
+        after_actor, _ = dmc.update_actor_and_alpha(nets, s, obs, noise)
+        return after_critic, after_mlr, mlr_metrics, after_actor
+
+    after_critic, after_mlr, mlr_metrics, after_actor = run(state)
+    convs = lambda s: s.critic["encoder"]["convs"]
+    # critic: all critic parameters move, nothing else
+    assert _changed(after_critic.critic, state.critic)
+    assert _same(after_critic.actor, state.actor) and _same(after_critic.mlr, state.mlr)
+    # MLR: the encoder (convs included) and the MLR modules move, not the Q heads
+    assert _changed(convs(after_mlr), convs(state))
+    assert _changed(after_mlr.mlr, state.mlr)
+    assert _same(after_mlr.critic["q1"], state.critic["q1"]) and _same(after_mlr.actor, state.actor)
+    assert _same(after_mlr.momentum, state.momentum)
+    # first Adam step moves each parameter by at most lr(0) = 0.5 * 1e-3 * 5e-4
+    lr0 = cfg.aux_lr * cfg.aux_lr_scale * 5e-4
+    step = jax.tree.map(lambda a, b: jnp.abs(a - b).max(), after_mlr.mlr["decoder"], state.mlr["decoder"])
+    assert max(float(x) for x in jax.tree.leaves(step)) == pytest.approx(lr0, rel=1e-2)
+    assert float(mlr_metrics["mlr_lr"]) == pytest.approx(lr0)
+    assert 0.0 < float(mlr_metrics["mlr_loss"]) <= 4.0
+    # actor + temperature: the convs (and the whole critic) stay as they are
+    assert _same(after_actor.critic, state.critic)
+    assert _changed(after_actor.actor, state.actor)
+    assert float(after_actor.log_alpha) != float(state.log_alpha)
+
+
+def test_actor_and_soft_updates_only_on_even_updates(trajectory, cfg):
+    states, metrics = trajectory
+    for i in range(4):
+        before, after = states[i], states[i + 1]
+        assert int(after.step) == i + 1
+        assert _changed(after.critic, before.critic) and _changed(after.mlr, before.mlr)
+        even = i % cfg.actor_update_freq == 0
+        assert _changed(after.actor, before.actor) == even
+        assert (float(after.log_alpha) != float(before.log_alpha)) == even
+        assert np.isfinite(metrics[i]["actor_loss"]) == even
+        assert np.isfinite(metrics[i]["critic_loss"]) and np.isfinite(metrics[i]["mlr_loss"])
+        if i % cfg.target_update_freq:
+            assert _same(after.critic_target, before.critic_target)
+            assert _same(after.momentum, before.momentum)
+            continue
+        # soft updates from the online weights AFTER this update's optimiser steps
+        for name, tau in (("q1", cfg.critic_tau), ("q2", cfg.critic_tau), ("encoder", cfg.encoder_tau)):
+            chex.assert_trees_all_close(after.critic_target[name],
+                                        _mix(before.critic_target[name], after.critic[name], tau),
+                                        rtol=1e-5, atol=1e-7)
+        online = {"encoder": after.critic["encoder"], "projection": after.mlr["projection"]}
+        chex.assert_trees_all_close(after.momentum, _mix(before.momentum, online, cfg.momentum_tau),
+                                    rtol=1e-5, atol=1e-7)
+
+
+def test_two_devices_match_one_device(nets, state, cfg, trajectory):
+    """Same global batch and key: the pmapped update equals the single-device one."""
+    assert jax.local_device_count() >= 2, "tests/conftest.py should provide 2 CPU devices"
+    states, _ = trajectory
+    step = parallel.data_parallel(functools.partial(dmc.train_step, nets), num_devices=2, donate_state=False)
+    replicated = parallel.replicate(state, 2)
+    for i in range(2):  # an update with and one without the actor step
+        replicated, metrics = step(replicated, _batch(cfg, i), jax.random.key(100 + i))
+        single = jax.device_get(parallel.unreplicate(replicated))
+        chex.assert_trees_all_close(single, jax.device_get(states[i + 1]), rtol=2e-4, atol=2e-6)
+    assert np.isnan(metrics["actor_loss"])
+
+
+def test_act_and_eval_act(nets, state, cfg):
+    obs = _batch(cfg).sac.obs[:3]
+    act = jax.jit(functools.partial(dmc.act, nets))
+    a1, a2 = act(state, obs, jax.random.key(0)), act(state, obs, jax.random.key(1))
+    chex.assert_shape([a1, a2], (3, ACTION_DIM))
+    assert np.all(np.abs(a1) < 1.0) and not np.allclose(a1, a2)
+    greedy = dmc.eval_act(nets, state, obs, None)
+    top = (cfg.image_size - cfg.crop_size) // 2
+    cropped = obs[:, :, top:top + cfg.crop_size, top:top + cfg.crop_size]
+    np.testing.assert_allclose(dmc.eval_act(nets, state, cropped, None), greedy, rtol=1e-6)
+    h = dmc._conv_features(nets, state.critic, cropped)
+    mean, _ = nets.actor.apply({"params": state.actor}, h)
+    np.testing.assert_allclose(greedy, np.tanh(mean), rtol=1e-6)
+
+
+def test_batch_shape_errors_name_the_field(nets, state, cfg):
+    batch = _batch(cfg)
+    bad_seq = batch.seq._replace(obs=batch.seq.obs[:, :2])
+    with pytest.raises(ValueError, match="seq.obs"):
+        dmc.train_step(nets, state, batch._replace(seq=bad_seq), jax.random.key(0))
+    with pytest.raises(ValueError, match="sac.action"):
+        dmc.train_step(nets, state, batch._replace(sac=batch.sac._replace(action=batch.sac.action[:, :1])),
+                       jax.random.key(0))
+    with pytest.raises(ValueError, match="action_dim"):
+        dmc.make_agent(cfg, 0)
