@@ -1,0 +1,47 @@
+"""Pieces shared by the Atari and DMC agents: the agent interface and gradient helpers."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+
+class Agent(NamedTuple):
+    """The pure functions the loop drives (see docs/design.md "Agents").
+
+    ``init(key) -> state``; ``train_step(state, batch, key, axis_name=None) ->
+    (state, metrics)``; ``act(state, obs, key, ...) -> actions`` (training behaviour);
+    ``eval_act(state, obs, key) -> actions`` (evaluation behaviour);
+    ``param_counts(state) -> {component: count}``.
+    """
+
+    init: Callable[..., Any]
+    train_step: Callable[..., Any]
+    act: Callable[..., Any]
+    eval_act: Callable[..., Any]
+    param_counts: Callable[..., dict[str, int]]
+
+
+def count_params(tree: chex.ArrayTree) -> int:
+    """Number of scalars in a pytree of arrays or ``jax.ShapeDtypeStruct`` (from eval_shape)."""
+    return int(sum(np.prod(leaf.shape, dtype=np.int64) for leaf in jax.tree.leaves(tree)))
+
+
+def clip_by_global_norm(grads: chex.ArrayTree, max_norm: float) -> tuple[chex.ArrayTree, jax.Array]:
+    """PyTorch's ``clip_grad_norm_``: scale by ``min(1, max_norm / (norm + 1e-6))``.
+
+    Args:
+      grads: a gradient pytree (one clip group).
+      max_norm: the largest allowed global L2 norm.
+
+    Returns:
+      ``(clipped_grads, norm)`` where ``norm`` is the global norm before clipping.
+    """
+    norm = optax.tree.norm(grads)
+    factor = jnp.minimum(1.0, max_norm / (norm + 1e-6))
+    return jax.tree.map(lambda g: (g * factor).astype(g.dtype), grads), norm

@@ -1,0 +1,137 @@
+"""What the training loop needs to know about each domain, in one small adapter per domain.
+
+The loop (``mlr_jax.loop``) is shared by Atari and DMControl. Everything that differs --
+the agent, the replay, how exploration works, how a batch is drawn and what happens after an
+update -- is bound here, from the config type, into a :class:`Domain`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import numpy as np
+
+from mlr_jax import envs, parallel
+from mlr_jax.agents import atari as atari_agent
+from mlr_jax.agents import dmc as dmc_agent
+from mlr_jax.agents.common import Agent
+from mlr_jax.config import AtariConfig, ConfigError, DMCConfig
+from mlr_jax.replay.atari import AtariReplay
+from mlr_jax.replay.dmc import DMCReplay
+
+
+@dataclasses.dataclass(frozen=True)
+class Domain:
+    """One domain's pieces, bound to a config.
+
+    Attributes:
+      kind: ``"atari"`` or ``"dmc"``.
+      name: game or task.
+      total_steps: agent steps of the run.
+      learning_starts: first agent step at which updates happen.
+      updates_per_step: gradient updates per agent step once learning.
+      env_steps_per_step: environment frames / physics steps per agent step (reporting).
+      unit: agent steps -> the unit of ``cfg.run.*_every`` (Atari 1: agent steps; DMC the
+        action repeat: environment steps).
+      budget: label of the benchmark the run belongs to (``"100k"``, ``"500k"``).
+      agent: the agent's pure functions.
+      make_replay: a new, empty replay buffer.
+      explore: ``(replicated_state, obs, key, step, rng) -> actions`` (numpy) for training.
+      store: ``(replay, obs, actions, step_record)`` stores one agent step.
+      sample: ``(replay, step, rng) -> batch`` for the train step.
+      after_update: ``(replay, batch, metrics)`` (Atari: priority update).
+    """
+
+    kind: str
+    name: str
+    total_steps: int
+    learning_starts: int
+    updates_per_step: int
+    env_steps_per_step: int
+    unit: int
+    budget: str
+    agent: Agent
+    make_replay: Callable[[], Any]
+    explore: Callable[..., np.ndarray]
+    store: Callable[..., None]
+    sample: Callable[..., Any]
+    after_update: Callable[..., None]
+
+
+def _atari(cfg: AtariConfig, env: envs.VecEnv) -> Domain:
+    agent = atari_agent.make_agent(cfg, env.num_actions)
+    act = parallel.on_first_replica(agent.act)
+
+    def epsilon(step: int) -> float:
+        frac = min(1.0, step / max(1, cfg.eps_steps - 1))
+        return cfg.eps_start + frac * (cfg.eps_end - cfg.eps_start)
+
+    def explore(state, obs, key, step, rng):
+        return np.asarray(act(state, obs, key, epsilon(step)))
+
+    def store(replay, obs, actions, rec):
+        replay.add(obs[0, -1], int(actions[0]), float(rec.reward[0]), bool(rec.terminal[0]),
+                   bool(rec.episode_end[0]))
+
+    def sample(replay, step, rng):
+        frac = min(1.0, step / cfg.steps)
+        beta = cfg.beta_start + frac * (cfg.beta_end - cfg.beta_start)
+        return replay.sample(cfg.batch_size, beta, rng)
+
+    def after_update(replay, batch, metrics):
+        replay.update_priorities(batch.indices, np.asarray(metrics["priorities"]))
+
+    return Domain(
+        kind="atari", name=cfg.game, total_steps=cfg.steps, learning_starts=cfg.learning_starts,
+        updates_per_step=cfg.updates_per_step, env_steps_per_step=cfg.frame_skip, unit=1,
+        budget="100k",
+        agent=agent,
+        make_replay=lambda: AtariReplay(
+            cfg.replay_capacity, cfg.frame_stack, cfg.mlr.seq_len, cfg.n_step, cfg.gamma,
+            cfg.priority_exponent, frame_shape=(cfg.image_size, cfg.image_size),
+            initial_priority=1.0),  # rlpyt's default priority for new data, as the authors ran it
+        explore=explore, store=store, sample=sample, after_update=after_update)
+
+
+def _dmc(cfg: DMCConfig, env: envs.VecEnv) -> Domain:
+    agent = dmc_agent.make_agent(cfg, env.action_dim)
+    act = parallel.on_first_replica(agent.act)
+    channels = env.obs_shape[0] // cfg.frame_stack
+
+    def explore(state, obs, key, step, rng):
+        if step < cfg.seed_steps:
+            return rng.uniform(-1.0, 1.0, (obs.shape[0], env.action_dim)).astype(np.float32)
+        return np.asarray(act(state, obs, key))
+
+    def store(replay, obs, actions, rec):
+        replay.add(obs[0, -channels:], actions[0], float(rec.reward[0]), bool(rec.terminal[0]),
+                   bool(rec.episode_end[0]))
+
+    def sample(replay, step, rng):
+        sac = replay.sample(cfg.batch_size, rng)
+        seq = replay.sample_sequences(cfg.aux_batch_size, rng) if cfg.aux == "mlr" else None
+        return dmc_agent.DMCBatch(sac=sac, seq=seq)
+
+    budget = next((k for k, v in (("100k", 100_000), ("500k", 500_000)) if v == cfg.env_steps),
+                  f"{cfg.env_steps}")
+    return Domain(
+        kind="dmc", name=cfg.task, total_steps=cfg.agent_steps, learning_starts=cfg.seed_steps,
+        updates_per_step=1, env_steps_per_step=cfg.action_repeat, unit=cfg.action_repeat,
+        budget=budget, agent=agent,
+        make_replay=lambda: DMCReplay(
+            cfg.replay_capacity, env.action_dim, cfg.frame_stack, cfg.mlr.seq_len,
+            frame_shape=(channels, cfg.image_size, cfg.image_size)),
+        explore=explore, store=store, sample=sample, after_update=lambda *_: None)
+
+
+def make_domain(cfg: AtariConfig | DMCConfig, env: envs.VecEnv) -> Domain:
+    """The :class:`Domain` of ``cfg`` for the training environment ``env``."""
+    if cfg.num_envs != 1:
+        raise ConfigError(f"num_envs={cfg.num_envs}: training uses one environment stream "
+                          "(the replay buffers store a single stream, as in the paper)")
+    if isinstance(cfg, AtariConfig):
+        return _atari(cfg, env)
+    if isinstance(cfg, DMCConfig):
+        return _dmc(cfg, env)
+    raise TypeError(f"expected an AtariConfig or DMCConfig, got {type(cfg).__name__}")

@@ -1,0 +1,219 @@
+"""The training loop shared by both domains: act, store, update, evaluate, log, checkpoint.
+
+``train(cfg)`` reads top to bottom: build the environment, the domain adapter
+(:mod:`mlr_jax.domains`: agent, replay, exploration, batch sampling), the data-parallel train
+step (:mod:`mlr_jax.parallel`) and the run directory (:mod:`mlr_jax.logging`); then, for every
+agent step, act, store the transition, run ``updates_per_step`` updates once learning has
+started, and periodically log, evaluate and checkpoint. It ends with the final evaluation,
+``final_eval.json``, ``learning_curve.png`` and ``summary.md``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import time
+from typing import Any
+
+import jax
+import numpy as np
+
+from mlr_jax import checkpoint, envs, evaluation, parallel
+from mlr_jax import logging as runlog
+from mlr_jax.config import AtariConfig, DMCConfig, domain_of, from_dict, name_of, to_dict
+from mlr_jax.domains import Domain, make_domain
+
+
+VIDEO_FRAMES = 500  # frames of the final evaluation's first episode kept in eval.gif
+
+
+@dataclasses.dataclass
+class RunResult:
+    """What a finished :func:`train` returns."""
+
+    run_dir: pathlib.Path
+    steps: int
+    final_eval: dict[str, Any]
+
+
+def evaluate(domain: Domain, cfg: AtariConfig | DMCConfig, state: Any, episodes: int,
+             seed: int, key: jax.Array, record: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Scores of ``episodes`` full evaluation episodes, run as one batch of environments.
+
+    ``state`` is the replicated training state (:func:`mlr_jax.parallel.replicate`).
+    Returns ``(scores[episodes], video)`` where ``video`` holds the newest frame of the first
+    environment at each of its first ``record`` steps (uint8[T, C, H, W]; empty if 0).
+    Every environment plays exactly one episode (the first one to end is kept); actions come
+    from the agent's evaluation policy (Atari: epsilon 0.001, no noise; DMC: the mean action).
+    """
+    env = envs.make_env(cfg, episodes, seed, evaluation=True)
+    act = parallel.on_first_replica(domain.agent.eval_act)
+    channels = env.obs_shape[0] // cfg.frame_stack
+    scores = np.full(episodes, np.nan, np.float32)
+    obs = env.reset()
+    video = [obs[0, -channels:]] if record else []
+    while np.isnan(scores).any():
+        key, sub = jax.random.split(key)
+        rec = env.step(np.asarray(act(state, obs, sub)))
+        first = rec.episode_end & np.isnan(scores)
+        scores[first] = rec.score[first]
+        obs = rec.obs
+        if np.isnan(scores[0]) and len(video) < record:
+            video.append(obs[0, -channels:])
+    env.close()
+    return scores, np.asarray(video, np.uint8)
+
+
+def _due(step: int, unit: int, every: int) -> bool:
+    """Whether agent step ``step`` reached a multiple of ``every`` counted in ``unit`` steps
+    per agent step (DMC intervals are environment steps); ``every == 0`` never."""
+    return every > 0 and (step * unit) // every > ((step - 1) * unit) // every
+
+
+def _window_means(window: list[dict[str, Any]]) -> dict[str, float]:
+    """``train/<name>`` means of the scalar metrics of the updates since the last log row;
+    NaN entries (e.g. the DMC actor loss on updates without an actor step) are skipped."""
+    if not window:
+        return {}
+    stacked = jax.device_get({k: [m[k] for m in window] for k in window[0]})
+    means = {}
+    for k, v in stacked.items():
+        v = np.asarray(v, np.float64)
+        if not np.isnan(v).all():
+            means[f"train/{k}"] = float(np.nanmean(v))
+    return means
+
+
+def _restore(run: runlog.RunDir, cfg, state, replay):
+    """Load the latest checkpoint of ``run`` into ``state`` and ``replay``."""
+    state, replay_state, loop_state, _ = checkpoint.restore(run.checkpoints, state, to_dict(cfg))
+    replay.load_state_dict(replay_state)
+    replay.mark_episode_end()  # the environment restarts: no stack/sequence across the gap
+    return state, loop_state
+
+
+def load_run_config(run_dir: str | pathlib.Path) -> AtariConfig | DMCConfig:
+    """The config a run directory was started with (for ``--resume``)."""
+    data = json.loads(runlog.RunDir.open(run_dir).config.read_text())
+    cls = AtariConfig if "game" in data else DMCConfig
+    return from_dict(cls, data)
+
+
+def train(cfg: AtariConfig | DMCConfig, resume: str | pathlib.Path | None = None,
+          log=print) -> RunResult:
+    """Train the agent of ``cfg`` and evaluate it.
+
+    Args:
+      cfg: a validated config (:func:`mlr_jax.config.make_config`).
+      resume: an existing run directory: continue from its latest checkpoint (same config,
+        except fields such as ``steps`` that do not change shapes).
+      log: where to print start-up and end-of-run lines.
+    """
+    kind, name, seed = domain_of(cfg), name_of(cfg), cfg.run.seed
+    env = envs.make_env(cfg, cfg.num_envs, seed, evaluation=False)
+    domain = make_domain(cfg, env)
+    replay = domain.make_replay()
+    key = jax.random.PRNGKey(seed)
+    key, init_key = jax.random.split(key)
+    state = domain.agent.init(init_key)
+    rng = np.random.default_rng(seed)
+    step, episodes, latest_score = 0, 0, float("nan")
+
+    if resume is not None:
+        run = runlog.RunDir.open(resume)
+        state, loop_state = _restore(run, cfg, state, replay)
+        step, episodes = int(loop_state["step"]), int(loop_state["episodes"])
+        latest_score = float(loop_state["latest_score"])
+        key = jax.numpy.asarray(loop_state["key"])
+        rng.bit_generator.state = loop_state["rng"]
+        log(f"[mlr-jax] resuming {run.root} from step {step}")
+    else:
+        run = runlog.RunDir.create(cfg.run.outdir, kind, name, cfg.aux, seed)
+    runlog.write_json(run.config, to_dict(cfg))
+    counts = domain.agent.param_counts(state)
+    runlog.write_json(run.param_counts, counts)
+    log(f"[mlr-jax] {kind} {name} aux={cfg.aux} seed={seed} -> {run.root}")
+    log("[mlr-jax] parameters: " + ", ".join(f"{k}={v:,}" for k, v in counts.items()))
+
+    train_step = parallel.data_parallel(domain.agent.train_step)
+    parallel.check_divisible(cfg.batch_size, train_step.num_devices)
+    pstate = parallel.replicate(state)
+    metrics_writer = runlog.MetricsWriter(run, keep_until=step if resume is not None else None)
+    progress = runlog.Progress(domain.total_steps, initial=step, enabled=cfg.run.progress,
+                               print_every=max(1, cfg.run.log_every // domain.unit), desc=f"{kind}:{name}")
+
+    def save_checkpoint():
+        loop_state = {"step": step, "episodes": episodes, "latest_score": latest_score,
+                      "key": np.asarray(key), "rng": rng.bit_generator.state}
+        checkpoint.save(run.checkpoints, step, parallel.unreplicate(pstate), replay.state_dict(),
+                        loop_state, to_dict(cfg))
+
+    def run_eval(eval_key, record=0):
+        return evaluate(domain, cfg, pstate, cfg.run.eval_episodes, seed + 10_000, eval_key, record)
+
+    obs = env.reset()
+    start_time, start_step, window = time.monotonic(), step, []
+    while step < domain.total_steps:
+        key, act_key = jax.random.split(key)
+        actions = domain.explore(pstate, obs, act_key, step, rng)
+        rec = env.step(actions)
+        domain.store(replay, obs, actions, rec)
+        obs = rec.obs
+        step += 1
+        for score in rec.score[rec.episode_end]:
+            episodes += 1
+            latest_score = float(score)
+            metrics_writer.write(step, {runlog.EPISODE_SCORE: latest_score,
+                                        "episode/count": episodes})
+        if step >= domain.learning_starts:
+            for _ in range(domain.updates_per_step):
+                key, update_key = jax.random.split(key)
+                batch = domain.sample(replay, step, rng)
+                pstate, metrics = train_step(pstate, batch, update_key)
+                domain.after_update(replay, batch, metrics)
+                window.append({k: v for k, v in metrics.items() if np.ndim(v) == 0})
+        if _due(step, domain.unit, cfg.run.log_every) or step == domain.total_steps:
+            elapsed = time.monotonic() - start_time
+            row = _window_means(window)
+            window = []
+            row["perf/sps"] = (step - start_step) / max(elapsed, 1e-9)
+            row["perf/env_steps"] = step * domain.env_steps_per_step
+            metrics_writer.write(step, row)
+        if _due(step, domain.unit, cfg.run.eval_every) and step < domain.total_steps:
+            key, eval_key = jax.random.split(key)
+            scores, _ = run_eval(eval_key)
+            metrics_writer.write(step, {runlog.EVAL_MEAN: float(scores.mean()),
+                                        runlog.EVAL_STD: float(scores.std())})
+        if _due(step, domain.unit, cfg.run.checkpoint_every):
+            save_checkpoint()
+        progress.update(step, score=latest_score, episodes=episodes)
+    progress.close()
+    env.close()
+
+    save_checkpoint()
+    key, eval_key = jax.random.split(key)
+    scores, video = run_eval(eval_key, record=VIDEO_FRAMES)
+    runlog.write_gif(run.eval_video, video)
+    metrics_writer.write(step, {runlog.EVAL_MEAN: float(scores.mean()),
+                                runlog.EVAL_STD: float(scores.std())})
+    metrics_writer.close()
+    summary = evaluation.summarize_scores(kind, name, scores.tolist(), budget=domain.budget)
+    summary["agent_steps"] = step
+    summary["env_steps"] = step * domain.env_steps_per_step
+    runlog.write_json(run.final_eval, summary)
+    reference = {f"paper {m}": r["mean"] for m, r in summary.get("paper", {}).items()}
+    runlog.plot_learning_curve(run.metrics_jsonl, run.learning_curve,
+                               title=f"{kind} {name} ({cfg.aux}, seed {seed})", reference=reference,
+                               step_scale=domain.unit,
+                               xlabel="agent step" if domain.unit == 1 else "environment step")
+    runlog.write_summary(run.summary, f"{kind} {name} ({cfg.aux}, seed {seed})", summary,
+                         param_counts=counts,
+                         run_info={"agent steps": step, "env steps": summary["env_steps"],
+                                   "device": parallel.device_description(),
+                                   "wall time (s)": round(time.monotonic() - start_time, 1)})
+    log(f"[mlr-jax] final evaluation: {summary['mean']:.2f} ± {summary['std']:.2f} over "
+        f"{len(scores)} episodes")
+    log(f"[mlr-jax] results in {run.root} (final_eval.json, summary.md, metrics.jsonl, "
+        f"learning_curve.png, eval.gif, tb/, checkpoints/)")
+    return RunResult(run_dir=run.root, steps=step, final_eval=summary)
