@@ -22,6 +22,7 @@ EPILOG = """examples:
   mlr-jax train atari --game pong mlr.block_size=4 lr=3e-4  # any config field (dotted keys)
   mlr-jax train atari --resume runs/atari_pong_mlr_s1_...   # continue from the last checkpoint
   mlr-jax config dmc --task walker_walk                     # print the resolved config
+  mlr-jax report runs/                                      # aggregate finished runs (IQM, means, paper)
   mlr-jax bench --domain atari --preset smoke --frameworks jax
 """
 
@@ -55,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mlr-jax", description="Mask-based Latent Reconstruction (MLR) for RL in JAX/Flax.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,config,bench}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,config,report,bench}")
     train = sub.add_parser("train", help="train an agent (MLR or Baseline) and evaluate it")
     config = sub.add_parser("config", help="print the fully resolved configuration as JSON")
     for p, with_resume in ((train, True), (config, False)):
@@ -66,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
             if with_resume:
                 d.add_argument("--resume", default=None, metavar="RUN_DIR",
                                help="continue a run from its latest checkpoint")
+    report = sub.add_parser("report", help="aggregate the final evaluations of the runs below a directory")
+    report.add_argument("root", help="directory holding run directories (searched recursively)")
     bench = sub.add_parser("bench", help="time one update of the JAX agent and the PyTorch port")
     bench.add_argument("--domain", choices=("atari", "dmc"), required=True)
     bench.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
@@ -126,6 +129,24 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    import pathlib
+
+    from mlr_jax import evaluation
+    from mlr_jax.logging import write_json
+
+    records = evaluation.collect_runs(args.root)
+    if not records:
+        raise ConfigError(f"no finished runs (final_eval.json) below {args.root}")
+    agg = evaluation.aggregate(records)
+    text = evaluation.report_markdown(agg)
+    root = pathlib.Path(args.root)
+    (root / "report.md").write_text(text)
+    write_json(root / "report.json", agg)
+    print(text + f"\n[mlr-jax] {len(records)} runs; written to {root / 'report.md'} and report.json")
+    return 0
+
+
 def _bench(args: argparse.Namespace) -> int:
     from mlr_jax.bench.runner import run_benchmark
 
@@ -149,6 +170,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "train":
             return _train(args)
+        if args.command == "report":
+            return _report(args)
         return _bench(args)
     except ConfigError as e:
         parser.exit(2, f"mlr-jax: error: {e}\n")

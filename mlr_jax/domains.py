@@ -85,7 +85,7 @@ def _atari(cfg: AtariConfig, env: envs.VecEnv) -> Domain:
     return Domain(
         kind="atari", name=cfg.game, total_steps=cfg.steps, learning_starts=cfg.learning_starts,
         updates_per_step=cfg.updates_per_step, env_steps_per_step=cfg.frame_skip, unit=1,
-        budget="100k",
+        budget="100k" if cfg.steps == 100_000 else str(cfg.steps),
         agent=agent,
         make_replay=lambda: AtariReplay(
             cfg.replay_capacity, cfg.frame_stack, cfg.mlr.seq_len, cfg.n_step, cfg.gamma,

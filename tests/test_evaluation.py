@@ -1,4 +1,6 @@
 """Reference scores (transcription checks) and the score aggregates."""
+import json
+
 import numpy as np
 import pytest
 
@@ -141,3 +143,38 @@ def test_reference_loader_returns_copies_and_names_a_missing_file(monkeypatch, t
     finally:
         monkeypatch.undo()
         evaluation._load_reference.cache_clear()
+
+
+def _record(domain, name, aux, seed, mean, budget="100k"):
+    return {"domain": domain, "name": name, "budget": budget, "aux": aux, "seed": seed,
+            "mean": mean, "n": 1, "scores": [mean], "run_dir": f"{name}{seed}"}
+
+
+def test_aggregate_runs_against_independent_numbers():
+    records = [_record("atari", "pong", "mlr", s, m) for s, m in ((1, 4.0), (2, 6.0))]
+    records += [_record("atari", "boxing", "mlr", 1, 12.1), _record("atari", "pooyan", "mlr", 1, 50.0)]
+    records += [_record("dmc", t, "none", 1, m) for t, m in (("walker_walk", 400.0), ("cheetah_run", 300.0),
+                                                            ("reacher_easy", 900.0))]
+    agg = evaluation.aggregate(records)
+    pong = next(r for r in agg["rows"] if r["name"] == "pong")
+    assert (pong["seeds"], pong["mean"], pong["std"], pong["paper"]) == (2, 5.0, 1.0, 4.9)
+    assert next(r for r in agg["rows"] if r["name"] == "pooyan")["paper"] is None
+    atari = next(a for a in agg["aggregates"] if a["domain"] == "atari")
+    # runs x games of the paper's games: pong seeds 1 and 2, boxing (human level: 1.0)
+    hn = [(4.0 + 20.7) / 35.3, (6.0 + 20.7) / 35.3, 1.0]
+    assert atari["tasks"] == 2 and atari["iqm"] == pytest.approx(np.mean(hn))  # n=3: nothing trimmed
+    assert atari["optimality_gap"] == pytest.approx(1 - np.mean(np.minimum(hn, 1)))
+    assert atari["paper_iqm"] == 0.432
+    dmc = next(a for a in agg["aggregates"] if a["domain"] == "dmc")
+    assert (dmc["mean"], dmc["median"], dmc["paper_mean"]) == (pytest.approx(1600 / 3), 400.0, 616.8)
+    text = evaluation.report_markdown(agg)
+    assert "| atari | 100k | pong | mlr | 2 | 5.000 ± 1.000 | 4.900 |" in text and "iqm" in text
+
+
+def test_collect_runs_reads_run_directories(tmp_path):
+    run = tmp_path / "a" / "run1"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"aux": "none", "run": {"seed": 3}}))
+    (run / "final_eval.json").write_text(json.dumps(_record("atari", "pong", "x", 0, 1.0)))
+    (rec,) = evaluation.collect_runs(tmp_path)
+    assert (rec["aux"], rec["seed"], rec["run_dir"]) == ("none", 3, str(run))
