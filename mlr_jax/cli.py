@@ -76,8 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--frameworks", default="jax,torch", help="comma-separated: jax,torch")
     bench.add_argument("--repeats", type=int, default=10)
     bench.add_argument("--warmup", type=int, default=2)
-    bench.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    bench.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                       help="JAX compute precision (the PyTorch port always runs fp32, as the authors' code)")
+    bench.add_argument("--name", default=None, help="game / task (default: pong / cartpole_swingup)")
+    bench.add_argument("--torch-threads", type=int, default=None)
     bench.add_argument("--outdir", default="benchmarks/results")
+    bench.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     return parser
 
 
@@ -156,7 +160,8 @@ def _bench(args: argparse.Namespace) -> int:
         raise ConfigError(f"--frameworks must list jax and/or torch, got {args.frameworks!r}")
     result = run_benchmark(domain=args.domain, device=args.device, preset=args.preset,
                            frameworks=frameworks, repeats=args.repeats, warmup=args.warmup,
-                           precision=args.precision, outdir=args.outdir)
+                           outdir=args.outdir, name=args.name, torch_threads=args.torch_threads,
+                           overrides=[f"run.precision={args.precision}", *args.overrides])
     print(result["summary"])
     return 0
 

@@ -31,7 +31,7 @@ import numpy as np
 from envpool.registration import registry
 
 from mlr_jax.config import AtariConfig
-from mlr_jax.envs.base import ScoreTracker, Step, check_num_envs, resolve_task, scatter
+from mlr_jax.envs.base import ScoreTracker, Step, VecEnv, check_num_envs, resolve_task, scatter
 
 
 @functools.cache
@@ -50,7 +50,7 @@ def atari_task_id(game: str) -> str:
     return resolve_task(game, atari_tasks(), "Atari game")
 
 
-class AtariVecEnv:
+class AtariVecEnv(VecEnv):
     """``num_envs`` Atari games in lock-step; see the module docstring for the semantics."""
 
     def __init__(self, cfg: AtariConfig, num_envs: int, seed: int, evaluation: bool = False):
@@ -79,15 +79,6 @@ class AtariVecEnv:
         self._obs = np.zeros((self._num_envs, *self._obs_shape), np.uint8)
         self._scores = ScoreTracker(self._num_envs)
         self._started = False
-
-    @property
-    def num_envs(self) -> int:
-        return self._num_envs
-
-    @property
-    def obs_shape(self) -> tuple[int, int, int]:
-        """``(frame_stack, image_size, image_size)``."""
-        return self._obs_shape
 
     @property
     def num_actions(self) -> int:

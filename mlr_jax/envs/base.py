@@ -8,7 +8,8 @@ that ignores the agent's action).
 
 from __future__ import annotations
 
-from typing import Mapping, NamedTuple, Protocol
+import abc
+from typing import Mapping, NamedTuple
 
 import numpy as np
 
@@ -38,20 +39,30 @@ class Step(NamedTuple):
     score: np.ndarray
 
 
-class VecEnv(Protocol):
-    """The interface of :class:`~mlr_jax.envs.atari.AtariVecEnv` and
-    :class:`~mlr_jax.envs.dmc.DMCVecEnv`."""
+class VecEnv(abc.ABC):
+    """The base of :class:`~mlr_jax.envs.atari.AtariVecEnv` and
+    :class:`~mlr_jax.envs.dmc.DMCVecEnv`; subclasses set ``_num_envs`` and ``_obs_shape``."""
+
+    _num_envs: int
+    _obs_shape: tuple[int, int, int]
 
     @property
-    def num_envs(self) -> int: ...
+    def num_envs(self) -> int:
+        return self._num_envs
 
     @property
-    def obs_shape(self) -> tuple[int, int, int]: ...
+    def obs_shape(self) -> tuple[int, int, int]:
+        """``(channels, H, W)`` of one stacked observation (Atari ``(4, 84, 84)``, DMC
+        ``(9, 100, 100)``)."""
+        return self._obs_shape
 
+    @abc.abstractmethod
     def reset(self) -> np.ndarray: ...
 
+    @abc.abstractmethod
     def step(self, actions: np.ndarray) -> Step: ...
 
+    @abc.abstractmethod
     def close(self) -> None: ...
 
 

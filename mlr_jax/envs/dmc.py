@@ -31,7 +31,7 @@ import numpy as np
 from envpool.registration import registry
 
 from mlr_jax.config import DMCConfig
-from mlr_jax.envs.base import ScoreTracker, Step, check_num_envs, resolve_task
+from mlr_jax.envs.base import ScoreTracker, Step, VecEnv, check_num_envs, resolve_task
 from mlr_jax.envs.gl import ensure_gl
 
 
@@ -57,7 +57,7 @@ def dmc_task_id(task: str) -> str:
     return resolve_task(task, dmc_tasks(), "DMC task")
 
 
-class DMCVecEnv:
+class DMCVecEnv(VecEnv):
     """``num_envs`` DMC tasks from pixels in lock-step; see the module docstring.
 
     ``evaluation`` changes nothing (DMC has no life-loss terminals); it is accepted so both
@@ -90,15 +90,6 @@ class DMCVecEnv:
         self._all_ids = np.arange(self._num_envs, dtype=np.int32)
         self._scores = ScoreTracker(self._num_envs)
         self._started = False
-
-    @property
-    def num_envs(self) -> int:
-        return self._num_envs
-
-    @property
-    def obs_shape(self) -> tuple[int, int, int]:
-        """``(3 * frame_stack, image_size, image_size)``."""
-        return self._obs_shape
 
     @property
     def action_dim(self) -> int:

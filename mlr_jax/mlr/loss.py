@@ -1,11 +1,12 @@
 """The MLR objective: cosine distance between predicted and target latents.
 
 The authors' code writes the loss as the squared distance of L2-normalised vectors,
-``||n(p) - n(t)||^2``, which equals ``2 - 2 cos(p, t)`` whenever both norms exceed ``eps``.
-:func:`mlr_loss` therefore scales :func:`cosine_loss` by ``scale=2.0`` by default to report the
-same numbers (and gradients) as the code; ``scale=1.0`` gives the paper's ``1 - cos``.
-(For vectors shorter than ``eps`` the code's form differs slightly; such latents do not occur
-after the projection and predictor layers.)
+``||n(p) - n(t)||^2`` with ``n(x) = x / max(||x||, eps)``, which equals ``2 - 2 cos(p, t)``
+whenever both norms exceed ``eps``. :func:`cosine_loss` computes half of it, so it IS the
+paper's ``1 - cos`` for ordinary latents, and it keeps the code's value for latents shorter
+than ``eps``: at initialisation the DMC predictor's outputs are ~2e-4 long, where
+``1 - cos`` would be a different loss with different gradients. :func:`mlr_loss` scales it by
+``scale=2.0`` by default to report the same numbers (and gradients) as the code.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ def normalize(x: jax.Array, eps: float = 1e-3, axis: int = -1) -> jax.Array:
 
 
 def cosine_loss(pred: jax.Array, target: jax.Array, eps: float = 1e-3) -> jax.Array:
-    """Per-sample ``1 - cos(pred, target)`` averaged over time.
+    """Per-sample ``0.5 ||n(pred) - n(target)||^2`` (= ``1 - cos`` for norms >= eps),
+    averaged over time.
 
     Args:
       pred: f32[B, T, D] predictions (gradients flow).
@@ -40,8 +42,8 @@ def cosine_loss(pred: jax.Array, target: jax.Array, eps: float = 1e-3) -> jax.Ar
     chex.assert_equal_shape([pred, target])
     pred = normalize(pred.astype(jnp.float32), eps)
     target = normalize(jax.lax.stop_gradient(target).astype(jnp.float32), eps)
-    cos = jnp.sum(pred * target, axis=-1)  # [B, T]
-    return jnp.mean(1.0 - cos, axis=-1)
+    distance = 0.5 * jnp.sum(jnp.square(pred - target), axis=-1)  # [B, T]
+    return jnp.mean(distance, axis=-1)
 
 
 def mlr_loss(pred: jax.Array, target: jax.Array, weights: jax.Array | None = None,

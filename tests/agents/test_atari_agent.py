@@ -1,6 +1,4 @@
 """The Atari agent's update: target/momentum bookkeeping, learning, data parallelism, acting."""
-from typing import NamedTuple
-
 import chex
 import jax
 import jax.numpy as jnp
@@ -11,20 +9,13 @@ from mlr_jax import parallel
 from mlr_jax.agents.atari import make_agent
 from mlr_jax.config import make_config
 from mlr_jax.nets.atari import DuelingC51Head, NatureCNN, projection_params
+from mlr_jax.replay.atari import AtariBatch
 
 NUM_ACTIONS = 3
 # The smoke preset (channels 16,32,16, seq_len 4, batch 4) with a short return horizon.
 SMALL = {"n_step": 3, "hidden_size": 32, "lr": 1e-3}
 
 
-class FakeBatch(NamedTuple):
-    """The fields of replay.atari.AtariBatch."""
-    obs: np.ndarray
-    actions: np.ndarray
-    returns: np.ndarray
-    discounts: np.ndarray
-    weights: np.ndarray
-    indices: np.ndarray
 
 
 def fake_batch(cfg, batch_size=None, seed=0):
@@ -38,7 +29,7 @@ def fake_batch(cfg, batch_size=None, seed=0):
     obs = obs + rng.integers(0, 8, (b, length, 1, size, size))
     discounts = np.full(b, cfg.gamma ** cfg.n_step, np.float32)
     discounts[0] = 0.0
-    return FakeBatch(obs=np.clip(obs, 0, 255).astype(np.uint8),
+    return AtariBatch(obs=np.clip(obs, 0, 255).astype(np.uint8),
                      actions=rng.integers(0, NUM_ACTIONS, (b, length)).astype(np.int32),
                      returns=rng.uniform(-2, 2, b).astype(np.float32), discounts=discounts,
                      weights=rng.uniform(0.3, 1.0, b).astype(np.float32),
@@ -124,7 +115,7 @@ def test_paper_config_param_counts_from_shapes():
     assert counts["predictor"] == 512 * 512 + 512
     assert counts["action_embedding"] == 18 * dim + dim
     # The paper-size update traces (shapes only): L = max(16, 10 + 1) steps of 4x84x84.
-    batch = FakeBatch(*(jax.ShapeDtypeStruct(shape, dtype) for shape, dtype in [
+    batch = AtariBatch(*(jax.ShapeDtypeStruct(shape, dtype) for shape, dtype in [
         ((32, 16, 4, 84, 84), jnp.uint8), ((32, 16), jnp.int32), ((32,), jnp.float32),
         ((32,), jnp.float32), ((32,), jnp.float32), ((32,), jnp.int32)]))
     new_state, metrics = jax.eval_shape(agent.train_step, shapes, batch, jax.random.PRNGKey(0))

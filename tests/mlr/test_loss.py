@@ -43,6 +43,19 @@ def test_matches_numpy_normalized_mse_with_weights():
     np.testing.assert_allclose(unweighted, expected.mean(), rtol=1e-5)
 
 
+def test_latents_shorter_than_eps_follow_the_code_not_one_minus_cos():
+    # DMC's freshly initialised predictor outputs are ~2e-4 long: the code's normalised MSE
+    # is then far from 2 - 2cos, and the loss must follow the code.
+    pred = 2e-4 * _random((4, 3, 50), 4) / np.sqrt(50)
+    target = _random((4, 3, 50), 5)
+    _, per_sample = mlr_loss(jnp.asarray(pred), jnp.asarray(target))
+    expected = _np_normalized_mse(pred, target)
+    np.testing.assert_allclose(per_sample, expected, rtol=1e-5)
+    p = pred / np.linalg.norm(pred, axis=-1, keepdims=True)
+    t = target / np.linalg.norm(target, axis=-1, keepdims=True)
+    assert not np.allclose(expected, (2 - 2 * (p * t).sum(-1)).mean(-1), rtol=0.1)
+
+
 def test_normalize_clamps_small_norms_with_finite_gradient():
     x = jnp.asarray([[3.0, 4.0], [3e-4, 4e-4], [0.0, 0.0]])
     np.testing.assert_allclose(normalize(x), [[0.6, 0.8], [0.3, 0.4], [0.0, 0.0]], rtol=1e-6)

@@ -1,0 +1,371 @@
+"""Throughput of one MLR update: the JAX agent against the eager PyTorch port of the authors' code.
+
+:func:`run_benchmark` builds both frameworks from the SAME config (``make_config(domain, None,
+preset)``), feeds them the same random uint8 replay batches of the right shapes, and times full
+updates after a warm-up (JAX: the jitted ``data_parallel`` train step on one device, including
+the host-to-device copy of the batch, waited on with ``jax.block_until_ready``; torch:
+``update(batch)``, also copying the batch, with ``torch.cuda.synchronize`` on GPU). For DMC one
+timed unit is two agent steps (the actor and the EMAs run every other step) and times are
+reported per step. It also records FLOPs per update (XLA cost analysis, cross-checked with
+``torch.utils.flop_counter.FlopCounterMode``, which counts matmuls and convolutions only), the
+acting path (one jitted ``act`` for one observation), and envpool steps per second alone.
+
+torch is optional: it is imported only when ``"torch"`` is among ``frameworks``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import importlib.metadata
+import json
+import os
+import pathlib
+import platform
+import statistics
+import time
+from typing import Any, Callable, Sequence
+
+import jax
+import numpy as np
+
+from mlr_jax import parallel
+from mlr_jax.config import AtariConfig, DMCConfig, make_config, to_dict
+
+DOMAINS = ("atari", "dmc")
+DEVICES = ("cpu", "gpu")
+FRAMEWORKS = ("jax", "torch")
+PACKAGES = ("jax", "jaxlib", "flax", "optax", "torch", "envpool", "numpy")
+DEFAULT_ACTIONS = {"atari": 6, "dmc": 1}  # Pong's minimal action set, cartpole's action size
+
+
+class BenchmarkError(ValueError):
+    """A benchmark argument cannot be honoured (names the value)."""
+
+
+# ------------------------------------------------------------------ random batches
+
+
+def random_batch(cfg: AtariConfig | DMCConfig, num_actions: int, seed: int = 0) -> Any:
+    """A replay batch of the shapes the agents train on, uint8 frames drawn uniformly.
+
+    Atari: ``AtariBatch`` (obs u8[B, max(K, n+1), F, 84, 84]); DMC: ``DMCBatch(SACBatch,
+    SeqBatch)`` at the rendered size (100x100), ``num_actions`` = action dimension.
+    """
+    rng = np.random.default_rng(seed)
+
+    def frames(*shape):
+        return rng.integers(0, 256, shape, dtype=np.uint8)
+
+    if isinstance(cfg, AtariConfig):
+        from mlr_jax.replay.atari import AtariBatch
+
+        b, length = cfg.batch_size, max(cfg.mlr.seq_len, cfg.n_step + 1)
+        return AtariBatch(
+            obs=frames(b, length, cfg.frame_stack, cfg.image_size, cfg.image_size),
+            actions=rng.integers(0, num_actions, (b, length)).astype(np.int32),
+            returns=rng.normal(size=b).astype(np.float32),
+            discounts=np.full(b, cfg.gamma ** cfg.n_step, np.float32),
+            weights=rng.uniform(0.5, 1.0, b).astype(np.float32),
+            indices=np.arange(b, dtype=np.int64))
+    from mlr_jax.agents.dmc import DMCBatch
+    from mlr_jax.replay.dmc import SACBatch, SeqBatch
+
+    shape = (3 * cfg.frame_stack, cfg.image_size, cfg.image_size)
+    b, bs, k = cfg.batch_size, cfg.aux_batch_size, cfg.mlr.seq_len
+    sac = SACBatch(obs=frames(b, *shape), action=rng.uniform(-1, 1, (b, num_actions)).astype(np.float32),
+                   reward=rng.normal(size=b).astype(np.float32), discount=np.ones(b, np.float32),
+                   next_obs=frames(b, *shape))
+    seq = SeqBatch(obs=frames(bs, k, *shape),
+                   action=rng.uniform(-1, 1, (bs, k, num_actions)).astype(np.float32))
+    return DMCBatch(sac=sac, seq=seq if cfg.aux == "mlr" else None)
+
+
+# ------------------------------------------------------------------ timing
+
+
+def _time_calls(fn: Callable[[], Any], repeats: int, warmup: int) -> dict[str, Any]:
+    """Wall time of ``fn()`` (which must wait for its own results): warm-up, then ``repeats``."""
+    start = time.perf_counter()
+    fn()
+    first = time.perf_counter() - start
+    for _ in range(max(warmup - 1, 0)):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return {"first_call_s": first, "times_s": times}
+
+
+def _summarise(timing: dict[str, Any], updates_per_call: int, flops: float | None) -> dict[str, Any]:
+    per_update = [t / updates_per_call for t in timing["times_s"]]
+    median = statistics.median(per_update)
+    out = {"median_ms": 1e3 * median, "min_ms": 1e3 * min(per_update), "max_ms": 1e3 * max(per_update),
+           "updates_per_s": 1.0 / median, "first_call_s": timing["first_call_s"],
+           "repeats": len(per_update), "flops_per_update": flops}
+    out["achieved_tflops"] = flops / median / 1e12 if flops else None
+    return out
+
+
+def _xla_flops(compiled_cost: Any) -> float | None:
+    cost = compiled_cost[0] if isinstance(compiled_cost, (list, tuple)) else compiled_cost
+    flops = (cost or {}).get("flops")
+    return float(flops) if flops is not None and flops > 0 else None
+
+
+# ------------------------------------------------------------------ JAX
+
+
+def _bench_jax(cfg, domain: str, num_actions: int, batch: Any, repeats: int, warmup: int,
+               seed: int) -> dict[str, Any]:
+    if domain == "atari":
+        from mlr_jax.agents.atari import make_agent
+    else:
+        from mlr_jax.agents.dmc import make_agent
+    agent = make_agent(cfg, num_actions)
+    key = jax.random.PRNGKey(seed)
+    state = agent.init(key)
+    unit = 1 if domain == "atari" else 2
+    param_counts = agent.param_counts(state)
+    obs = batch.obs[:1, 0] if domain == "atari" else batch.sac.obs[:1]
+    act = jax.jit(agent.act)
+    act_args = (0.0,) if domain == "atari" else ()
+    act_timing = _time_calls(lambda: jax.block_until_ready(act(state, obs, key, *act_args)),
+                             max(repeats, 20), 3)
+
+    # The data_parallel step on one device, compiled ahead of time once: the same executable
+    # gives the XLA cost analysis and is the one timed (step = pmapped call + metric gather).
+    step = parallel.data_parallel(agent.train_step, num_devices=1)
+    shard = parallel.split_batch(batch, 1)
+    holder = {"state": parallel.replicate(state, 1), "i": 0}
+    del state
+    start = time.perf_counter()
+    compiled = step.pmapped.lower(holder["state"], shard, key).compile()
+    compile_s = time.perf_counter() - start
+    flops = _xla_flops(compiled.cost_analysis())
+    keys = list(jax.random.split(key, (repeats + warmup + 1) * unit))
+
+    def one_unit():
+        for _ in range(unit):
+            holder["state"], metrics = compiled(holder["state"], parallel.split_batch(batch, 1),
+                                                keys[holder["i"]])
+            holder["i"] += 1
+        jax.block_until_ready((holder["state"], parallel.gather_metrics(metrics)))
+
+    timing = _time_calls(one_unit, repeats, warmup)
+    out = _summarise(timing, unit, flops)
+    out.update(act_ms=1e3 * statistics.median(act_timing["times_s"]), param_counts=param_counts,
+               compile_s=compile_s, device=parallel.device_description(),
+               flops_source="xla cost_analysis of the compiled step")
+    return out
+
+
+# ------------------------------------------------------------------ torch
+
+
+def _torch_device(device: str) -> Any:
+    import torch
+
+    if device == "gpu":
+        if not torch.cuda.is_available():
+            raise BenchmarkError("device='gpu' but torch.cuda.is_available() is False "
+                                 f"(torch {torch.__version__})")
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def _bench_torch(cfg, domain: str, num_actions: int, batch: Any, device: str, repeats: int,
+                 warmup: int, seed: int, threads: int | None) -> dict[str, Any]:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    from mlr_jax.bench import torch_atari, torch_dmc
+
+    port = torch_atari if domain == "atari" else torch_dmc
+    dev = _torch_device(device)
+    torch.manual_seed(seed)
+    update = port.make_update(cfg, num_actions, dev)
+    unit = 1 if domain == "atari" else 2
+
+    def one_unit():
+        for _ in range(unit):
+            update.update(batch)
+        torch_atari.sync(dev)
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        one_unit()
+    flops = counter.get_total_flops() / unit
+    obs = batch.obs[:1, 0] if domain == "atari" else batch.sac.obs[:1]
+
+    def act():
+        update.act(obs)
+        torch_atari.sync(dev)
+
+    act_timing = _time_calls(act, max(repeats, 20), 3)
+    timing = _summarise(_time_calls(one_unit, repeats, warmup), unit, float(flops))
+    name = (torch.cuda.get_device_name(dev) if dev.type == "cuda"
+            else f"cpu x{torch.get_num_threads()} threads")
+    timing.update(act_ms=1e3 * statistics.median(act_timing["times_s"]), param_counts=update.param_counts(),
+                  device=name, flops_source="torch FlopCounterMode (matmul/conv only)",
+                  settings={"num_threads": torch.get_num_threads(),
+                            "cuda_matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+                            "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32})
+    return timing
+
+
+# ------------------------------------------------------------------ envpool
+
+
+def _bench_env(cfg, steps: int, seed: int) -> dict[str, Any]:
+    """Steps per second of one environment with random actions (no agent)."""
+    from mlr_jax.envs import make_env
+
+    env = make_env(cfg, num_envs=1, seed=seed)
+    rng = np.random.default_rng(seed)
+    env.reset()
+    is_atari = isinstance(cfg, AtariConfig)
+    if is_atari:
+        sample = lambda: rng.integers(0, env.num_actions, (1,)).astype(np.int32)  # noqa: E731
+    else:
+        sample = lambda: rng.uniform(-1, 1, (1, env.action_dim)).astype(np.float32)  # noqa: E731
+    start = time.perf_counter()
+    for _ in range(steps):
+        env.step(sample())
+    elapsed = time.perf_counter() - start
+    repeat = cfg.frame_skip if is_atari else cfg.action_repeat
+    out = {"agent_steps": steps, "agent_steps_per_s": steps / elapsed,
+           "env_frames_per_s": steps * repeat / elapsed,
+           "num_actions" if is_atari else "action_dim": env.num_actions if is_atari else env.action_dim}
+    env.close()
+    return out
+
+
+# ------------------------------------------------------------------ driver
+
+
+def _versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def _check_args(domain: str, device: str, frameworks: Sequence[str], repeats: int, warmup: int) -> None:
+    if domain not in DOMAINS:
+        raise BenchmarkError(f"domain must be one of {DOMAINS}, got {domain!r}")
+    if device not in DEVICES:
+        raise BenchmarkError(f"device must be one of {DEVICES}, got {device!r}")
+    unknown = [f for f in frameworks if f not in FRAMEWORKS]
+    if unknown or not frameworks:
+        raise BenchmarkError(
+            f"frameworks must be a non-empty subset of {FRAMEWORKS}, got {tuple(frameworks)!r}")
+    if repeats < 1 or warmup < 0:
+        raise BenchmarkError(f"need repeats >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
+    if "jax" in frameworks:
+        platform_name = parallel.device_description().split(":")[0]
+        on_gpu = platform_name in ("gpu", "cuda", "rocm")
+        if on_gpu != (device == "gpu"):
+            raise BenchmarkError(
+                f"device={device!r} but JAX runs on {platform_name!r}; set JAX_PLATFORMS="
+                f"{'cuda' if device == 'gpu' else 'cpu'} (or install the matching jaxlib)")
+
+
+def run_benchmark(domain: str = "atari", device: str = "cpu", preset: str = "paper",
+                  frameworks: Sequence[str] = FRAMEWORKS, repeats: int = 10, warmup: int = 2,
+                  outdir: str | os.PathLike = "benchmarks/results", name: str | None = None,
+                  overrides: Sequence[str] = (), env_steps: int = 300, seed: int = 0,
+                  torch_threads: int | None = None) -> dict[str, Any]:
+    """Time one full update of each framework on identical shapes and hyper-parameters.
+
+    Args:
+      domain: ``"atari"`` or ``"dmc"``.
+      device: ``"cpu"`` or ``"gpu"`` (JAX must already run on that platform).
+      preset: ``"paper"`` or ``"smoke"`` (see :data:`mlr_jax.config.PRESETS`).
+      frameworks: any of ``("jax", "torch")``.
+      repeats: timed units after warm-up (DMC: one unit = two agent steps).
+      warmup: untimed units first (at least one is always run; its time is recorded as
+        ``first_call_s``; JAX compiles ahead of time, recorded as ``compile_s``).
+      outdir: the JSON goes to ``outdir/<domain>_<preset>_<device>_<YYYY-MM-DD>.json``.
+      name: game / task (default: Pong / cartpole_swingup).
+      overrides: dotted config overrides, e.g. ``["run.precision=bf16"]`` (JAX only: the
+        torch port always runs fp32).
+      env_steps: agent steps of the envpool measurement; 0 skips it.
+      seed: seed of the batches, parameters and keys.
+      torch_threads: ``torch.set_num_threads`` for the torch run (None keeps torch's default;
+        on a shared CPU, 1 avoids OpenMP stalls that make small ops take milliseconds).
+
+    Returns:
+      The record written to disk: ``config``, ``versions``, ``date``, ``device``, per framework
+      ``{median_ms, min_ms, max_ms, updates_per_s, flops_per_update, achieved_tflops,
+      first_call_s, act_ms, param_counts, ...}``, ``jax_speedup`` (torch time / JAX time),
+      ``flops_ratio_xla_over_torch``, ``envpool``, ``path`` and a one-line ``summary``.
+    """
+    frameworks = tuple(frameworks)
+    _check_args(domain, device, frameworks, repeats, warmup)
+    cfg = make_config(domain, name, preset, overrides)
+    record: dict[str, Any] = {
+        "domain": domain, "preset": preset, "device_kind": device,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "host": {"machine": platform.machine(), "processor": platform.processor(), "cpus": os.cpu_count()},
+        "versions": _versions(), "config": to_dict(cfg), "overrides": list(overrides),
+        "repeats": repeats, "warmup": warmup, "seed": seed,
+        "updates_per_unit": 1 if domain == "atari" else 2,
+    }
+    num_actions = DEFAULT_ACTIONS[domain]
+    if env_steps > 0:
+        try:
+            record["envpool"] = _bench_env(cfg, env_steps, seed)
+            num_actions = record["envpool"].get("num_actions", record["envpool"].get("action_dim"))
+        except Exception as e:  # a missing ROM or GL must not hide the update timings
+            record["envpool"] = {"error": f"{type(e).__name__}: {e}"}
+    record["num_actions" if domain == "atari" else "action_dim"] = num_actions
+    batch = random_batch(cfg, num_actions, seed)
+    if "jax" in frameworks:
+        record["jax"] = _bench_jax(cfg, domain, num_actions, batch, repeats, warmup, seed)
+    if "torch" in frameworks:
+        record["torch"] = _bench_torch(cfg, domain, num_actions, batch, device, repeats, warmup, seed,
+                                       torch_threads)
+    if "jax" in record and "torch" in record:
+        record["jax_speedup"] = record["torch"]["median_ms"] / record["jax"]["median_ms"]
+        xla, tf = record["jax"]["flops_per_update"], record["torch"]["flops_per_update"]
+        record["flops_ratio_xla_over_torch"] = xla / tf if xla and tf else None
+    record["device"] = record.get("jax", record.get("torch", {})).get("device")
+    record["summary"] = summary_line(record)
+    path = pathlib.Path(outdir) / f"{domain}_{preset}_{device}_{record['date'][:10]}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record["path"] = str(path)
+    path.write_text(json.dumps(record, indent=2, default=_json_default) + "\n")
+    return record
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (np.generic,)):
+        return value.item()
+    if dataclasses.is_dataclass(value):
+        return dataclasses.asdict(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def summary_line(record: dict[str, Any]) -> str:
+    """One human-readable line of a benchmark record."""
+    parts = [f"{record['domain']}/{record['preset']} on {record['device_kind']} ({record.get('device')})"]
+    for fw in FRAMEWORKS:
+        if fw in record:
+            r = record[fw]
+            flops = f", {r['flops_per_update'] / 1e9:.1f} GFLOP" if r["flops_per_update"] else ""
+            parts.append(f"{fw} {r['median_ms']:.1f} ms/update ({r['updates_per_s']:.2f}/s{flops}), "
+                         f"act {r['act_ms']:.2f} ms")
+    if "jax_speedup" in record:
+        parts.append(f"JAX {record['jax_speedup']:.2f}x torch")
+    env = record.get("envpool", {})
+    if "agent_steps_per_s" in env:
+        parts.append(f"envpool {env['agent_steps_per_s']:.0f} agent steps/s")
+    return "; ".join(parts)

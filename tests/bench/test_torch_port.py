@@ -1,0 +1,247 @@
+"""The PyTorch port used by the benchmark: equivalence with the JAX agents, updates, runner.
+
+Atari: the JAX ``train_step`` draws its augmentation and mask inside, so both sides get them
+switched off through the config (``shift_pad=0``, ``intensity_scale=0``, mask ratio 0 with the
+``mask_floor`` rule, which keeps the un-scaled 0-255 masked branch); the head noise is reproduced
+in torch from the state's keys. DMC: the agent's public ``update_*`` functions take pre-augmented
+inputs and explicit policy noise, so both sides get the SAME random crops, mask and intensity.
+Losses, gradient norms and the parameters after the step must agree.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from mlr_jax.bench import runner, torch_atari, torch_dmc  # noqa: E402  (after importorskip)
+from mlr_jax.config import make_config  # noqa: E402
+
+NO_RANDOMNESS = ["shift_pad=0", "intensity_scale=0", "mlr.mask_ratio=0",
+                 "mlr.mask_count_rule=mask_floor"]
+RTOL = 1e-4
+NUM_ACTIONS = 6
+ACTION_DIM = 2
+
+
+def _atari_batch(cfg, seed):
+    batch = runner.random_batch(cfg, NUM_ACTIONS, seed)
+    terminal = np.arange(cfg.batch_size) % 3 == 0
+    return batch._replace(discounts=np.where(terminal, 0.0, batch.discounts).astype(np.float32))
+
+
+def _dmc_batch(cfg, seed):
+    sac, seq = runner.random_batch(cfg, ACTION_DIM, seed)
+    return sac._replace(discount=(np.arange(cfg.batch_size) % 4 != 0).astype(np.float32)), seq
+
+
+# ------------------------------------------------------------------ Atari
+
+
+@pytest.fixture(scope="module")
+def atari_jax_step():
+    """One JAX train_step (compiled once for the module), augmentation and mask off, a small
+    clip norm so both clip groups are active."""
+    from mlr_jax.agents.atari import make_agent
+
+    cfg = make_config("atari", "pong", "smoke", NO_RANDOMNESS + ["clip_norm=0.5"])
+    agent = make_agent(cfg, NUM_ACTIONS)
+    state = agent.init(jax.random.PRNGKey(3))
+    batch = _atari_batch(cfg, seed=3)
+    new_state, metrics = agent.train_step(state, jax.tree.map(jnp.asarray, batch),
+                                          jax.random.PRNGKey(4))
+    return cfg, batch, state, new_state, metrics
+
+
+def _torch_twin(cfg, state, new_state):
+    """The torch update with ``state``'s weights and the head noise the JAX step used (online:
+    the step's key, kept as ``new_state.noise_key``; target: the state's key)."""
+    update = torch_atari.make_update(cfg, NUM_ACTIONS)
+    update.load_jax_state(state)
+    torch_atari.load_jax_noise(update.model.net, new_state.noise_key)
+    torch_atari.load_jax_noise(update.target.net, state.target_noise_key)
+    no_mask = torch.ones(cfg.mlr.seq_len, cfg.image_size, cfg.image_size)
+    return update, {"mask": no_mask, "augment": False}
+
+
+def test_atari_losses_match_jax_agent(atari_jax_step):
+    cfg, batch, state, new_state, metrics = atari_jax_step
+    update, fixed = _torch_twin(cfg, state, new_state)
+    with torch.no_grad():
+        terms = update.loss_terms(update.prepare(batch, **fixed))
+    assert float(terms["mlr_loss"]) > 0.1  # the MLR branch really ran
+    np.testing.assert_allclose(float(terms["rl_loss"]), float(metrics["rl_loss"]), rtol=RTOL)
+    np.testing.assert_allclose(float(terms["mlr_loss"]), float(metrics["mlr_loss"]), rtol=RTOL)
+    np.testing.assert_allclose(terms["priorities"].numpy(), np.asarray(metrics["priorities"]),
+                               rtol=1e-3, atol=1e-5)
+
+
+def test_atari_one_step_matches_jax_agent(atari_jax_step):
+    """Gradients, both clip groups, the head's grad scale, Adam and the target copies agree."""
+    cfg, batch, state, new_state, metrics = atari_jax_step
+    update, fixed = _torch_twin(cfg, state, new_state)
+    out = update.update(batch, resample_noise=False, **fixed)
+    assert min(float(metrics["grad_norm"]), float(metrics["decoder_grad_norm"])) > cfg.clip_norm
+    for mine, theirs in (("total", "loss"), ("grad_norm", "grad_norm"),
+                         ("decoder_grad_norm", "decoder_grad_norm")):
+        np.testing.assert_allclose(float(out[mine]), float(metrics[theirs]), rtol=RTOL, err_msg=theirs)
+    expected = torch_atari.make_update(cfg, NUM_ACTIONS)
+    expected.load_jax_state(new_state)
+    used_by_momentum = ("conv.", "value_hidden.", "adv_hidden.")  # encoder + projection
+    for module in ("model", "target", "momentum"):
+        want = getattr(expected, module).state_dict()
+        for k, v in getattr(update, module).state_dict().items():
+            if "eps" in k or "position" in k or (module == "momentum" and not k.startswith(used_by_momentum)):
+                continue
+            # one Adam step (eps 1.5e-4) moves a weight by at most about lr
+            np.testing.assert_allclose(v.numpy(), want[k].numpy(), atol=1e-2 * cfg.lr,
+                                       err_msg=f"{module}.{k}")
+
+
+def test_atari_update_trains_every_parameter_and_refreshes_targets():
+    cfg = make_config("atari", "pong", "smoke")
+    torch.manual_seed(0)
+    update = torch_atari.make_update(cfg, NUM_ACTIONS)
+    before = {k: v.clone() for k, v in update.model.state_dict().items()}
+    out = update.update(_atari_batch(cfg, seed=0))
+    assert np.isfinite(float(out["total"])) and float(out["mlr_loss"]) > 0
+    changed = {k for k, v in update.model.state_dict().items() if not torch.equal(v, before[k])}
+    assert {k for k, _ in update.model.named_parameters()} <= changed
+    # RL target = online after the step (noise buffers included); momentum = online BEFORE it.
+    target = update.target.state_dict()
+    for k, v in update.model.state_dict().items():
+        assert torch.equal(target[k], v), k
+    for k, v in update.momentum.state_dict().items():
+        if "eps" not in k:  # the noise buffers were redrawn at the start of the update
+            assert torch.equal(v, before[f"net.{k}"]), k
+
+
+def test_cube_mask_counts_and_blocks():
+    mask = torch_atari.cube_mask(8, 84, 12, 4, num_masked=25, device="cpu")
+    cells = mask[:, ::12, ::12]  # one pixel per cell
+    assert mask.shape == (8, 84, 84)
+    assert torch.all((1 - cells).sum((1, 2)) == 25)
+    assert torch.equal(mask[0], mask[3]) and torch.equal(mask[4], mask[7])
+    assert torch.equal(mask, cells.repeat_interleave(12, 1).repeat_interleave(12, 2))
+
+
+def test_crop_at_is_a_replicate_padded_window():
+    x = torch.arange(2 * 3 * 6 * 6, dtype=torch.float32).view(2, 3, 6, 6)
+    tops, lefts = [0, 4], [2, 1]
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2), mode="replicate")
+    out = torch_atari.crop_at(padded, torch.tensor(tops), torch.tensor(lefts), 6)
+    expected = np.stack([np.pad(x[i].numpy(), ((0, 0), (2, 2), (2, 2)), mode="edge")[:, t:t + 6, l:l + 6]
+                         for i, (t, l) in enumerate(zip(tops, lefts))])
+    np.testing.assert_array_equal(out.numpy(), expected)
+
+
+# ------------------------------------------------------------------ DMC
+
+
+def _assert_adam_step_close(actual, desired, lr, name):
+    """Parameters after one Adam step (eps 1e-8): the step is about ``lr * sign(grad)``, so a
+    gradient within rounding of zero may flip sign between frameworks; allow 1 in 10^4 such
+    elements (bounded by the step size), all others within 1e-5."""
+    diff = np.abs(actual - desired)
+    far = diff > 1e-5 + 1e-4 * np.abs(desired)
+    assert far.mean() <= 1e-4, f"{name}: {far.sum()} of {far.size} differ, max {diff.max()}"
+    assert diff.max() <= 2.5 * lr, f"{name}: max difference {diff.max()} exceeds one step"
+
+
+def test_dmc_update_matches_jax_agent_functions():
+    """Critic, MLR, actor/alpha steps and the EMAs on the same randomly cropped, masked and
+    intensity-scaled inputs and the same policy noise."""
+    from mlr_jax.agents import dmc as jax_dmc
+
+    cfg = make_config("dmc", "cartpole_swingup", "smoke", ["aux_warmup_steps=1"])
+    nets = jax_dmc.build_networks(cfg, ACTION_DIM)
+    state = jax_dmc.init(nets, jax.random.PRNGKey(0))
+    update = torch_dmc.make_update(cfg, ACTION_DIM)
+    update.load_jax_state(state)
+    torch.manual_seed(0)
+    inp = update.prepare(_dmc_batch(cfg, seed=0))
+    assert 0.3 < float((inp.masked_seq == 0).float().mean()) < 0.7  # half of the cells hidden
+    critic_noise, actor_noise = torch.randn(2, cfg.batch_size, ACTION_DIM)
+    out = update.update_inputs(inp, critic_noise, actor_noise)
+
+    def j(x):
+        return jnp.asarray(x.numpy())
+
+    def jitted(fn):
+        return jax.jit(functools.partial(fn, nets))
+
+    state, m_critic = jitted(jax_dmc.update_critic)(
+        state, j(inp.obs), j(inp.action), j(inp.reward[:, 0]), j(inp.discount[:, 0]),
+        j(inp.next_obs), j(critic_noise))
+    state, m_mlr = jitted(jax_dmc.update_mlr)(state, j(inp.masked_seq), j(inp.target_seq),
+                                             j(inp.seq_action))
+    state, m_actor = jitted(jax_dmc.update_actor_and_alpha)(state, j(inp.obs), j(actor_noise))
+    state = jitted(jax_dmc.update_targets)(state)
+    for name, metrics in (("critic_loss", m_critic), ("mlr_loss", m_mlr), ("mlr_grad_norm", m_mlr),
+                          ("actor_loss", m_actor), ("alpha_loss", m_actor)):
+        np.testing.assert_allclose(float(out[name]), float(metrics[name]), rtol=RTOL, err_msg=name)
+
+    expected = torch_dmc.make_update(cfg, ACTION_DIM)
+    expected.load_jax_state(state)
+    for module in ("actor", "critic", "critic_target", "mlr"):
+        want = getattr(expected, module).state_dict()
+        for k, v in getattr(update, module).state_dict().items():
+            _assert_adam_step_close(v.numpy(), want[k].numpy(), max(cfg.critic_lr, cfg.actor_lr),
+                                    f"{module}.{k}")
+    np.testing.assert_allclose(update.log_alpha.item(), expected.log_alpha.item(), atol=1e-7)
+
+
+def test_dmc_update_trains_and_gates_actor_every_other_step():
+    cfg = make_config("dmc", "cartpole_swingup", "smoke")
+    torch.manual_seed(0)
+    update = torch_dmc.make_update(cfg, ACTION_DIM)
+    batch = _dmc_batch(cfg, seed=1)
+    actor_before = [p.clone() for p in update.actor.trunk.parameters()]
+    target_before = [p.clone() for p in update.critic_target.parameters()]
+    first = update.update(batch)
+    assert {"critic_loss", "mlr_loss", "actor_loss", "alpha_loss"} <= set(first)
+    assert all(not torch.equal(a, b) for a, b in zip(actor_before, update.actor.trunk.parameters()))
+    assert all(not torch.equal(a, b) for a, b in zip(target_before, update.critic_target.parameters()))
+    actor_after = [p.clone() for p in update.actor.trunk.parameters()]
+    second = update.update(batch)
+    assert "actor_loss" not in second and np.isfinite(float(second["mlr_loss"]))
+    assert all(torch.equal(a, b) for a, b in zip(actor_after, update.actor.trunk.parameters()))
+    assert update.actor.encoder.convs[0].weight is update.critic.encoder.convs[0].weight
+
+
+# ------------------------------------------------------------------ runner
+
+
+def test_runner_writes_a_complete_record(tmp_path):
+    record = runner.run_benchmark("dmc", "cpu", "smoke", repeats=2, warmup=1, outdir=tmp_path,
+                                  env_steps=0, torch_threads=1)
+    files = list(tmp_path.glob("dmc_smoke_cpu_*.json"))
+    assert len(files) == 1 and json.loads(files[0].read_text()) == json.loads(json.dumps(record))
+    assert {"config", "versions", "date", "device", "summary", "jax_speedup",
+            "flops_ratio_xla_over_torch"} <= set(record)
+    assert record["versions"]["torch"] == torch.__version__
+    assert record["config"]["batch_size"] == 8 and record["updates_per_unit"] == 2
+    for fw in ("jax", "torch"):
+        r = record[fw]
+        assert r["repeats"] == 2 and 0 < r["min_ms"] <= r["median_ms"] <= r["max_ms"]
+        assert r["flops_per_update"] > 1e6 and r["achieved_tflops"] > 0 and r["act_ms"] > 0
+    # XLA counts elementwise work too; both must see the same convs and matmuls
+    assert 0.8 < record["flops_ratio_xla_over_torch"] < 1.5
+    assert "ms/update" in record["summary"] and "\n" not in record["summary"]
+
+
+def test_runner_rejects_bad_arguments(tmp_path):
+    with pytest.raises(runner.BenchmarkError, match="device"):
+        runner.run_benchmark("atari", "tpu", "smoke", outdir=tmp_path)
+    with pytest.raises(runner.BenchmarkError, match="frameworks"):
+        runner.run_benchmark("atari", "cpu", "smoke", frameworks=("tensorflow",), outdir=tmp_path)
+    jax_platform = "cpu" if jax.default_backend() == "cpu" else "gpu"
+    other = {"cpu": "gpu", "gpu": "cpu"}[jax_platform]
+    with pytest.raises(runner.BenchmarkError, match="JAX runs on"):
+        runner.run_benchmark("atari", other, "smoke", frameworks=("jax",), outdir=tmp_path)
