@@ -71,6 +71,7 @@ class RunConfig:
     log_every: int = 1000  # steps between metric rows and progress lines
     checkpoint_every: int = 0  # steps between checkpoints; 0 = at the end only
     precision: str = "fp32"  # "fp32" (paper) or "bf16" (matmuls/convs in bfloat16)
+    conv_impl: str = "auto"  # "xla", "im2col" or "auto" (im2col on CPU, xla on accelerators)
     progress: bool = True
 
 
@@ -348,6 +349,8 @@ def validate(cfg: Any) -> Any:
         raise ConfigError(f"mlr.mask_count_rule must be keep_floor or mask_floor, got {m.mask_count_rule!r}")
     if cfg.run.precision not in ("fp32", "bf16"):
         raise ConfigError(f"run.precision must be fp32 or bf16, got {cfg.run.precision!r}")
+    if cfg.run.conv_impl not in ("auto", "xla", "im2col"):
+        raise ConfigError(f"run.conv_impl must be auto, xla or im2col, got {cfg.run.conv_impl!r}")
     if cfg.run.eval_episodes < 1:
         raise ConfigError(f"run.eval_episodes must be >= 1, got {cfg.run.eval_episodes}")
     positive = ["batch_size", "replay_capacity", "num_envs"]

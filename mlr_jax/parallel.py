@@ -35,6 +35,15 @@ def device_description() -> str:
     return f"{dev.platform}:{getattr(dev, 'device_kind', 'unknown')} x{jax.local_device_count()}"
 
 
+def conv_impl(requested: str) -> str:
+    """The convolution implementation for ``run.conv_impl`` (see :mod:`mlr_jax.nets.conv`):
+    ``"auto"`` is ``"im2col"`` on the CPU backend (XLA:CPU convolutions are slow) and
+    ``"xla"`` on accelerators."""
+    if requested == "auto":
+        return "im2col" if jax.default_backend() == "cpu" else "xla"
+    return requested
+
+
 def pmean(tree: Any, axis_name: str | None) -> Any:
     """Mean over devices inside a pmapped function; identity when ``axis_name`` is None."""
     if axis_name is None:

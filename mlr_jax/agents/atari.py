@@ -101,7 +101,8 @@ def make_agent(cfg: AtariConfig, num_actions: int) -> Agent:
     m = cfg.mlr
     dtype = jnp.bfloat16 if cfg.run.precision == "bf16" else jnp.float32
     dim = nature_cnn_output_dim(cfg.image_size, cfg.channels, cfg.kernels, cfg.strides)
-    encoder = NatureCNN(cfg.channels, cfg.kernels, cfg.strides, cfg.renormalize, dtype)
+    encoder = NatureCNN(cfg.channels, cfg.kernels, cfg.strides, cfg.renormalize, dtype,
+                        parallel.conv_impl(cfg.run.conv_impl))
     head = DuelingC51Head(num_actions, cfg.num_atoms, cfg.hidden_size, cfg.noisy_std,
                           cfg.head_grad_scale, dtype)
     projection = HeadProjection(cfg.hidden_size, dtype)

@@ -146,13 +146,16 @@ def build_networks(cfg: DMCConfig, action_dim: int) -> DMCNetworks:
     if cfg.aux not in ("mlr", "none"):
         raise ValueError(f"aux must be 'mlr' or 'none', got {cfg.aux!r}")
     dtype = jnp.bfloat16 if cfg.run.precision == "bf16" else jnp.float32
+    conv = parallel.conv_impl(cfg.run.conv_impl)
     m = cfg.mlr
     return DMCNetworks(
         cfg=cfg,
         action_dim=action_dim,
-        convs=nets_lib.ConvStack(cfg.num_filters, cfg.num_conv_layers, dtype),
-        encoder=nets_lib.PixelEncoder(cfg.feature_dim, cfg.num_filters, cfg.num_conv_layers, dtype),
-        critic=nets_lib.Critic(cfg.feature_dim, cfg.num_filters, cfg.num_conv_layers, cfg.hidden_dim, dtype),
+        convs=nets_lib.ConvStack(cfg.num_filters, cfg.num_conv_layers, dtype, conv),
+        encoder=nets_lib.PixelEncoder(cfg.feature_dim, cfg.num_filters, cfg.num_conv_layers, dtype,
+                                      conv),
+        critic=nets_lib.Critic(cfg.feature_dim, cfg.num_filters, cfg.num_conv_layers, cfg.hidden_dim,
+                               dtype, conv),
         actor=nets_lib.Actor(action_dim, cfg.feature_dim, cfg.hidden_dim, cfg.log_std_min,
                              cfg.log_std_max, dtype),
         action_embed=nn.Dense(cfg.feature_dim, **linear_init("trunc_normal", action_dim)),

@@ -293,7 +293,7 @@ def run_benchmark(domain: str = "atari", device: str = "cpu", preset: str = "pap
       repeats: timed units after warm-up (DMC: one unit = two agent steps).
       warmup: untimed units first (at least one is always run; its time is recorded as
         ``first_call_s``; JAX compiles ahead of time, recorded as ``compile_s``).
-      outdir: the JSON goes to ``outdir/<domain>_<preset>_<device>_<YYYY-MM-DD>.json``.
+      outdir: the JSON goes to ``outdir/<domain>_<preset>_<device>_<precision>_<YYYYmmdd-HHMMSS>.json``.
       name: game / task (default: Pong / cartpole_swingup).
       overrides: dotted config overrides, e.g. ``["run.precision=bf16"]`` (JAX only: the
         torch port always runs fp32).
@@ -339,7 +339,8 @@ def run_benchmark(domain: str = "atari", device: str = "cpu", preset: str = "pap
         record["flops_ratio_xla_over_torch"] = xla / tf if xla and tf else None
     record["device"] = record.get("jax", record.get("torch", {})).get("device")
     record["summary"] = summary_line(record)
-    path = pathlib.Path(outdir) / f"{domain}_{preset}_{device}_{record['date'][:10]}.json"
+    stamp = record["date"][:19].replace("-", "").replace(":", "").replace("T", "-")
+    path = pathlib.Path(outdir) / f"{domain}_{preset}_{device}_{cfg.run.precision}_{stamp}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     record["path"] = str(path)
     path.write_text(json.dumps(record, indent=2, default=_json_default) + "\n")

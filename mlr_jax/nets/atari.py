@@ -24,6 +24,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mlr_jax.nets.conv import Conv
 from mlr_jax.nets.decoder import linear_init
 
 PROJECTION_LAYERS = ("value_hidden", "advantage_hidden")
@@ -85,6 +86,7 @@ class NatureCNN(nn.Module):
       channels, kernels, strides: per-layer settings (paper: 32/64/64, 8/4/3, 4/2/1).
       renormalize: apply :func:`renormalize` to the flattened output.
       dtype: computation dtype.
+      conv_impl: ``"xla"`` or ``"im2col"`` (:mod:`mlr_jax.nets.conv`).
     """
 
     channels: Sequence[int] = (32, 64, 64)
@@ -92,6 +94,7 @@ class NatureCNN(nn.Module):
     strides: Sequence[int] = (4, 2, 1)
     renormalize: bool = True
     dtype: Any = jnp.float32
+    conv_impl: str = "xla"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -104,8 +107,8 @@ class NatureCNN(nn.Module):
         layers = zip(self.channels, self.kernels, self.strides)
         for i, (features, kernel, stride) in enumerate(layers):
             init = linear_init("torch_default", h.shape[-1] * kernel * kernel)
-            h = nn.Conv(features, (kernel, kernel), (stride, stride), padding="VALID",
-                        dtype=self.dtype, name=f"conv_{i}", **init)(h)
+            h = Conv(features, kernel, stride, impl=self.conv_impl, dtype=self.dtype,
+                     name=f"conv_{i}", **init)(h)
             h = nn.relu(h)
         h = jnp.transpose(h, (0, 3, 1, 2)).reshape(h.shape[0], -1).astype(jnp.float32)
         return renormalize(h) if self.renormalize else h

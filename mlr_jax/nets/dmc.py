@@ -25,6 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mlr_jax.nets.conv import Conv
 from mlr_jax.nets.decoder import linear_init
 from mlr_jax.rl import sac
 
@@ -58,15 +59,16 @@ class ConvStack(nn.Module):
     num_filters: int
     num_layers: int
     dtype: Dtype = jnp.float32
+    conv_impl: str = "xla"
 
     @nn.compact
     def __call__(self, obs: jax.Array) -> jax.Array:
         chex.assert_rank(obs, 4)
         x = jnp.transpose(obs.astype(jnp.float32) / 255.0, (0, 2, 3, 1)).astype(self.dtype)
         for i in range(self.num_layers):
-            x = nn.Conv(self.num_filters, (3, 3), strides=1 if i else 2, padding="VALID",
-                        kernel_init=delta_orthogonal(), bias_init=nn.initializers.zeros,
-                        dtype=self.dtype, name=f"conv{i}")(x)
+            x = Conv(self.num_filters, 3, stride=1 if i else 2, impl=self.conv_impl,
+                     kernel_init=delta_orthogonal(), bias_init=nn.initializers.zeros,
+                     dtype=self.dtype, name=f"conv{i}")(x)
             x = nn.relu(x)
         x = jnp.transpose(x, (0, 3, 1, 2))
         return x.reshape(x.shape[0], -1).astype(jnp.float32)
@@ -95,9 +97,10 @@ class PixelEncoder(nn.Module):
     num_filters: int
     num_layers: int
     dtype: Dtype = jnp.float32
+    conv_impl: str = "xla"
 
     def setup(self):
-        self.convs = ConvStack(self.num_filters, self.num_layers, self.dtype)
+        self.convs = ConvStack(self.num_filters, self.num_layers, self.dtype, self.conv_impl)
         self.head = FeatureHead(self.feature_dim, self.dtype)
 
     def __call__(self, obs: jax.Array) -> jax.Array:
@@ -135,9 +138,11 @@ class Critic(nn.Module):
     num_layers: int
     hidden_dim: int
     dtype: Dtype = jnp.float32
+    conv_impl: str = "xla"
 
     def setup(self):
-        self.encoder = PixelEncoder(self.feature_dim, self.num_filters, self.num_layers, self.dtype)
+        self.encoder = PixelEncoder(self.feature_dim, self.num_filters, self.num_layers, self.dtype,
+                                    self.conv_impl)
         self.q1 = MLP((self.hidden_dim, self.hidden_dim, 1), dtype=self.dtype)
         self.q2 = MLP((self.hidden_dim, self.hidden_dim, 1), dtype=self.dtype)
 
