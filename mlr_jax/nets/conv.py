@@ -6,7 +6,10 @@ so checkpoints and weight ports do not depend on the implementation:
 * ``"xla"``: ``lax.conv_general_dilated`` -- cuDNN on GPUs, the TPU convolution units.
 * ``"im2col"``: the ``k * k`` strided windows concatenated along channels and one matmul.
   XLA:CPU's own convolutions are several times slower than its matmuls for these shapes
-  (measured in benchmarks/README.md), so the im2col form is the faster one on CPUs.
+  (measured in benchmarks/README.md), so the im2col form is the faster one on CPUs. The patch
+  matrix is ``k * k`` times the input; where it would exceed :data:`IM2COL_MAX_BYTES` (e.g.
+  the DMC MLR branch: 2,048 frames of 39x39x576 floats = 7 GB per layer) the layer falls back
+  to the XLA convolution.
 
 Which one suits the device is decided outside the pure modules
 (:func:`mlr_jax.parallel.conv_impl`, from ``run.conv_impl``).
@@ -22,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 IMPLS = ("xla", "im2col")
+IM2COL_MAX_BYTES = 1 << 30
 
 
 def im2col_conv(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
@@ -72,7 +76,10 @@ class Conv(nn.Module):
         x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
         if self.impl not in IMPLS:
             raise ValueError(f"conv impl must be one of {IMPLS}, got {self.impl!r}")
-        if self.impl == "im2col":
+        n, h, w, c = x.shape
+        patch_bytes = (n * ((h - k) // self.stride + 1) * ((w - k) // self.stride + 1) * k * k * c
+                       * jnp.dtype(self.dtype).itemsize)
+        if self.impl == "im2col" and patch_bytes <= IM2COL_MAX_BYTES:
             y = im2col_conv(x, kernel, self.stride)
         else:
             y = jax.lax.conv_general_dilated(x, kernel, (self.stride, self.stride), "VALID",

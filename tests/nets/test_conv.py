@@ -42,3 +42,16 @@ def test_module_has_nn_conv_parameters_and_output():
 def test_auto_picks_im2col_on_cpu():
     assert parallel.conv_impl("auto") == "im2col"  # the test suite runs on the CPU backend
     assert parallel.conv_impl("xla") == "xla"
+
+
+def test_im2col_falls_back_to_xla_when_patches_exceed_the_budget(monkeypatch):
+    x = jnp.zeros((2, 12, 12, 4))
+    conv = Conv(6, 4, 2, impl="im2col")
+    params = conv.init(jax.random.PRNGKey(0), x)
+
+    def uses_lax_conv():
+        return "conv_general_dilated" in str(jax.make_jaxpr(conv.apply)(params, x))
+
+    assert not uses_lax_conv()
+    monkeypatch.setattr("mlr_jax.nets.conv.IM2COL_MAX_BYTES", 2 * 5 * 5 * 16 * 4 * 4 - 1)
+    assert uses_lax_conv()
