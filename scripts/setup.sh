@@ -2,8 +2,17 @@
 # Set up mlr-jax on a fresh Debian machine (run as root or with sudo available):
 # Debian GL packages for DMC pixel rendering, a virtual environment in .venv,
 # the requirements and the package itself (editable). Idempotent.
+#   --bench   also install the PyTorch comparison (benchmarks/requirements-torch.txt), which
+#             the benchmark and its equivalence tests need.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+WITH_BENCH=0
+for arg in "$@"; do
+  case "$arg" in
+    --bench) WITH_BENCH=1 ;;
+    *) echo "setup.sh: unknown option '$arg' (known: --bench)" >&2; exit 2 ;;
+  esac
+done
 
 SUDO=""
 if [ "$(id -u)" != "0" ]; then SUDO="sudo"; fi
@@ -23,4 +32,8 @@ echo "[setup] installing requirements"
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -r requirements.txt
 .venv/bin/python -m pip install -q --no-deps -e .
+if [ "$WITH_BENCH" = 1 ]; then
+  echo "[setup] installing the PyTorch comparison (benchmarks/requirements-torch.txt)"
+  .venv/bin/python -m pip install -q -r benchmarks/requirements-torch.txt
+fi
 echo "[setup] done: activate with 'source .venv/bin/activate'"
