@@ -118,6 +118,15 @@ def _xla_flops(compiled_cost: Any) -> float | None:
 # ------------------------------------------------------------------ JAX
 
 
+def _time_act(agent: Any, state: Any, batch: Any, key: jax.Array, domain: str,
+              repeats: int) -> dict[str, Any]:
+    """Timing of one jitted ``act`` for one observation (training behaviour)."""
+    obs = batch.obs[:1, 0] if domain == "atari" else batch.sac.obs[:1]
+    act = jax.jit(agent.act)
+    args = (state, obs, key) + ((0.0,) if domain == "atari" else ())
+    return _time_calls(lambda: jax.block_until_ready(act(*args)), max(repeats, 20), 3)
+
+
 def _bench_jax(cfg, domain: str, num_actions: int, batch: Any, repeats: int, warmup: int,
                seed: int) -> dict[str, Any]:
     if domain == "atari":
@@ -129,11 +138,7 @@ def _bench_jax(cfg, domain: str, num_actions: int, batch: Any, repeats: int, war
     state = agent.init(key)
     unit = 1 if domain == "atari" else 2
     param_counts = agent.param_counts(state)
-    obs = batch.obs[:1, 0] if domain == "atari" else batch.sac.obs[:1]
-    act = jax.jit(agent.act)
-    act_args = (0.0,) if domain == "atari" else ()
-    act_timing = _time_calls(lambda: jax.block_until_ready(act(state, obs, key, *act_args)),
-                             max(repeats, 20), 3)
+    act_timing = _time_act(agent, state, batch, key, domain, repeats)
 
     # The data_parallel step on one device, compiled ahead of time once: the same executable
     # gives the XLA cost analysis and is the one timed (step = pmapped call + metric gather).
