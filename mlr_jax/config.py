@@ -129,7 +129,7 @@ class AtariConfig:
     momentum_tau: float = 1.0  # 1 = exact copy every update (SPR/MLR setting)
     scale_masked_input: bool = False  # code: masked online frames stay 0-255; True: /255
     mlr: MLRConfig = MLRConfig(patch_size=12, block_size=8, mask_count_rule="keep_floor")
-    run: RunConfig = RunConfig(eval_episodes=100, eval_every=0)
+    run: RunConfig = RunConfig(eval_episodes=100, eval_every=0, checkpoint_every=10_000)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,7 +179,8 @@ class DMCConfig:
     intensity_scale: float = 0.05
     reinit_encoder_linear: bool = True  # code: MLR's trunc-normal re-init also hits the encoder's Linear/LN
     mlr: MLRConfig = MLRConfig(patch_size=10, block_size=8, mask_count_rule="mask_floor")
-    run: RunConfig = RunConfig(eval_episodes=10, eval_every=5_000, log_every=1_000)
+    run: RunConfig = RunConfig(eval_episodes=10, eval_every=5_000, log_every=1_000,
+                               checkpoint_every=50_000)
 
     @property
     def agent_steps(self) -> int:
