@@ -11,8 +11,17 @@ import json
 import sys
 from typing import Sequence
 
-from mlr_jax.config import (DMC_BUDGETS, ConfigError, apply_overrides, domain_of, make_config,
-                            name_of, to_dict, validate)
+from mlr_jax.config import (
+    DMC_BUDGETS,
+    ConfigError,
+    apply_overrides,
+    domain_of,
+    make_config,
+    name_of,
+    to_dict,
+    validate,
+)
+from mlr_jax.parallel import ParallelError
 
 EPILOG = """examples:
   mlr-jax train atari --game pong --seed 1                 # the paper setting (MLR)
@@ -178,7 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "report":
             return _report(args)
         return _bench(args)
-    except ConfigError as e:
+    except (ConfigError, ParallelError) as e:
         parser.exit(2, f"mlr-jax: error: {e}\n")
 
 

@@ -111,6 +111,9 @@ def train(cfg: AtariConfig | DMCConfig, resume: str | pathlib.Path | None = None
       log: where to print start-up and end-of-run lines.
     """
     kind, name, seed = domain_of(cfg), name_of(cfg), cfg.run.seed
+    for field in ("batch_size", "aux_batch_size"):  # fail before anything is built
+        if hasattr(cfg, field):
+            parallel.check_divisible(getattr(cfg, field), parallel.local_device_count(), field)
     env = envs.make_env(cfg, cfg.num_envs, seed, evaluation=False)
     domain = make_domain(cfg, env)
     replay = domain.make_replay()
@@ -137,7 +140,6 @@ def train(cfg: AtariConfig | DMCConfig, resume: str | pathlib.Path | None = None
     log("[mlr-jax] parameters: " + ", ".join(f"{k}={v:,}" for k, v in counts.items()))
 
     train_step = parallel.data_parallel(domain.agent.train_step)
-    parallel.check_divisible(cfg.batch_size, train_step.num_devices)
     pstate = parallel.replicate(state)
     metrics_writer = runlog.MetricsWriter(run, keep_until=step if resume is not None else None)
     progress = runlog.Progress(domain.total_steps, initial=step, enabled=cfg.run.progress,

@@ -60,6 +60,15 @@ def test_bad_input_fails_early_naming_the_value(capsys, argv, message):
     assert message in capsys.readouterr().err
 
 
+def test_batch_not_divisible_by_devices_fails_before_training(capsys, tmp_path):
+    # the test session has 2 (fake CPU) devices
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train", "dmc", "--preset", "smoke", "--outdir", str(tmp_path), "aux_batch_size=3"])
+    assert exit_info.value.code == 2
+    assert "aux_batch_size=3 is not divisible by the number of devices (2)" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir()), "nothing may be created for a run that cannot start"
+
+
 def test_unknown_subcommand_and_option(capsys):
     for argv in (["frobnicate"], ["train", "atari", "--bogus"], ["train"]):
         with pytest.raises(SystemExit) as exit_info:
