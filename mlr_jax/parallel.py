@@ -51,6 +51,16 @@ def pmean(tree: Any, axis_name: str | None) -> Any:
     return jax.lax.pmean(tree, axis_name)
 
 
+def num_shards(axis_name: str | None) -> int:
+    """Number of devices sharing the batch (1 when ``axis_name`` is None)."""
+    return 1 if axis_name is None else jax.lax.psum(1, axis_name)
+
+
+def sample_keys(key: jax.Array, local_batch: int, axis_name: str | None) -> jax.Array:
+    """One key per sample of the GLOBAL batch, sliced to this device's ``local_batch`` samples."""
+    return shard_slice(jax.random.split(key, local_batch * num_shards(axis_name)), axis_name)
+
+
 def shard_slice(x: jax.Array, axis_name: str | None) -> jax.Array:
     """This device's contiguous slice of a global-batch array ``x[B_global, ...]``.
 
@@ -59,8 +69,7 @@ def shard_slice(x: jax.Array, axis_name: str | None) -> jax.Array:
     """
     if axis_name is None:
         return x
-    num = jax.lax.psum(1, axis_name)
-    size = x.shape[0] // num
+    size = x.shape[0] // num_shards(axis_name)
     start = jax.lax.axis_index(axis_name) * size
     return jax.lax.dynamic_slice_in_dim(x, start, size, axis=0)
 

@@ -82,17 +82,6 @@ def _copy(tree: Any) -> Any:
     return jax.tree.map(jnp.copy, tree)
 
 
-def _global_batch(local_batch: int, axis_name: str | None) -> int:
-    """Size of the global batch of which this device holds ``local_batch`` samples."""
-    return local_batch * (1 if axis_name is None else jax.lax.psum(1, axis_name))
-
-
-def _sample_keys(key: chex.PRNGKey, local_batch: int, axis_name: str | None) -> jax.Array:
-    """One key per sample of the global batch; this device's slice of them."""
-    return parallel.shard_slice(jax.random.split(key, _global_batch(local_batch, axis_name)),
-                                axis_name)
-
-
 def make_agent(cfg: AtariConfig, num_actions: int) -> Agent:
     """Build the Atari agent's pure functions for ``cfg`` and a game with ``num_actions``."""
     if num_actions < 1:
@@ -132,7 +121,7 @@ def make_agent(cfg: AtariConfig, num_actions: int) -> Agent:
             shifted = random_shift(shift_key, sample, cfg.shift_pad)
             return intensity(intensity_key, shifted, cfg.intensity_scale)
 
-        return jax.vmap(one_sample)(_sample_keys(key, frames.shape[0], axis_name), frames)
+        return jax.vmap(one_sample)(parallel.sample_keys(key, frames.shape[0], axis_name), frames)
 
     def draw_mask(key, local_batch, axis_name):
         """One cube mask f32[T, H, W] for the batch, or this device's f32[B, T, H, W]."""
@@ -140,7 +129,7 @@ def make_agent(cfg: AtariConfig, num_actions: int) -> Agent:
                 m.mask_count_rule)
         if not m.mask_per_sample:
             return cube_mask(key, *args)
-        masks = cube_mask(key, *args, batch_size=_global_batch(local_batch, axis_name))
+        masks = cube_mask(key, *args, batch_size=local_batch * parallel.num_shards(axis_name))
         return parallel.shard_slice(masks, axis_name)
 
     def init(key: chex.PRNGKey) -> AtariState:

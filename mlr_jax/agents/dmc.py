@@ -350,21 +350,15 @@ def update_targets(nets: DMCNetworks, state: DMCState) -> DMCState:
     return state.replace(critic_target=critic_target, momentum=momentum)
 
 
-def _sample_keys(key: chex.PRNGKey, local_batch: int, axis_name: str | None) -> jax.Array:
-    """One key per sample of the GLOBAL batch, sliced to this device's samples."""
-    devices = 1 if axis_name is None else jax.lax.psum(1, axis_name)
-    return parallel.shard_slice(jax.random.split(key, local_batch * devices), axis_name)
-
-
 def _global_normal(key: chex.PRNGKey, shape: tuple[int, ...], axis_name: str | None) -> jax.Array:
     """Standard normal noise drawn for the global batch; this device's rows."""
-    devices = 1 if axis_name is None else jax.lax.psum(1, axis_name)
-    return parallel.shard_slice(jax.random.normal(key, (shape[0] * devices,) + shape[1:]), axis_name)
+    rows = shape[0] * parallel.num_shards(axis_name)
+    return parallel.shard_slice(jax.random.normal(key, (rows,) + shape[1:]), axis_name)
 
 
 def _random_crops(key: chex.PRNGKey, obs: jax.Array, size: int, axis_name: str | None) -> jax.Array:
     """Independent random crop of every ``obs[i] [C, H, W]`` to ``size``."""
-    keys = _sample_keys(key, obs.shape[0], axis_name)
+    keys = parallel.sample_keys(key, obs.shape[0], axis_name)
     return jax.vmap(lambda k, x: augment.random_crop(k, x[None], size)[0])(keys, obs)
 
 
@@ -386,7 +380,7 @@ def mlr_views(nets: DMCNetworks, key: chex.PRNGKey, frames: jax.Array,
                              patch_size=m.patch_size, block_size=m.block_size,
                              mask_ratio=m.mask_ratio, rule=m.mask_count_rule)
     if m.mask_per_sample:
-        mask = jax.vmap(draw)(_sample_keys(mask_key, batch, axis_name))
+        mask = jax.vmap(draw)(parallel.sample_keys(mask_key, batch, axis_name))
     else:
         mask = draw(mask_key)
 
@@ -396,7 +390,7 @@ def mlr_views(nets: DMCNetworks, key: chex.PRNGKey, frames: jax.Array,
         return augment.intensity(intensity_key, cropped, cfg.intensity_scale)
 
     def augment_batch(k, x):
-        return jax.vmap(augment_sequence)(_sample_keys(k, batch, axis_name), x)
+        return jax.vmap(augment_sequence)(parallel.sample_keys(k, batch, axis_name), x)
 
     online = augment_batch(online_key, masking.apply_cube_mask(frames, mask))
     return online, augment_batch(target_key, frames)
