@@ -82,7 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--domain", choices=("atari", "dmc"), required=True)
     bench.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
     bench.add_argument("--preset", choices=("paper", "smoke"), default="paper")
-    bench.add_argument("--frameworks", default="jax,torch", help="comma-separated: jax,torch")
+    bench.add_argument("--frameworks", default="jax,torch",
+                       help="comma-separated: jax,torch,torch-glibc (torch-glibc: the torch port in a "
+                            "child process with glibc's default allocator, as the authors' code runs)")
+    bench.add_argument("--convs", type=int, default=0, metavar="BATCH",
+                       help="time only the conv trunk (forward, forward+backward) of each "
+                            "implementation at this batch size, e.g. 128")
     bench.add_argument("--repeats", type=int, default=10)
     bench.add_argument("--warmup", type=int, default=2)
     bench.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
@@ -161,12 +166,20 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from mlr_jax.bench.runner import run_benchmark
+    from mlr_jax.bench.runner import FRAMEWORKS, run_benchmark
+
+    if args.convs:
+        from mlr_jax.bench.convs import conv_summary, run_conv_benchmark
+
+        record = run_conv_benchmark(args.domain, args.device, args.preset, args.convs,
+                                    args.repeats, args.outdir)
+        print(conv_summary(record))
+        return 0
 
     frameworks = tuple(f.strip() for f in args.frameworks.split(",") if f.strip())
-    unknown = set(frameworks) - {"jax", "torch"}
+    unknown = set(frameworks) - set(FRAMEWORKS)
     if unknown or not frameworks:
-        raise ConfigError(f"--frameworks must list jax and/or torch, got {args.frameworks!r}")
+        raise ConfigError(f"--frameworks must list some of {','.join(FRAMEWORKS)}, got {args.frameworks!r}")
     result = run_benchmark(domain=args.domain, device=args.device, preset=args.preset,
                            frameworks=frameworks, repeats=args.repeats, warmup=args.warmup,
                            outdir=args.outdir, name=args.name, torch_threads=args.torch_threads,

@@ -23,6 +23,9 @@ import os
 import pathlib
 import platform
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from typing import Any, Callable, Sequence
 
@@ -30,11 +33,15 @@ import jax
 import numpy as np
 
 from mlr_jax import parallel
+from mlr_jax.host import tune_malloc
 from mlr_jax.config import AtariConfig, DMCConfig, make_config, to_dict
 
 DOMAINS = ("atari", "dmc")
 DEVICES = ("cpu", "gpu")
-FRAMEWORKS = ("jax", "torch")
+# "torch-glibc": the same PyTorch port in a child process with glibc's default allocator
+# (MLR_JAX_MALLOC=default), i.e. as the authors' code runs; "torch" shares this process and
+# therefore the allocator settings of mlr_jax.host.
+FRAMEWORKS = ("jax", "torch", "torch-glibc")
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "torch", "envpool", "numpy")
 DEFAULT_ACTIONS = {"atari": 6, "dmc": 1}  # Pong's minimal action set, cartpole's action size
 
@@ -109,8 +116,17 @@ def _summarise(timing: dict[str, Any], updates_per_call: int, flops: float | Non
     return out
 
 
-def _xla_flops(compiled_cost: Any) -> float | None:
-    cost = compiled_cost[0] if isinstance(compiled_cost, (list, tuple)) else compiled_cost
+def _xla_flops(make_agent: Callable[..., Any], cfg, num_actions: int, state: Any, batch: Any,
+               key: jax.Array) -> float | None:
+    """FLOPs of one step from XLA's cost analysis of the step with ``run.conv_impl=xla``.
+
+    The im2col convolutions loop over chunks and the cost analysis counts a loop body once, so
+    the count is taken from the same update written with plain convolutions (only lowered,
+    not compiled: the analysis of the unoptimised HLO)."""
+    xla_cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, conv_impl="xla"))
+    step = parallel.data_parallel(make_agent(xla_cfg, num_actions).train_step, num_devices=1)
+    cost = step.pmapped.lower(state, batch, key).cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     flops = (cost or {}).get("flops")
     return float(flops) if flops is not None and flops > 0 else None
 
@@ -140,8 +156,8 @@ def _bench_jax(cfg, domain: str, num_actions: int, batch: Any, repeats: int, war
     param_counts = agent.param_counts(state)
     act_timing = _time_act(agent, state, batch, key, domain, repeats)
 
-    # The data_parallel step on one device, compiled ahead of time once: the same executable
-    # gives the XLA cost analysis and is the one timed (step = pmapped call + metric gather).
+    # The data_parallel step on one device, compiled ahead of time once and timed
+    # (step = pmapped call + metric gather).
     step = parallel.data_parallel(agent.train_step, num_devices=1)
     shard = parallel.split_batch(batch, 1)
     holder = {"state": parallel.replicate(state, 1), "i": 0}
@@ -149,7 +165,7 @@ def _bench_jax(cfg, domain: str, num_actions: int, batch: Any, repeats: int, war
     start = time.perf_counter()
     compiled = step.pmapped.lower(holder["state"], shard, key).compile()
     compile_s = time.perf_counter() - start
-    flops = _xla_flops(compiled.cost_analysis())
+    flops = _xla_flops(make_agent, cfg, num_actions, holder["state"], shard, key)
     keys = list(jax.random.split(key, (repeats + warmup + 1) * unit))
 
     def one_unit():
@@ -163,7 +179,7 @@ def _bench_jax(cfg, domain: str, num_actions: int, batch: Any, repeats: int, war
     out = _summarise(timing, unit, flops)
     out.update(act_ms=1e3 * statistics.median(act_timing["times_s"]), param_counts=param_counts,
                compile_s=compile_s, device=parallel.device_description(),
-               flops_source="xla cost_analysis of the compiled step")
+               flops_source="xla cost_analysis of the lowered step with conv_impl=xla")
     return out
 
 
@@ -221,6 +237,26 @@ def _bench_torch(cfg, domain: str, num_actions: int, batch: Any, device: str, re
                             "cuda_matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
                             "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32})
     return timing
+
+
+def _bench_torch_glibc(domain: str, device: str, preset: str, name: str | None,
+                       overrides: Sequence[str], repeats: int, warmup: int, seed: int,
+                       torch_threads: int | None) -> dict[str, Any]:
+    """The "torch" measurement repeated in a child process that keeps glibc's allocator
+    defaults (same config, seed and therefore the same batch)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        kwargs = dict(domain=domain, device=device, preset=preset, frameworks=["torch"],
+                      repeats=repeats, warmup=warmup, outdir=tmp, name=name,
+                      overrides=list(overrides), env_steps=0, seed=seed, torch_threads=torch_threads)
+        code = ("import json, sys; from mlr_jax.bench.runner import run_benchmark; "
+                "run_benchmark(**json.loads(sys.argv[1]))")
+        env = dict(os.environ, MLR_JAX_MALLOC="default")
+        done = subprocess.run([sys.executable, "-c", code, json.dumps(kwargs)], env=env,
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            raise BenchmarkError(f"the torch-glibc child process failed:\n{done.stderr[-3000:]}")
+        child = json.loads(next(pathlib.Path(tmp).glob("*.json")).read_text())
+    return dict(child["torch"], malloc=child["host"]["malloc"])
 
 
 # ------------------------------------------------------------------ envpool
@@ -294,7 +330,9 @@ def run_benchmark(domain: str = "atari", device: str = "cpu", preset: str = "pap
       domain: ``"atari"`` or ``"dmc"``.
       device: ``"cpu"`` or ``"gpu"`` (JAX must already run on that platform).
       preset: ``"paper"`` or ``"smoke"`` (see :data:`mlr_jax.config.PRESETS`).
-      frameworks: any of ``("jax", "torch")``.
+      frameworks: any of ``("jax", "torch", "torch-glibc")``: "torch" runs in this process
+        (with :mod:`mlr_jax.host`'s allocator settings, like JAX), "torch-glibc" in a child
+        process with glibc's defaults, as the authors' code runs.
       repeats: timed units after warm-up (DMC: one unit = two agent steps).
       warmup: untimed units first (at least one is always run; its time is recorded as
         ``first_call_s``; JAX compiles ahead of time, recorded as ``compile_s``).
@@ -311,7 +349,8 @@ def run_benchmark(domain: str = "atari", device: str = "cpu", preset: str = "pap
       The record written to disk: ``config``, ``versions``, ``date``, ``device``, per framework
       ``{median_ms, min_ms, max_ms, updates_per_s, flops_per_update, achieved_tflops,
       first_call_s, act_ms, param_counts, ...}``, ``jax_speedup`` (torch time / JAX time),
-      ``flops_ratio_xla_over_torch``, ``envpool``, ``path`` and a one-line ``summary``.
+      ``flops_ratio_xla_over_torch``, ``jax_speedup_vs_torch_glibc``, ``envpool``, ``path``
+      and a one-line ``summary``.
     """
     frameworks = tuple(frameworks)
     _check_args(domain, device, frameworks, repeats, warmup)
@@ -319,7 +358,8 @@ def run_benchmark(domain: str = "atari", device: str = "cpu", preset: str = "pap
     record: dict[str, Any] = {
         "domain": domain, "preset": preset, "device_kind": device,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "host": {"machine": platform.machine(), "processor": platform.processor(), "cpus": os.cpu_count()},
+        "host": {"machine": platform.machine(), "processor": platform.processor(), "cpus": os.cpu_count(),
+                 "malloc": tune_malloc()},
         "versions": _versions(), "config": to_dict(cfg), "overrides": list(overrides),
         "repeats": repeats, "warmup": warmup, "seed": seed,
         "updates_per_unit": 1 if domain == "atari" else 2,
@@ -338,10 +378,16 @@ def run_benchmark(domain: str = "atari", device: str = "cpu", preset: str = "pap
     if "torch" in frameworks:
         record["torch"] = _bench_torch(cfg, domain, num_actions, batch, device, repeats, warmup, seed,
                                        torch_threads)
+    if "torch-glibc" in frameworks:
+        record["torch-glibc"] = _bench_torch_glibc(domain, device, preset, name, overrides, repeats,
+                                                   warmup, seed, torch_threads)
     if "jax" in record and "torch" in record:
         record["jax_speedup"] = record["torch"]["median_ms"] / record["jax"]["median_ms"]
         xla, tf = record["jax"]["flops_per_update"], record["torch"]["flops_per_update"]
         record["flops_ratio_xla_over_torch"] = xla / tf if xla and tf else None
+    if "jax" in record and "torch-glibc" in record:
+        record["jax_speedup_vs_torch_glibc"] = (record["torch-glibc"]["median_ms"]
+                                                / record["jax"]["median_ms"])
     record["device"] = record.get("jax", record.get("torch", {})).get("device")
     record["summary"] = summary_line(record)
     stamp = record["date"][:19].replace("-", "").replace(":", "").replace("T", "-")
@@ -371,6 +417,8 @@ def summary_line(record: dict[str, Any]) -> str:
                          f"act {r['act_ms']:.2f} ms")
     if "jax_speedup" in record:
         parts.append(f"JAX {record['jax_speedup']:.2f}x torch")
+    if "jax_speedup_vs_torch_glibc" in record:
+        parts.append(f"JAX {record['jax_speedup_vs_torch_glibc']:.2f}x torch-glibc")
     env = record.get("envpool", {})
     if "agent_steps_per_s" in env:
         parts.append(f"envpool {env['agent_steps_per_s']:.0f} agent steps/s")

@@ -220,14 +220,18 @@ def test_dmc_update_trains_and_gates_actor_every_other_step():
 
 def test_runner_writes_a_complete_record(tmp_path):
     record = runner.run_benchmark("dmc", "cpu", "smoke", repeats=2, warmup=1, outdir=tmp_path,
-                                  env_steps=0, torch_threads=1)
+                                  env_steps=0, torch_threads=1,
+                                  frameworks=("jax", "torch", "torch-glibc"))
     files = list(tmp_path.glob("dmc_smoke_cpu_*.json"))
     assert len(files) == 1 and json.loads(files[0].read_text()) == json.loads(json.dumps(record))
     assert {"config", "versions", "date", "device", "summary", "jax_speedup",
             "flops_ratio_xla_over_torch"} <= set(record)
     assert record["versions"]["torch"] == torch.__version__
     assert record["config"]["batch_size"] == 8 and record["updates_per_unit"] == 2
-    for fw in ("jax", "torch"):
+    # "torch" shares this process's allocator settings, "torch-glibc" ran with glibc's defaults
+    assert record["host"]["malloc"] == "tuned" and record["torch-glibc"]["malloc"] == "default"
+    assert record["jax_speedup_vs_torch_glibc"] > 0 and "torch-glibc" in record["summary"]
+    for fw in ("jax", "torch", "torch-glibc"):
         r = record[fw]
         assert r["repeats"] == 2 and 0 < r["min_ms"] <= r["median_ms"] <= r["max_ms"]
         assert r["flops_per_update"] > 1e6 and r["achieved_tflops"] > 0 and r["act_ms"] > 0

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from mlr_jax import parallel
-from mlr_jax.nets.conv import Conv, im2col_conv
+from mlr_jax.nets.conv import Conv, chunk_size, im2col_conv
 
 
 @pytest.mark.parametrize("kernel, stride, size", [(8, 4, 36), (4, 2, 20), (3, 1, 9), (3, 2, 21)])
@@ -44,14 +44,46 @@ def test_auto_picks_im2col_on_cpu():
     assert parallel.conv_impl("xla") == "xla"
 
 
-def test_im2col_falls_back_to_xla_when_patches_exceed_the_budget(monkeypatch):
-    x = jnp.zeros((2, 12, 12, 4))
-    conv = Conv(6, 4, 2, impl="im2col")
-    params = conv.init(jax.random.PRNGKey(0), x)
+def test_im2col_builds_patches_for_a_few_frames_at_a_time(monkeypatch):
+    """Forward and backward loop over chunks: no array holds the patches of the whole batch,
+    and the chunked result (values and both gradients) is the convolution's."""
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.normal(size=(6, 11, 11, 5)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(3, 3, 5, 4)), jnp.float32)
+    per_frame = 9 * 9 * 9 * 5 * 4
+    monkeypatch.setattr("mlr_jax.nets.conv.CHUNK_BYTES", 2 * per_frame + 1)
+    assert chunk_size(x.shape, 3, 1, 4) == 2
+    assert chunk_size((7, 11, 11, 5), 3, 1, 4) == 1  # largest divisor of 7 that fits
+    assert chunk_size((6, 11, 11, 5), 3, 1, 2) == 3  # bf16 halves the patch bytes
 
-    def uses_lax_conv():
-        return "conv_general_dilated" in str(jax.make_jaxpr(conv.apply)(params, x))
+    def loss(x, w):
+        return jnp.sum(jnp.sin(im2col_conv(x, w, 1)))
 
-    assert not uses_lax_conv()
-    monkeypatch.setattr("mlr_jax.nets.conv.IM2COL_MAX_BYTES", 2 * 5 * 5 * 16 * 4 * 4 - 1)
-    assert uses_lax_conv()
+    jaxpr = str(jax.make_jaxpr(jax.grad(loss, argnums=(0, 1)))(x, w))
+    assert "f32[2,9,9,45]" in jaxpr and "f32[6,9,9,45]" not in jaxpr
+
+    def ref(x, w):
+        return jnp.sum(jnp.sin(jax.lax.conv_general_dilated(
+            x, w, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))))
+
+    for mine, want in zip(jax.grad(loss, (0, 1))(x, w), jax.grad(ref, (0, 1))(x, w)):
+        np.testing.assert_allclose(mine, want, rtol=1e-4, atol=1e-4)
+    # A layer whose input needs no gradient (pixels) skips the scatter back to the input.
+    assert " pad[" in jaxpr
+    assert " pad[" not in str(jax.make_jaxpr(jax.grad(loss, argnums=1))(x, w))
+    np.testing.assert_allclose(jax.grad(loss, argnums=1)(x, w), jax.grad(ref, argnums=1)(x, w),
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_im2col_bf16_keeps_dtypes_and_accumulates_the_kernel_gradient_in_f32():
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(rng.normal(size=(4, 9, 9, 3)), jnp.bfloat16)
+    w = jnp.asarray(rng.normal(size=(3, 3, 3, 2)), jnp.bfloat16)
+    y = im2col_conv(x, w, 2)
+    assert y.dtype == jnp.bfloat16
+    dx, dw = jax.grad(lambda x, w: jnp.sum(im2col_conv(x, w, 2).astype(jnp.float32)), (0, 1))(x, w)
+    assert dx.dtype == dw.dtype == jnp.bfloat16
+    ref = jax.grad(lambda w: jnp.sum(jax.lax.conv_general_dilated(
+        x.astype(jnp.float32), w, (2, 2), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))))(
+        w.astype(jnp.float32))
+    np.testing.assert_allclose(np.asarray(dw, np.float32), ref, rtol=2e-2, atol=2e-2)

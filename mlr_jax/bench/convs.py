@@ -1,0 +1,140 @@
+"""The convolution trunks alone: the profile behind the CPU numbers of the update benchmark.
+
+Times the forward pass and forward + backward (sum of squares of the output, gradient with
+respect to the weights, as in training: the pixels need none) of one domain's conv trunk at
+one batch size:
+
+* DMC: :class:`mlr_jax.nets.dmc.ConvStack` (4 layers 3x3x64, first stride 2) on 9x84x84;
+* Atari: :class:`mlr_jax.nets.atari.NatureCNN` convolutions (8/4/3, strides 4/2/1) on 4x84x84;
+
+for JAX with each ``run.conv_impl`` (``xla``, ``im2col``) and for torch (``nn.Conv2d``: oneDNN
+on CPUs, cuDNN on GPUs) when it is installed, and writes
+``<outdir>/convs_<domain>_<device>_<YYYYmmdd-HHMMSS>.json``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import pathlib
+import statistics
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mlr_jax import parallel
+from mlr_jax.config import make_config
+from mlr_jax.host import tune_malloc
+from mlr_jax.nets.atari import NatureCNN
+from mlr_jax.nets.conv import IMPLS
+from mlr_jax.nets.dmc import ConvStack
+
+
+def _layers(domain: str, preset: str) -> tuple[int, list[tuple[int, int, int]]]:
+    """Input channels and ``(features, kernel, stride)`` per layer."""
+    cfg = make_config(domain, None, preset)
+    if domain == "atari":
+        return cfg.frame_stack, list(zip(cfg.channels, cfg.kernels, cfg.strides))
+    return (3 * cfg.frame_stack,
+            [(cfg.num_filters, 3, 2 if i == 0 else 1) for i in range(cfg.num_conv_layers)])
+
+
+def _median_s(fn: Callable[[], Any], repeats: int) -> float:
+    fn()  # compile / warm up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _jax_trunk(domain: str, preset: str, impl: str) -> Any:
+    cfg = make_config(domain, None, preset)
+    if domain == "atari":
+        return NatureCNN(cfg.channels, cfg.kernels, cfg.strides, renormalize=False, conv_impl=impl)
+    return ConvStack(cfg.num_filters, cfg.num_conv_layers, conv_impl=impl)
+
+
+def _time_jax(domain: str, preset: str, impl: str, x: np.ndarray, repeats: int) -> dict[str, float]:
+    trunk = _jax_trunk(domain, preset, impl)
+    params = trunk.init(jax.random.PRNGKey(0), x[:1])
+    forward = jax.jit(trunk.apply)
+    grad = jax.jit(jax.grad(lambda p, x: jnp.sum(trunk.apply(p, x) ** 2)))
+    xs = jnp.asarray(x)
+    return {"forward_ms": 1e3 * _median_s(lambda: jax.block_until_ready(forward(params, xs)), repeats),
+            "forward_backward_ms": 1e3 * _median_s(
+                lambda: jax.block_until_ready(grad(params, xs)), repeats)}
+
+
+def _time_torch(in_channels: int, layers: list[tuple[int, int, int]], x: np.ndarray, device: str,
+                repeats: int) -> dict[str, Any]:
+    import torch
+
+    dev = torch.device("cuda" if device == "gpu" else "cpu")
+    modules, c = [], in_channels
+    for features, kernel, stride in layers:
+        modules += [torch.nn.Conv2d(c, features, kernel, stride), torch.nn.ReLU()]
+        c = features
+    trunk = torch.nn.Sequential(*modules).to(dev)
+    xs = torch.as_tensor(x, device=dev)
+
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
+    def forward():
+        with torch.no_grad():
+            trunk(xs / 255.0)
+        sync()
+
+    def forward_backward():
+        trunk.zero_grad(set_to_none=True)
+        (trunk(xs / 255.0) ** 2).sum().backward()
+        sync()
+
+    return {"forward_ms": 1e3 * _median_s(forward, repeats),
+            "forward_backward_ms": 1e3 * _median_s(forward_backward, repeats),
+            "threads": torch.get_num_threads(), "version": torch.__version__}
+
+
+def run_conv_benchmark(domain: str = "dmc", device: str = "cpu", preset: str = "paper",
+                       batch: int = 128, repeats: int = 5,
+                       outdir: str | os.PathLike = "benchmarks/results") -> dict[str, Any]:
+    """Time the conv trunk of ``domain`` at ``batch`` frames; returns (and writes) the record:
+    per implementation ``{forward_ms, forward_backward_ms}`` (medians over ``repeats`` after
+    one warm-up call), keys ``jax_xla``, ``jax_im2col`` and ``torch`` (absent without torch)."""
+    in_channels, layers = _layers(domain, preset)
+    x = np.random.default_rng(0).integers(0, 256, (batch, in_channels, 84, 84)).astype(np.float32)
+    record: dict[str, Any] = {
+        "domain": domain, "device_kind": device, "device": parallel.device_description(),
+        "preset": preset, "batch": batch, "repeats": repeats, "layers": layers,
+        "input_shape": list(x.shape), "malloc": tune_malloc(), "jax": jax.__version__,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    for impl in IMPLS:
+        record[f"jax_{impl}"] = _time_jax(domain, preset, impl, x, repeats)
+    try:
+        record["torch"] = _time_torch(in_channels, layers, x, device, repeats)
+    except ImportError:
+        pass
+    stamp = record["date"][:19].replace("-", "").replace(":", "").replace("T", "-")
+    path = pathlib.Path(outdir) / f"convs_{domain}_{device}_{stamp}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record["path"] = str(path)
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def conv_summary(record: dict[str, Any]) -> str:
+    """One line: forward / forward+backward ms of each implementation."""
+    parts = [f"{record['domain']} conv trunk, batch {record['batch']} on {record['device']}"]
+    for key in ("jax_xla", "jax_im2col", "torch"):
+        if key in record:
+            parts.append(f"{key} {record[key]['forward_ms']:.0f} / "
+                         f"{record[key]['forward_backward_ms']:.0f} ms")
+    return "; ".join(parts) + " (forward / forward+backward)"
