@@ -15,11 +15,8 @@ on CPUs, cuDNN on GPUs) when it is installed, and writes
 from __future__ import annotations
 
 import datetime
-import json
 import os
-import pathlib
 import statistics
-import time
 from typing import Any, Callable
 
 import jax
@@ -27,41 +24,34 @@ import jax.numpy as jnp
 import numpy as np
 
 from mlr_jax import parallel
-from mlr_jax.config import make_config
+from mlr_jax.bench.runner import time_calls, write_record
+from mlr_jax.config import AtariConfig, DMCConfig, make_config
 from mlr_jax.host import tune_malloc
 from mlr_jax.nets.atari import NatureCNN
 from mlr_jax.nets.conv import IMPLS
 from mlr_jax.nets.dmc import ConvStack
 
 
-def _layers(domain: str, preset: str) -> tuple[int, list[tuple[int, int, int]]]:
+def _layers(cfg: AtariConfig | DMCConfig) -> tuple[int, list[tuple[int, int, int]]]:
     """Input channels and ``(features, kernel, stride)`` per layer."""
-    cfg = make_config(domain, None, preset)
-    if domain == "atari":
+    if isinstance(cfg, AtariConfig):
         return cfg.frame_stack, list(zip(cfg.channels, cfg.kernels, cfg.strides))
     return (3 * cfg.frame_stack,
             [(cfg.num_filters, 3, 2 if i == 0 else 1) for i in range(cfg.num_conv_layers)])
 
 
 def _median_s(fn: Callable[[], Any], repeats: int) -> float:
-    fn()  # compile / warm up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(time_calls(fn, repeats, warmup=1)["times_s"])
 
 
-def _jax_trunk(domain: str, preset: str, impl: str) -> Any:
-    cfg = make_config(domain, None, preset)
-    if domain == "atari":
+def _jax_trunk(cfg: AtariConfig | DMCConfig, impl: str) -> Any:
+    if isinstance(cfg, AtariConfig):
         return NatureCNN(cfg.channels, cfg.kernels, cfg.strides, renormalize=False, conv_impl=impl)
     return ConvStack(cfg.num_filters, cfg.num_conv_layers, conv_impl=impl)
 
 
-def _time_jax(domain: str, preset: str, impl: str, x: np.ndarray, repeats: int) -> dict[str, float]:
-    trunk = _jax_trunk(domain, preset, impl)
+def _time_jax(cfg: AtariConfig | DMCConfig, impl: str, x: np.ndarray, repeats: int) -> dict[str, float]:
+    trunk = _jax_trunk(cfg, impl)
     params = trunk.init(jax.random.PRNGKey(0), x[:1])
     forward = jax.jit(trunk.apply)
     grad = jax.jit(jax.grad(lambda p, x: jnp.sum(trunk.apply(p, x) ** 2)))
@@ -108,7 +98,8 @@ def run_conv_benchmark(domain: str = "dmc", device: str = "cpu", preset: str = "
     """Time the conv trunk of ``domain`` at ``batch`` frames; returns (and writes) the record:
     per implementation ``{forward_ms, forward_backward_ms}`` (medians over ``repeats`` after
     one warm-up call), keys ``jax_xla``, ``jax_im2col`` and ``torch`` (absent without torch)."""
-    in_channels, layers = _layers(domain, preset)
+    cfg = make_config(domain, None, preset)
+    in_channels, layers = _layers(cfg)
     x = np.random.default_rng(0).integers(0, 256, (batch, in_channels, 84, 84)).astype(np.float32)
     record: dict[str, Any] = {
         "domain": domain, "device_kind": device, "device": parallel.device_description(),
@@ -117,17 +108,12 @@ def run_conv_benchmark(domain: str = "dmc", device: str = "cpu", preset: str = "
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     for impl in IMPLS:
-        record[f"jax_{impl}"] = _time_jax(domain, preset, impl, x, repeats)
+        record[f"jax_{impl}"] = _time_jax(cfg, impl, x, repeats)
     try:
         record["torch"] = _time_torch(in_channels, layers, x, device, repeats)
     except ImportError:
         pass
-    stamp = record["date"][:19].replace("-", "").replace(":", "").replace("T", "-")
-    path = pathlib.Path(outdir) / f"convs_{domain}_{device}_{stamp}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    record["path"] = str(path)
-    path.write_text(json.dumps(record, indent=2) + "\n")
-    return record
+    return write_record(record, outdir, f"convs_{domain}_{device}")
 
 
 def conv_summary(record: dict[str, Any]) -> str:

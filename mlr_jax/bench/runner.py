@@ -91,7 +91,7 @@ def random_batch(cfg: AtariConfig | DMCConfig, num_actions: int, seed: int = 0) 
 # ------------------------------------------------------------------ timing
 
 
-def _time_calls(fn: Callable[[], Any], repeats: int, warmup: int) -> dict[str, Any]:
+def time_calls(fn: Callable[[], Any], repeats: int, warmup: int) -> dict[str, Any]:
     """Wall time of ``fn()`` (which must wait for its own results): warm-up, then ``repeats``."""
     start = time.perf_counter()
     fn()
@@ -140,7 +140,7 @@ def _time_act(agent: Any, state: Any, batch: Any, key: jax.Array, domain: str,
     obs = batch.obs[:1, 0] if domain == "atari" else batch.sac.obs[:1]
     act = jax.jit(agent.act)
     args = (state, obs, key) + ((0.0,) if domain == "atari" else ())
-    return _time_calls(lambda: jax.block_until_ready(act(*args)), max(repeats, 20), 3)
+    return time_calls(lambda: jax.block_until_ready(act(*args)), max(repeats, 20), 3)
 
 
 def _bench_jax(cfg, domain: str, num_actions: int, batch: Any, repeats: int, warmup: int,
@@ -175,7 +175,7 @@ def _bench_jax(cfg, domain: str, num_actions: int, batch: Any, repeats: int, war
             holder["i"] += 1
         jax.block_until_ready((holder["state"], parallel.gather_metrics(metrics)))
 
-    timing = _time_calls(one_unit, repeats, warmup)
+    timing = time_calls(one_unit, repeats, warmup)
     out = _summarise(timing, unit, flops)
     out.update(act_ms=1e3 * statistics.median(act_timing["times_s"]), param_counts=param_counts,
                compile_s=compile_s, device=parallel.device_description(),
@@ -227,8 +227,8 @@ def _bench_torch(cfg, domain: str, num_actions: int, batch: Any, device: str, re
         update.act(obs)
         torch_atari.sync(dev)
 
-    act_timing = _time_calls(act, max(repeats, 20), 3)
-    timing = _summarise(_time_calls(one_unit, repeats, warmup), unit, float(flops))
+    act_timing = time_calls(act, max(repeats, 20), 3)
+    timing = _summarise(time_calls(one_unit, repeats, warmup), unit, float(flops))
     name = (torch.cuda.get_device_name(dev) if dev.type == "cuda"
             else f"cpu x{torch.get_num_threads()} threads")
     timing.update(act_ms=1e3 * statistics.median(act_timing["times_s"]), param_counts=update.param_counts(),
@@ -390,8 +390,14 @@ def run_benchmark(domain: str = "atari", device: str = "cpu", preset: str = "pap
                                                 / record["jax"]["median_ms"])
     record["device"] = record.get("jax", record.get("torch", {})).get("device")
     record["summary"] = summary_line(record)
+    return write_record(record, outdir, f"{domain}_{preset}_{device}_{cfg.run.precision}")
+
+
+def write_record(record: dict[str, Any], outdir: str | os.PathLike, prefix: str) -> dict[str, Any]:
+    """Write ``record`` (which holds an ISO ``date``) to ``outdir/<prefix>_<YYYYmmdd-HHMMSS>.json``
+    and return it with its ``path``."""
     stamp = record["date"][:19].replace("-", "").replace(":", "").replace("T", "-")
-    path = pathlib.Path(outdir) / f"{domain}_{preset}_{device}_{cfg.run.precision}_{stamp}.json"
+    path = pathlib.Path(outdir) / f"{prefix}_{stamp}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     record["path"] = str(path)
     path.write_text(json.dumps(record, indent=2, default=_json_default) + "\n")
