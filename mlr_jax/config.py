@@ -72,6 +72,10 @@ class RunConfig:
     checkpoint_every: int = 0  # steps between checkpoints; 0 = at the end only
     precision: str = "fp32"  # "fp32" (paper) or "bf16" (matmuls/convs in bfloat16)
     conv_impl: str = "auto"  # "xla", "im2col" or "auto" (im2col on CPU, xla on accelerators)
+    # Where the replay's frames are read for a batch: "host" (numpy gather, pixels copied to
+    # the device per update), "device" (a copy of the frames on every device; batches carry
+    # indices) or "auto" (device on accelerators, host on CPU). Same batches either way.
+    replay_frames: str = "auto"
     progress: bool = True
 
 
@@ -352,6 +356,9 @@ def validate(cfg: Any) -> Any:
         raise ConfigError(f"run.precision must be fp32 or bf16, got {cfg.run.precision!r}")
     if cfg.run.conv_impl not in ("auto", "xla", "im2col"):
         raise ConfigError(f"run.conv_impl must be auto, xla or im2col, got {cfg.run.conv_impl!r}")
+    if cfg.run.replay_frames not in ("auto", "host", "device"):
+        raise ConfigError(
+            f"run.replay_frames must be auto, host or device, got {cfg.run.replay_frames!r}")
     if cfg.run.eval_episodes < 1:
         raise ConfigError(f"run.eval_episodes must be >= 1, got {cfg.run.eval_episodes}")
     positive = ["batch_size", "replay_capacity", "num_envs"]

@@ -8,17 +8,21 @@ update -- is bound here, from the config type, into a :class:`Domain`.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+import functools
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from mlr_jax import envs, parallel
+from mlr_jax import parallel
 from mlr_jax.agents import atari as atari_agent
 from mlr_jax.agents import dmc as dmc_agent
 from mlr_jax.agents.common import Agent
 from mlr_jax.config import AtariConfig, ConfigError, DMCConfig
 from mlr_jax.replay.atari import AtariReplay
 from mlr_jax.replay.dmc import DMCReplay
+
+if TYPE_CHECKING:  # envs imports envpool; replays and batches (the benchmark) need neither
+    from mlr_jax.envs import VecEnv
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,7 +63,37 @@ class Domain:
     after_update: Callable[..., None]
 
 
-def _atari(cfg: AtariConfig, env: envs.VecEnv) -> Domain:
+RGB = 3  # channels of one DMC frame
+
+
+def make_replay(cfg: AtariConfig | DMCConfig, action_dim: int = 1) -> AtariReplay | DMCReplay:
+    """An empty replay for ``cfg`` (``action_dim``: DMC's action size; unused for Atari),
+    keeping its frames where ``run.replay_frames`` says (:func:`mlr_jax.parallel.replay_frames`)."""
+    on_device = parallel.replay_frames(cfg.run.replay_frames) == "device"
+    if isinstance(cfg, AtariConfig):
+        return AtariReplay(
+            cfg.replay_capacity, cfg.frame_stack, cfg.mlr.seq_len, cfg.n_step, cfg.gamma,
+            cfg.priority_exponent, frame_shape=(cfg.image_size, cfg.image_size),
+            initial_priority=1.0,  # rlpyt's default priority for new data, as the authors ran it
+            frames_on_device=on_device)
+    return DMCReplay(cfg.replay_capacity, action_dim, cfg.frame_stack, cfg.mlr.seq_len,
+                     frame_shape=(RGB, cfg.image_size, cfg.image_size), frames_on_device=on_device)
+
+
+def sample_batch(cfg: AtariConfig | DMCConfig, replay: AtariReplay | DMCReplay, step: int,
+                 rng: np.random.Generator) -> Any:
+    """The train step's batch at agent step ``step``: Atari an ``AtariBatch`` (importance
+    exponent annealed linearly from ``beta_start`` to ``beta_end`` over the run), DMC a
+    ``DMCBatch`` (transitions, and sequences with MLR)."""
+    if isinstance(cfg, AtariConfig):
+        frac = min(1.0, step / cfg.steps)
+        return replay.sample(cfg.batch_size, cfg.beta_start + frac * (cfg.beta_end - cfg.beta_start), rng)
+    sac = replay.sample(cfg.batch_size, rng)
+    seq = replay.sample_sequences(cfg.aux_batch_size, rng) if cfg.aux == "mlr" else None
+    return dmc_agent.DMCBatch(sac=sac, seq=seq)
+
+
+def _atari(cfg: AtariConfig, env: VecEnv) -> Domain:
     agent = atari_agent.make_agent(cfg, env.num_actions)
     act = parallel.on_first_replica(agent.act)
 
@@ -74,11 +108,6 @@ def _atari(cfg: AtariConfig, env: envs.VecEnv) -> Domain:
         replay.add(obs[0, -1], int(actions[0]), float(rec.reward[0]), bool(rec.terminal[0]),
                    bool(rec.episode_end[0]))
 
-    def sample(replay, step, rng):
-        frac = min(1.0, step / cfg.steps)
-        beta = cfg.beta_start + frac * (cfg.beta_end - cfg.beta_start)
-        return replay.sample(cfg.batch_size, beta, rng)
-
     def after_update(replay, batch, metrics):
         replay.update_priorities(batch.indices, np.asarray(metrics["priorities"]))
 
@@ -86,18 +115,17 @@ def _atari(cfg: AtariConfig, env: envs.VecEnv) -> Domain:
         kind="atari", name=cfg.game, total_steps=cfg.steps, learning_starts=cfg.learning_starts,
         updates_per_step=cfg.updates_per_step, env_steps_per_step=cfg.frame_skip, unit=1,
         budget="100k" if cfg.steps == 100_000 else str(cfg.steps),
-        agent=agent,
-        make_replay=lambda: AtariReplay(
-            cfg.replay_capacity, cfg.frame_stack, cfg.mlr.seq_len, cfg.n_step, cfg.gamma,
-            cfg.priority_exponent, frame_shape=(cfg.image_size, cfg.image_size),
-            initial_priority=1.0),  # rlpyt's default priority for new data, as the authors ran it
-        explore=explore, store=store, sample=sample, after_update=after_update)
+        agent=agent, make_replay=lambda: make_replay(cfg),
+        explore=explore, store=store, sample=functools.partial(sample_batch, cfg),
+        after_update=after_update)
 
 
-def _dmc(cfg: DMCConfig, env: envs.VecEnv) -> Domain:
+def _dmc(cfg: DMCConfig, env: VecEnv) -> Domain:
     agent = dmc_agent.make_agent(cfg, env.action_dim)
     act = parallel.on_first_replica(agent.act)
-    channels = env.obs_shape[0] // cfg.frame_stack
+    if env.obs_shape[0] != RGB * cfg.frame_stack:
+        raise ValueError(f"DMC observations of shape {env.obs_shape}: expected {RGB * cfg.frame_stack} "
+                         f"channels ({cfg.frame_stack} stacked RGB frames)")
 
     def explore(state, obs, key, step, rng):
         if step < cfg.seed_steps:
@@ -105,27 +133,20 @@ def _dmc(cfg: DMCConfig, env: envs.VecEnv) -> Domain:
         return np.asarray(act(state, obs, key))
 
     def store(replay, obs, actions, rec):
-        replay.add(obs[0, -channels:], actions[0], float(rec.reward[0]), bool(rec.terminal[0]),
+        replay.add(obs[0, -RGB:], actions[0], float(rec.reward[0]), bool(rec.terminal[0]),
                    bool(rec.episode_end[0]))
-
-    def sample(replay, step, rng):
-        sac = replay.sample(cfg.batch_size, rng)
-        seq = replay.sample_sequences(cfg.aux_batch_size, rng) if cfg.aux == "mlr" else None
-        return dmc_agent.DMCBatch(sac=sac, seq=seq)
 
     budget = next((k for k, v in (("100k", 100_000), ("500k", 500_000)) if v == cfg.env_steps),
                   f"{cfg.env_steps}")
     return Domain(
         kind="dmc", name=cfg.task, total_steps=cfg.agent_steps, learning_starts=cfg.seed_steps,
         updates_per_step=1, env_steps_per_step=cfg.action_repeat, unit=cfg.action_repeat,
-        budget=budget, agent=agent,
-        make_replay=lambda: DMCReplay(
-            cfg.replay_capacity, env.action_dim, cfg.frame_stack, cfg.mlr.seq_len,
-            frame_shape=(channels, cfg.image_size, cfg.image_size)),
-        explore=explore, store=store, sample=sample, after_update=lambda *_: None)
+        budget=budget, agent=agent, make_replay=lambda: make_replay(cfg, env.action_dim),
+        explore=explore, store=store, sample=functools.partial(sample_batch, cfg),
+        after_update=lambda *_: None)
 
 
-def make_domain(cfg: AtariConfig | DMCConfig, env: envs.VecEnv) -> Domain:
+def make_domain(cfg: AtariConfig | DMCConfig, env: VecEnv) -> Domain:
     """The :class:`Domain` of ``cfg`` for the training environment ``env``."""
     if cfg.num_envs != 1:
         raise ConfigError(f"num_envs={cfg.num_envs}: training uses one environment stream "

@@ -23,6 +23,7 @@ from mlr_jax import checkpoint, envs, evaluation, parallel
 from mlr_jax import logging as runlog
 from mlr_jax.config import AtariConfig, DMCConfig, domain_of, from_dict, name_of, to_dict
 from mlr_jax.domains import Domain, make_domain
+from mlr_jax.replay import device_frames
 
 
 VIDEO_FRAMES = 500  # frames of the final evaluation's first episode kept in eval.gif
@@ -139,7 +140,7 @@ def train(cfg: AtariConfig | DMCConfig, resume: str | pathlib.Path | None = None
     log(f"[mlr-jax] {kind} {name} aux={cfg.aux} seed={seed} -> {run.root}")
     log("[mlr-jax] parameters: " + ", ".join(f"{k}={v:,}" for k, v in counts.items()))
 
-    train_step = parallel.data_parallel(domain.agent.train_step)
+    train_step = device_frames.parallel_train_step(domain.agent.train_step, replay.device_frames)
     pstate = parallel.replicate(state)
     metrics_writer = runlog.MetricsWriter(run, keep_until=step if resume is not None else None)
     progress = runlog.Progress(domain.total_steps, initial=step, enabled=cfg.run.progress,

@@ -44,6 +44,16 @@ def conv_impl(requested: str) -> str:
     return requested
 
 
+def replay_frames(requested: str) -> str:
+    """Where the replay's frames live for ``run.replay_frames`` (see
+    :mod:`mlr_jax.replay.device_frames`): ``"auto"`` is ``"device"`` on accelerators, where
+    it removes the per-update host gather and pixel copy, and ``"host"`` on the CPU backend,
+    where the device is the host and a second copy of the frames would only cost memory."""
+    if requested == "auto":
+        return "host" if jax.default_backend() == "cpu" else "device"
+    return requested
+
+
 def pmean(tree: Any, axis_name: str | None) -> Any:
     """Mean over devices inside a pmapped function; identity when ``axis_name`` is None."""
     if axis_name is None:
@@ -83,14 +93,41 @@ def check_divisible(batch_size: int, num_devices: int, what: str = "batch_size")
     return batch_size // num_devices
 
 
+def _devices(num_devices: int | None) -> list[Any]:
+    return jax.local_devices()[: num_devices or jax.local_device_count()]
+
+
 def replicate(tree: Any, num_devices: int | None = None) -> Any:
     """Copy a pytree to every local device: leaves get a leading device axis ``[D, ...]``,
-    sharded so that device ``i`` holds copy ``i`` (the layout ``jax.pmap`` consumes)."""
-    devices = jax.local_devices()[: num_devices or jax.local_device_count()]
+    sharded so that device ``i`` holds copy ``i`` (the layout ``jax.pmap`` consumes). Each
+    device receives its copy directly (no ``D``-fold copy on the host)."""
+    devices = _devices(num_devices)
     sharding = jax.sharding.NamedSharding(jax.sharding.Mesh(np.array(devices), (AXIS,)),
                                           jax.sharding.PartitionSpec(AXIS))
-    return jax.tree_util.tree_map(
-        lambda x: jax.device_put(np.stack([np.asarray(x)] * len(devices)), sharding), tree)
+
+    def put(x):
+        x = np.asarray(x)[None]
+        return jax.make_array_from_single_device_arrays(
+            (len(devices),) + x.shape[1:], sharding, [jax.device_put(x, d) for d in devices])
+
+    return jax.tree_util.tree_map(put, tree)
+
+
+def replicated_zeros(shape: tuple[int, ...], dtype: Any, num_devices: int | None = None) -> jax.Array:
+    """A zero array of ``shape`` on every local device, made there (``[D, *shape]``, the
+    layout of :func:`replicate`)."""
+    devices = _devices(num_devices)
+    return jax.pmap(lambda _: jnp.zeros(shape, dtype), devices=devices)(np.zeros(len(devices)))
+
+
+def row_writer(num_devices: int | None = None) -> Callable[[jax.Array, int, Any], jax.Array]:
+    """``write(table, row, value) -> table``: set ``table[:, row] = value`` on every device of a
+    replicated ``table [D, N, ...]``, in place (the old buffer is donated)."""
+    devices = _devices(num_devices)
+    write = jax.pmap(lambda table, row, value: jax.lax.dynamic_update_index_in_dim(
+        table, value.astype(table.dtype), row, axis=0),
+        in_axes=(0, None, None), devices=devices, donate_argnums=(0,))
+    return lambda table, row, value: write(table, np.int32(row), value)
 
 
 def unreplicate(tree: Any) -> Any:
@@ -126,25 +163,29 @@ def split_batch(batch: Any, num_devices: int) -> Any:
 
 
 def data_parallel(train_step: Callable[..., tuple[Any, Any]], num_devices: int | None = None,
-                  donate_state: bool = True) -> Callable[..., tuple[Any, Any]]:
-    """Wrap ``train_step(state, batch, key, axis_name)`` for the local devices.
+                  donate_state: bool = True, num_replicated: int = 0) -> Callable[..., tuple[Any, Any]]:
+    """Wrap ``train_step(state, batch, key, *replicated, axis_name)`` for the local devices.
 
-    Returns ``step(replicated_state, batch, key) -> (replicated_state, metrics)`` where
-    ``batch`` is a host pytree with global leading axis B (B divisible by the device count),
-    ``key`` a single PRNG key, and ``metrics`` host-side: scalars from device 0 and per-sample
-    arrays (leading axis of the shard) concatenated back to ``[B, ...]``.
+    Returns ``step(replicated_state, batch, key, *replicated) -> (replicated_state, metrics)``
+    where ``batch`` is a host pytree with global leading axis B (B divisible by the device
+    count), ``key`` a single PRNG key, ``replicated`` ``num_replicated`` further inputs already
+    on every device (:func:`replicate` layout, e.g. the replay's frame table), and ``metrics``
+    host-side: scalars from device 0 and per-sample arrays (leading axis of the shard)
+    concatenated back to ``[B, ...]``.
     """
-    n = num_devices or jax.local_device_count()
-    devices = jax.local_devices()[:n]
+    devices = _devices(num_devices)
+    n = len(devices)
 
-    def per_device(state, batch, key):
-        return train_step(state, batch, key, axis_name=AXIS)
+    def per_device(state, batch, key, *replicated):
+        return train_step(state, batch, key, *replicated, axis_name=AXIS)
 
-    pmapped = jax.pmap(per_device, axis_name=AXIS, in_axes=(0, 0, None), devices=devices,
-                       donate_argnums=(0,) if donate_state else ())
+    pmapped = jax.pmap(per_device, axis_name=AXIS, in_axes=(0, 0, None) + (0,) * num_replicated,
+                       devices=devices, donate_argnums=(0,) if donate_state else ())
 
-    def step(state, batch, key):
-        new_state, metrics = pmapped(state, split_batch(batch, n), key)
+    def step(state, batch, key, *replicated):
+        if len(replicated) != num_replicated:
+            raise TypeError(f"the step takes {num_replicated} replicated inputs, got {len(replicated)}")
+        new_state, metrics = pmapped(state, split_batch(batch, n), key, *replicated)
         return new_state, gather_metrics(metrics)
 
     step.num_devices = n

@@ -33,9 +33,12 @@ def check_run_dir(run: pathlib.Path, steps: int, episodes: int) -> dict:
     return final
 
 
-# (domain, name, first run, resumed run, agent steps of each); DMC counts environment steps
+# (domain, name, first run, resumed run, agent steps of each); DMC counts environment steps.
+# The Atari run keeps its replay frames on the (CPU) devices, the DMC run on the host (the
+# CPU default), so both batch paths train and resume end to end.
 CASES = [
-    ("atari", "pong", ["steps=300", "run.eval_every=0"], ["steps=400"], 300, 400),
+    ("atari", "pong", ["steps=300", "run.eval_every=0", "run.replay_frames=device"], ["steps=400"],
+     300, 400),
     ("dmc", "cartpole_swingup", ["env_steps=1600", "run.eval_every=800"], ["env_steps=2000"], 200, 250),
 ]
 

@@ -34,6 +34,7 @@ import numpy as np
 
 from mlr_jax import parallel
 from mlr_jax.host import tune_malloc
+from mlr_jax.replay import device_frames
 from mlr_jax.config import AtariConfig, DMCConfig, make_config, to_dict
 
 DOMAINS = ("atari", "dmc")
@@ -86,6 +87,30 @@ def random_batch(cfg: AtariConfig | DMCConfig, num_actions: int, seed: int = 0) 
     seq = SeqBatch(obs=frames(bs, k, *shape),
                    action=rng.uniform(-1, 1, (bs, k, num_actions)).astype(np.float32))
     return DMCBatch(sac=sac, seq=seq if cfg.aux == "mlr" else None)
+
+
+def as_frame_rows(batch: Any, frame_shape: tuple[int, ...]) -> tuple[np.ndarray, Any]:
+    """A pixel batch as a frame table and the same batch with ``FrameRows``, the form the train
+    step takes with ``run.replay_frames=device``: every uint8 leaf ``[..., F*C, H, W]`` is cut
+    into its ``frame_shape`` frames, each one row of the table (plus a final zero row), so
+    gathering the rows gives back exactly ``batch``."""
+    from mlr_jax.replay.frames import FrameRows
+
+    channels = frame_shape[0] if len(frame_shape) == 3 else 1
+    frames: list[np.ndarray] = []
+
+    def convert(x):
+        x = np.asarray(x)
+        if x.dtype != np.uint8:
+            return x
+        offset = sum(len(f) for f in frames)
+        frames.append(x.reshape((-1,) + tuple(frame_shape)))
+        rows = np.arange(offset, offset + len(frames[-1]), dtype=np.int32)
+        return FrameRows(rows.reshape(x.shape[:-3] + (x.shape[-3] // channels,)))
+
+    rows_batch = jax.tree.map(convert, batch)
+    frames.append(np.zeros((1,) + tuple(frame_shape), np.uint8))
+    return np.concatenate(frames), rows_batch
 
 
 # ------------------------------------------------------------------ timing
@@ -157,28 +182,38 @@ def _bench_jax(cfg, domain: str, num_actions: int, batch: Any, repeats: int, war
     act_timing = _time_act(agent, state, batch, key, domain, repeats)
 
     # The data_parallel step on one device, compiled ahead of time once and timed
-    # (step = pmapped call + metric gather).
-    step = parallel.data_parallel(agent.train_step, num_devices=1)
-    shard = parallel.split_batch(batch, 1)
+    # (step = pmapped call + metric gather). With the replay frames on the device the batch
+    # travels as rows of a frame table already there, as in training.
+    replay_frames = parallel.replay_frames(cfg.run.replay_frames)
     holder = {"state": parallel.replicate(state, 1), "i": 0}
     del state
+    flops = _xla_flops(make_agent, cfg, num_actions, holder["state"], parallel.split_batch(batch, 1), key)
+    if replay_frames == "device":
+        frame_shape = (cfg.image_size,) * 2 if domain == "atari" else (3,) + (cfg.image_size,) * 2
+        table, batch = as_frame_rows(batch, frame_shape)
+        step = parallel.data_parallel(device_frames.reading_frames(agent.train_step), num_devices=1,
+                                      num_replicated=1)
+        replicated = (parallel.replicate(table, 1),)
+    else:
+        step = parallel.data_parallel(agent.train_step, num_devices=1)
+        replicated = ()
     start = time.perf_counter()
-    compiled = step.pmapped.lower(holder["state"], shard, key).compile()
+    compiled = step.pmapped.lower(holder["state"], parallel.split_batch(batch, 1), key,
+                                  *replicated).compile()
     compile_s = time.perf_counter() - start
-    flops = _xla_flops(make_agent, cfg, num_actions, holder["state"], shard, key)
     keys = list(jax.random.split(key, (repeats + warmup + 1) * unit))
 
     def one_unit():
         for _ in range(unit):
             holder["state"], metrics = compiled(holder["state"], parallel.split_batch(batch, 1),
-                                                keys[holder["i"]])
+                                                keys[holder["i"]], *replicated)
             holder["i"] += 1
         jax.block_until_ready((holder["state"], parallel.gather_metrics(metrics)))
 
     timing = time_calls(one_unit, repeats, warmup)
     out = _summarise(timing, unit, flops)
     out.update(act_ms=1e3 * statistics.median(act_timing["times_s"]), param_counts=param_counts,
-               compile_s=compile_s, device=parallel.device_description(),
+               compile_s=compile_s, device=parallel.device_description(), replay_frames=replay_frames,
                flops_source="xla cost_analysis of the lowered step with conv_impl=xla")
     return out
 
@@ -336,7 +371,8 @@ def run_benchmark(domain: str = "atari", device: str = "cpu", preset: str = "pap
       repeats: timed units after warm-up (DMC: one unit = two agent steps).
       warmup: untimed units first (at least one is always run; its time is recorded as
         ``first_call_s``; JAX compiles ahead of time, recorded as ``compile_s``).
-      outdir: the JSON goes to ``outdir/<domain>_<preset>_<device>_<precision>_<YYYYmmdd-HHMMSS>.json``.
+      outdir: the JSON goes to ``outdir/<domain>_<preset>[-baseline]_<device>_<precision>_<YYYYmmdd-HHMMSS>.json``
+        (``-baseline`` for ``aux=none``).
       name: game / task (default: Pong / cartpole_swingup).
       overrides: dotted config overrides, e.g. ``["run.precision=bf16"]`` (JAX only: the
         torch port always runs fp32).
@@ -374,7 +410,10 @@ def run_benchmark(domain: str = "atari", device: str = "cpu", preset: str = "pap
     record["num_actions" if domain == "atari" else "action_dim"] = num_actions
     batch = random_batch(cfg, num_actions, seed)
     if "jax" in frameworks:
+        from mlr_jax.bench.batches import bench_batches
+
         record["jax"] = _bench_jax(cfg, domain, num_actions, batch, repeats, warmup, seed)
+        record["batches"] = bench_batches(cfg, num_actions, time_calls, max(repeats, 10), seed=seed)
     if "torch" in frameworks:
         record["torch"] = _bench_torch(cfg, domain, num_actions, batch, device, repeats, warmup, seed,
                                        torch_threads)
@@ -390,7 +429,8 @@ def run_benchmark(domain: str = "atari", device: str = "cpu", preset: str = "pap
                                                 / record["jax"]["median_ms"])
     record["device"] = record.get("jax", record.get("torch", {})).get("device")
     record["summary"] = summary_line(record)
-    return write_record(record, outdir, f"{domain}_{preset}_{device}_{cfg.run.precision}")
+    agent = "" if cfg.aux == "mlr" else "-baseline"
+    return write_record(record, outdir, f"{domain}_{preset}{agent}_{device}_{cfg.run.precision}")
 
 
 def write_record(record: dict[str, Any], outdir: str | os.PathLike, prefix: str) -> dict[str, Any]:
@@ -414,7 +454,8 @@ def _json_default(value: Any) -> Any:
 
 def summary_line(record: dict[str, Any]) -> str:
     """One human-readable line of a benchmark record."""
-    parts = [f"{record['domain']}/{record['preset']} on {record['device_kind']} ({record.get('device')})"]
+    agent = "" if record["config"].get("aux", "mlr") == "mlr" else " Baseline"
+    parts = [f"{record['domain']}/{record['preset']}{agent} on {record['device_kind']} ({record.get('device')})"]
     for fw in FRAMEWORKS:
         if fw in record:
             r = record[fw]
@@ -425,6 +466,10 @@ def summary_line(record: dict[str, Any]) -> str:
         parts.append(f"JAX {record['jax_speedup']:.2f}x torch")
     if "jax_speedup_vs_torch_glibc" in record:
         parts.append(f"JAX {record['jax_speedup_vs_torch_glibc']:.2f}x torch-glibc")
+    if "batches" in record:
+        b = record["batches"]
+        parts.append(f"batch on device: {b['host']['median_ms']:.1f} ms from host frames, "
+                     f"{b['device']['median_ms']:.1f} ms from device frames")
     env = record.get("envpool", {})
     if "agent_steps_per_s" in env:
         parts.append(f"envpool {env['agent_steps_per_s']:.0f} agent steps/s")

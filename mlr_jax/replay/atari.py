@@ -40,6 +40,7 @@ from typing import Mapping, NamedTuple
 
 import numpy as np
 
+from mlr_jax.replay.device_frames import DeviceFrames
 from mlr_jax.replay.frames import FrameRing, check_state
 from mlr_jax.replay.sum_tree import SumTree
 
@@ -48,7 +49,8 @@ class AtariBatch(NamedTuple):
     """A batch of prioritized sequences (``B`` sequences, ``L`` steps, ``F`` frames).
 
     obs: uint8[B, L, F, H, W], ``obs[:, i]`` the stacked observation ``s_{t+i}``
-      (sanitized after the first done in the window).
+      (sanitized after the first done in the window); with frames on the device,
+      ``FrameRows`` (int32[B, L, F]) of the same stacks.
     actions: int32[B, L], the action taken at each state.
     returns: float32[B], ``sum_{k<n} gamma^k r_{t+k}`` truncated after the first done.
     discounts: float32[B], ``gamma^n``, or 0 if a done falls within ``r_t .. r_{t+n-1}``.
@@ -80,12 +82,16 @@ class AtariReplay:
       reset_stack_on_terminal: also start a new stack at every terminal (life loss).
       initial_priority: priority of new steps; None = the largest priority seen so far
         (1 before any update), 1.0 = the authors' rlpyt buffer (a fixed default).
+      frames_on_device: keep a copy of the frames on every local device
+        (:class:`~mlr_jax.replay.device_frames.DeviceFrames`); batches then carry
+        ``FrameRows`` instead of pixels.
     """
 
     def __init__(self, capacity: int = 100_000, frame_stack: int = 4, seq_len: int = 16,
                  n_step: int = 10, gamma: float = 0.99, priority_exponent: float = 0.5,
                  frame_shape: tuple[int, int] = (84, 84), stack_fill: str = "repeat",
-                 reset_stack_on_terminal: bool = False, initial_priority: float | None = None):
+                 reset_stack_on_terminal: bool = False, initial_priority: float | None = None,
+                 frames_on_device: bool = False):
         if n_step < 1 or seq_len < 1:
             raise ValueError(f"n_step={n_step} and seq_len={seq_len} must be >= 1")
         self.seq_len = int(seq_len)
@@ -104,13 +110,19 @@ class AtariReplay:
         self.initial_priority = initial_priority
         self._ring = FrameRing(capacity, frame_shape, frame_stack, stack_fill, fields={
             "action": ((), np.int32), "reward": ((), np.float32),
-            "terminal": ((), bool), "episode_end": ((), bool)})
+            "terminal": ((), bool), "episode_end": ((), bool)},
+            mirror=DeviceFrames if frames_on_device else None)
         self._priority = np.zeros(capacity, dtype=np.float64)  # priority ** alpha per slot
         self._max_priority = 1.0
         self._tree = SumTree(capacity)
 
     def __len__(self) -> int:
         return len(self._ring)
+
+    @property
+    def device_frames(self) -> DeviceFrames | None:
+        """The frames on the devices (``frames_on_device=True``), else None."""
+        return self._ring.mirror
 
     def add(self, frame: np.ndarray, action: int, reward: float, terminal: bool,
             episode_end: bool) -> None:
@@ -156,7 +168,7 @@ class AtariReplay:
         alive = np.arange(n) <= first_done[:, None]  # rewards up to and including the done
         returns = (ring.data["reward"][rows[:, :n]] * alive * self.gamma ** np.arange(n)).sum(1)
         discounts = np.where(first_done < n, 0.0, self.gamma ** n)
-        obs = ring.stacks(np.minimum(steps, (start + first_done)[:, None]))
+        obs = ring.observations(np.minimum(steps, (start + first_done)[:, None]))
         weights = (1.0 / (p + 1e-5)) ** beta
         return AtariBatch(
             obs=obs,

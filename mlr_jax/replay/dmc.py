@@ -35,6 +35,7 @@ from typing import Mapping, NamedTuple
 
 import numpy as np
 
+from mlr_jax.replay.device_frames import DeviceFrames
 from mlr_jax.replay.frames import FrameRing, check_state
 from mlr_jax.replay.sum_tree import SumTree
 
@@ -57,7 +58,11 @@ class SACBatch(NamedTuple):
 
 
 class SeqBatch(NamedTuple):
-    """Sequences for MLR: obs uint8[B, K, 3F, H, W], action float32[B, K, A] (taken at obs)."""
+    """Sequences for MLR: obs uint8[B, K, 3F, H, W], action float32[B, K, A] (taken at obs).
+
+    With frames on the device, ``obs`` (and SACBatch's ``obs``, ``next_obs``) are ``FrameRows``
+    of the same stacks: int32[B, K, F] (``[B, F]``).
+    """
 
     obs: np.ndarray
     action: np.ndarray
@@ -72,10 +77,14 @@ class DMCReplay:
       frame_stack: frames per observation ``F``.
       seq_len: MLR sequence length ``K``.
       frame_shape: ``(3, H, W)`` of one RGB frame.
+      frames_on_device: keep a copy of the frames on every local device
+        (:class:`~mlr_jax.replay.device_frames.DeviceFrames`); batches then carry
+        ``FrameRows`` instead of pixels.
     """
 
     def __init__(self, capacity: int = 100_000, action_dim: int = 1, frame_stack: int = 3,
-                 seq_len: int = 16, frame_shape: tuple[int, int, int] = (3, 100, 100)):
+                 seq_len: int = 16, frame_shape: tuple[int, int, int] = (3, 100, 100),
+                 frames_on_device: bool = False):
         if action_dim < 1 or seq_len < 1:
             raise ValueError(f"action_dim={action_dim} and seq_len={seq_len} must be >= 1")
         if capacity < max(seq_len, 2) + frame_stack - 1:
@@ -86,12 +95,18 @@ class DMCReplay:
         self.seq_len = int(seq_len)
         self._ring = FrameRing(capacity, frame_shape, frame_stack, "repeat", fields={
             "action": ((self.action_dim,), np.float32), "reward": ((), np.float32),
-            "terminal": ((), bool), "episode_end": ((), bool)})
+            "terminal": ((), bool), "episode_end": ((), bool)},
+            mirror=DeviceFrames if frames_on_device else None)
         self._transitions = SumTree(capacity)  # 0/1 leaves: valid transition starts
         self._sequences = SumTree(capacity)  # 0/1 leaves: valid sequence starts
 
     def __len__(self) -> int:
         return len(self._ring)
+
+    @property
+    def device_frames(self) -> DeviceFrames | None:
+        """The frames on the devices (``frames_on_device=True``), else None."""
+        return self._ring.mirror
 
     def add(self, frame: np.ndarray, action: np.ndarray, reward: float, terminal: bool,
             episode_end: bool) -> None:
@@ -126,17 +141,17 @@ class DMCReplay:
         rows = ring.slot(t)
         terminal = ring.data["terminal"][rows]
         successor = np.where(ring.data["episode_end"][rows], t, t + 1)
-        return SACBatch(obs=ring.stacks(t), action=ring.data["action"][rows],
+        return SACBatch(obs=ring.observations(t), action=ring.data["action"][rows],
                         reward=ring.data["reward"][rows],
                         discount=(~terminal).astype(np.float32),
-                        next_obs=ring.stacks(successor))
+                        next_obs=ring.observations(successor))
 
     def sample_sequences(self, batch_size: int, rng: np.random.Generator) -> SeqBatch:
         """``batch_size`` uniform windows of ``seq_len`` steps within one episode."""
         start = self._draw(self._sequences, batch_size, rng, "sample_sequences",
                            f"a sequence needs {self.seq_len} consecutive steps of one episode")
         steps = start[:, None] + np.arange(self.seq_len)
-        return SeqBatch(obs=self._ring.stacks(steps),
+        return SeqBatch(obs=self._ring.observations(steps),
                         action=self._ring.data["action"][self._ring.slot(steps)])
 
     # ------------------------------------------------------------------ validity

@@ -15,14 +15,41 @@ the segment start are filled by the ``fill`` rule:
 So no stack ever mixes frames of two segments. Steps are addressed by *absolute* index
 (0 for the first step ever added); the stored ones are ``[oldest, count)`` and step ``t``
 lives in slot ``t % capacity``.
+
+A ring may keep a *mirror* of its frames elsewhere (``mlr_jax.replay.device_frames``: a copy
+on every accelerator). The mirror sees every frame write and every restore, and
+:meth:`FrameRing.observations` then returns :class:`FrameRows` (which rows of the frame table
+make each stack) instead of pixels, so a batch crosses to the device as a few kilobytes of
+indices and its stacks are gathered there.
 """
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Callable, Mapping, NamedTuple, Protocol
 
 import numpy as np
 
 FILL_RULES = ("zero", "repeat")
+
+
+class FrameRows(NamedTuple):
+    """Stacked observations given as rows of a ring's frame table instead of pixels.
+
+    rows: int32[..., F], oldest frame first; row ``capacity`` is the all-zero frame. The
+      table's ``frames[rows]`` reshaped to ``[..., F*C, H, W]`` (``[..., F, H, W]`` for
+      grayscale) is exactly what :meth:`FrameRing.stacks` returns for the same steps.
+    """
+
+    rows: np.ndarray
+
+
+class FrameMirror(Protocol):
+    """A copy of a ring's frame table (``capacity + 1`` rows, the last all zeros)."""
+
+    def write(self, row: int, frame: np.ndarray) -> None:
+        """Set row ``row`` to ``frame``."""
+
+    def load(self, frames: np.ndarray) -> None:
+        """Replace the whole table with ``frames`` (``[capacity + 1, *frame_shape]``)."""
 
 
 class FrameRing:
@@ -35,10 +62,14 @@ class FrameRing:
       fill: ``"zero"`` or ``"repeat"`` (see module docstring).
       fields: per-step fields, ``{name: (shape, dtype)}``, stored in ``self.data[name]``
         with shape ``[capacity, *shape]``.
+      mirror: an optional :class:`FrameMirror` factory, called as ``mirror(capacity + 1,
+        frame_shape)``;
+        with one, :meth:`observations` returns :class:`FrameRows`.
     """
 
     def __init__(self, capacity: int, frame_shape: tuple[int, ...], frame_stack: int,
-                 fill: str, fields: Mapping[str, tuple[tuple[int, ...], type]]):
+                 fill: str, fields: Mapping[str, tuple[tuple[int, ...], type]],
+                 mirror: Callable[[int, tuple[int, ...]], FrameMirror] | None = None):
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
         if not 1 <= frame_stack <= capacity:
@@ -59,6 +90,7 @@ class FrameRing:
         self.data = {name: np.zeros((self.capacity, *shape), dtype=dtype)
                      for name, (shape, dtype) in fields.items()}
         self.count = 0
+        self.mirror = None if mirror is None else mirror(self.capacity + 1, self.frame_shape)
 
     # ------------------------------------------------------------------ writing
 
@@ -85,6 +117,8 @@ class FrameRing:
             prev = (self.count - 1) % self.capacity
             age = 0 if self.segment_end[prev] else int(self.age[prev]) + 1
         self.frames[slot] = frame
+        if self.mirror is not None:
+            self.mirror.write(slot, frame)
         self.age[slot] = age
         self.segment_end[slot] = bool(ends_segment)
         for name, value in values.items():
@@ -153,6 +187,18 @@ class FrameRing:
         ok = self.stored(first) & self.stored(last)
         return ok & (self.ages(last) - self.ages(first) == last - first)
 
+    def stack_rows(self, index: np.ndarray) -> np.ndarray:
+        """Rows of :attr:`frames` that make the stacks of stored steps ``index`` (int[...]):
+        int64[..., F], oldest first, ``capacity`` (the zero frame) under the "zero" rule.
+        Callers pass only steps whose :meth:`history_ok` holds."""
+        index = np.asarray(index, dtype=np.int64)
+        back = np.arange(self.frame_stack - 1, -1, -1)  # stack position k reads step t - back[k]
+        age = self.age[index % self.capacity][..., None]
+        rows = (index[..., None] - np.minimum(back, age)) % self.capacity
+        if self.fill == "zero":
+            rows = np.where(back > age, self.capacity, rows)
+        return rows
+
     def stacks(self, index: np.ndarray) -> np.ndarray:
         """Stacked observations of stored steps ``index`` (int[...]).
 
@@ -161,14 +207,15 @@ class FrameRing:
         :meth:`history_ok` holds.
         """
         index = np.asarray(index, dtype=np.int64)
-        back = np.arange(self.frame_stack - 1, -1, -1)  # stack position k reads step t - back[k]
-        age = self.age[index % self.capacity][..., None]
-        source = index[..., None] - np.minimum(back, age)
-        rows = source % self.capacity
-        if self.fill == "zero":
-            rows = np.where(back > age, self.capacity, rows)
-        out = self.frames[rows]  # [..., F, *frame_shape]
+        out = self.frames[self.stack_rows(index)]  # [..., F, *frame_shape]
         return out.reshape(*index.shape, -1, *self.frame_shape[-2:])
+
+    def observations(self, index: np.ndarray) -> np.ndarray | FrameRows:
+        """What a batch carries for steps ``index``: :meth:`stacks` (pixels), or with a
+        mirror, :class:`FrameRows` (int32 rows of the mirrored frame table)."""
+        if self.mirror is None:
+            return self.stacks(index)
+        return FrameRows(self.stack_rows(index).astype(np.int32))
 
     # ------------------------------------------------------------------ state
 
@@ -185,6 +232,8 @@ class FrameRing:
         check_state(state, targets, "replay")
         copy_state(state, targets)
         self.count = int(np.asarray(state["count"]))
+        if self.mirror is not None:
+            self.mirror.load(self.frames)
 
 
 def check_state(state: Mapping, targets: Mapping, where: str) -> None:

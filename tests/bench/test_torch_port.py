@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import functools
 import json
+import pathlib
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -22,6 +24,7 @@ torch = pytest.importorskip("torch")
 
 from mlr_jax.bench import runner, torch_atari, torch_dmc  # noqa: E402  (after importorskip)
 from mlr_jax.config import make_config  # noqa: E402
+from mlr_jax.replay import device_frames  # noqa: E402
 
 NO_RANDOMNESS = ["shift_pad=0", "intensity_scale=0", "mlr.mask_ratio=0",
                  "mlr.mask_count_rule=mask_floor"]
@@ -238,6 +241,33 @@ def test_runner_writes_a_complete_record(tmp_path):
     # XLA counts elementwise work too; both must see the same convs and matmuls
     assert 0.8 < record["flops_ratio_xla_over_torch"] < 1.5
     assert "ms/update" in record["summary"] and "\n" not in record["summary"]
+    # batch preparation, both replay modes: the device mode sends indices, not pixels
+    assert record["jax"]["replay_frames"] == "host"  # the CPU default
+    batches = record["batches"]
+    assert batches["host"]["bytes_to_device"] > 100 * batches["device"]["bytes_to_device"]
+    assert batches["device"]["write_ms"] > 0 and batches["device"]["table_bytes"] > 0
+    assert all(batches[m]["median_ms"] > 0 and batches[m]["sample_ms"] > 0 for m in ("host", "device"))
+    assert "batch on device" in record["summary"]
+
+
+def test_as_frame_rows_gathers_back_the_batch():
+    cfg = make_config("dmc", "cartpole_swingup", "smoke")
+    batch = runner.random_batch(cfg, ACTION_DIM, seed=3)
+    table, rows_batch = runner.as_frame_rows(batch, (3, cfg.image_size, cfg.image_size))
+    chex.assert_shape(rows_batch.sac.obs.rows, (cfg.batch_size, cfg.frame_stack))
+    chex.assert_shape(rows_batch.seq.obs.rows, (cfg.aux_batch_size, cfg.mlr.seq_len, cfg.frame_stack))
+    chex.assert_trees_all_equal(jax.tree.map(np.asarray, device_frames.gather_batch(table, rows_batch)),
+                                batch)
+
+
+def test_runner_times_the_baseline_update_with_device_frames(tmp_path):
+    record = runner.run_benchmark("atari", "cpu", "smoke", frameworks=("jax",), repeats=1, warmup=1,
+                                  outdir=tmp_path, env_steps=0,
+                                  overrides=["run.replay_frames=device", "aux=none"])
+    assert record["jax"]["replay_frames"] == "device" and record["jax"]["median_ms"] > 0
+    assert record["config"]["aux"] == "none"
+    assert pathlib.Path(record["path"]).name.startswith("atari_smoke-baseline_cpu_fp32_")
+    assert record["summary"].startswith("atari/smoke Baseline on cpu")
 
 
 def test_runner_rejects_bad_arguments(tmp_path):
