@@ -411,8 +411,14 @@ def make_config(domain: str, name: str | None = None, preset: str = "paper",
 
 
 def check_name(cfg: AtariConfig | DMCConfig) -> None:
-    """Raise :class:`ConfigError` (with close matches) if envpool has no such game / task."""
-    from mlr_jax import envs  # envpool is only imported when a name must be checked
+    """Raise :class:`ConfigError` (with close matches) if envpool has no such game / task.
+
+    Without envpool installed (e.g. a GPU image used only to benchmark updates) names cannot
+    be checked and this does nothing; making an environment then fails on the import."""
+    try:
+        from mlr_jax import envs  # envpool is only imported when a name must be checked
+    except ImportError:
+        return
 
     try:
         if isinstance(cfg, AtariConfig):

@@ -99,18 +99,16 @@ def _devices(num_devices: int | None) -> list[Any]:
 
 def replicate(tree: Any, num_devices: int | None = None) -> Any:
     """Copy a pytree to every local device: leaves get a leading device axis ``[D, ...]``,
-    sharded so that device ``i`` holds copy ``i`` (the layout ``jax.pmap`` consumes). Each
-    device receives its copy directly (no ``D``-fold copy on the host)."""
+    sharded so that device ``i`` holds copy ``i`` (the layout ``jax.pmap`` consumes).
+
+    The copies are stacked on the host first. Sending one host view to each device instead
+    (``np.broadcast_to`` or one ``device_put`` per device) made every later Atari update on
+    the CPU backend 2x slower (6.2 s against 3.1 s, measured), so the stack stays."""
     devices = _devices(num_devices)
     sharding = jax.sharding.NamedSharding(jax.sharding.Mesh(np.array(devices), (AXIS,)),
                                           jax.sharding.PartitionSpec(AXIS))
-
-    def put(x):
-        x = np.asarray(x)[None]
-        return jax.make_array_from_single_device_arrays(
-            (len(devices),) + x.shape[1:], sharding, [jax.device_put(x, d) for d in devices])
-
-    return jax.tree_util.tree_map(put, tree)
+    return jax.tree_util.tree_map(
+        lambda x: jax.device_put(np.stack([np.asarray(x)] * len(devices)), sharding), tree)
 
 
 def replicated_zeros(shape: tuple[int, ...], dtype: Any, num_devices: int | None = None) -> jax.Array:

@@ -93,3 +93,20 @@ def test_config_round_trip():
     with pytest.raises(ConfigError, match="is a section"):
         apply_overrides(AtariConfig(), ["mlr=3"])
     assert apply_overrides(DMCConfig(), {"run.seed": "7"}).run.seed == 7
+
+
+def test_configs_build_without_envpool(monkeypatch):
+    """A machine without envpool (a GPU image used to benchmark updates) can still build
+    configs; names are checked wherever envpool is installed (test above)."""
+    import sys
+
+    import mlr_jax
+
+    monkeypatch.setitem(sys.modules, "envpool", None)  # `import envpool` raises ImportError
+    for name in [m for m in sys.modules if m == "mlr_jax.envs" or m.startswith("mlr_jax.envs.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.delattr(mlr_jax, "envs", raising=False)
+    with pytest.raises(ImportError):
+        import mlr_jax.envs  # noqa: F401
+    assert make_config("atari", "pong", "paper").game == "pong"
+    assert make_config("dmc", "cartpole_swingup", "smoke").task == "cartpole_swingup"
