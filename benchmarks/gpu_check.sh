@@ -31,9 +31,17 @@ bench() {
   timeout "${STEP_TIMEOUT:-240}" "$PY" -m mlr_jax bench --device "$DEVICE" --preset "$PRESET" \
     --outdir "$OUTDIR" "$@" || { echo "FAILED ($?): $*"; failed=1; }
 }
-bench --domain atari --frameworks jax,torch --repeats 20 --warmup 3
+# a Perfetto trace of two updates each for the fp32 MLR runs (summary: jax.profile.top_ops
+# in the JSON); the trace file itself is copied next to the JSONs when under 15 MB
+bench --domain atari --frameworks jax,torch --repeats 20 --warmup 3 --profile /tmp/mlr_profile_atari
 bench --domain atari --frameworks jax --precision bf16 --repeats 20 --warmup 3
 bench --domain atari --frameworks jax,torch --repeats 20 --warmup 3 aux=none
-bench --domain dmc --frameworks jax,torch --repeats 10 --warmup 2
+bench --domain dmc --frameworks jax,torch --repeats 10 --warmup 2 --profile /tmp/mlr_profile_dmc
+for domain in atari dmc; do
+  trace=$(ls /tmp/mlr_profile_$domain/plugins/profile/*/perfetto_trace.json.gz 2>/dev/null | tail -1)
+  if [ -n "$trace" ] && [ "$(stat -c %s "$trace")" -lt 15000000 ]; then
+    cp "$trace" "$OUTDIR/${domain}_${PRESET}_${DEVICE}_perfetto_trace.json.gz"
+  fi
+done
 ls -l "$OUTDIR"
 exit $failed

@@ -95,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--name", default=None, help="game / task (default: pong / cartpole_swingup)")
     bench.add_argument("--torch-threads", type=int, default=None)
     bench.add_argument("--outdir", default="benchmarks/results")
+    bench.add_argument("--profile", default=None, metavar="DIR",
+                       help="also trace two JAX updates with jax.profiler into DIR (a Perfetto "
+                            "trace) and record the largest ops per update")
     bench.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     return parser
 
@@ -183,6 +186,7 @@ def _bench(args: argparse.Namespace) -> int:
     result = run_benchmark(domain=args.domain, device=args.device, preset=args.preset,
                            frameworks=frameworks, repeats=args.repeats, warmup=args.warmup,
                            outdir=args.outdir, name=args.name, torch_threads=args.torch_threads,
+                           profile_dir=args.profile,
                            overrides=[f"run.precision={args.precision}", *args.overrides])
     print(result["summary"])
     return 0

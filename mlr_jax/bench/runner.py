@@ -33,6 +33,7 @@ import jax
 import numpy as np
 
 from mlr_jax import parallel
+from mlr_jax.bench.profile import trace_units
 from mlr_jax.host import tune_malloc
 from mlr_jax.replay import device_frames
 from mlr_jax.config import AtariConfig, DMCConfig, make_config, to_dict
@@ -169,7 +170,7 @@ def _time_act(agent: Any, state: Any, batch: Any, key: jax.Array, domain: str,
 
 
 def _bench_jax(cfg, domain: str, num_actions: int, batch: Any, repeats: int, warmup: int,
-               seed: int) -> dict[str, Any]:
+               seed: int, profile_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     if domain == "atari":
         from mlr_jax.agents.atari import make_agent
     else:
@@ -211,10 +212,15 @@ def _bench_jax(cfg, domain: str, num_actions: int, batch: Any, repeats: int, war
         jax.block_until_ready((holder["state"], parallel.gather_metrics(metrics)))
 
     timing = time_calls(one_unit, repeats, warmup)
+    if profile_dir is not None:
+        keys += list(jax.random.split(keys[-1], 2 * unit))
+        profile = trace_units(one_unit, profile_dir, units=2, updates_per_unit=unit)
     out = _summarise(timing, unit, flops)
     out.update(act_ms=1e3 * statistics.median(act_timing["times_s"]), param_counts=param_counts,
                compile_s=compile_s, device=parallel.device_description(), replay_frames=replay_frames,
                flops_source="xla cost_analysis of the lowered step with conv_impl=xla")
+    if profile_dir is not None:
+        out["profile"] = profile
     return out
 
 
@@ -358,7 +364,8 @@ def run_benchmark(domain: str = "atari", device: str = "cpu", preset: str = "pap
                   frameworks: Sequence[str] = FRAMEWORKS, repeats: int = 10, warmup: int = 2,
                   outdir: str | os.PathLike = "benchmarks/results", name: str | None = None,
                   overrides: Sequence[str] = (), env_steps: int = 300, seed: int = 0,
-                  torch_threads: int | None = None) -> dict[str, Any]:
+                  torch_threads: int | None = None,
+                  profile_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     """Time one full update of each framework on identical shapes and hyper-parameters.
 
     Args:
@@ -380,6 +387,9 @@ def run_benchmark(domain: str = "atari", device: str = "cpu", preset: str = "pap
       seed: seed of the batches, parameters and keys.
       torch_threads: ``torch.set_num_threads`` for the torch run (None keeps torch's default;
         on a shared CPU, 1 avoids OpenMP stalls that make small ops take milliseconds).
+      profile_dir: also trace two timed units of the JAX update with ``jax.profiler`` into
+        this folder and record the largest ops per update as ``jax.profile``
+        (:mod:`mlr_jax.bench.profile`).
 
     Returns:
       The record written to disk: ``config``, ``versions``, ``date``, ``device``, per framework
@@ -412,7 +422,8 @@ def run_benchmark(domain: str = "atari", device: str = "cpu", preset: str = "pap
     if "jax" in frameworks:
         from mlr_jax.bench.batches import bench_batches
 
-        record["jax"] = _bench_jax(cfg, domain, num_actions, batch, repeats, warmup, seed)
+        record["jax"] = _bench_jax(cfg, domain, num_actions, batch, repeats, warmup, seed,
+                                   profile_dir)
         record["batches"] = bench_batches(cfg, num_actions, time_calls, max(repeats, 10), seed=seed)
     if "torch" in frameworks:
         record["torch"] = _bench_torch(cfg, domain, num_actions, batch, device, repeats, warmup, seed,

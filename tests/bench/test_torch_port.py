@@ -260,14 +260,18 @@ def test_as_frame_rows_gathers_back_the_batch():
                                 batch)
 
 
-def test_runner_times_the_baseline_update_with_device_frames(tmp_path):
+def test_runner_times_and_profiles_the_baseline_update_with_device_frames(tmp_path):
     record = runner.run_benchmark("atari", "cpu", "smoke", frameworks=("jax",), repeats=1, warmup=1,
-                                  outdir=tmp_path, env_steps=0,
+                                  outdir=tmp_path, env_steps=0, profile_dir=tmp_path / "trace",
                                   overrides=["run.replay_frames=device", "aux=none"])
     assert record["jax"]["replay_frames"] == "device" and record["jax"]["median_ms"] > 0
     assert record["config"]["aux"] == "none"
     assert pathlib.Path(record["path"]).name.startswith("atari_smoke-baseline_cpu_fp32_")
     assert record["summary"].startswith("atari/smoke Baseline on cpu")
+    # the profiled updates: a Perfetto trace and the largest XLA ops per update
+    profile = record["jax"]["profile"]
+    assert pathlib.Path(profile["trace"]).is_file() and profile["updates"] == 2
+    assert profile["top_ops"] and all(r["ms_per_update"] > 0 for r in profile["top_ops"])
 
 
 def test_runner_rejects_bad_arguments(tmp_path):
