@@ -66,6 +66,12 @@ class Domain:
 RGB = 3  # channels of one DMC frame
 
 
+def frame_shape(cfg: AtariConfig | DMCConfig) -> tuple[int, ...]:
+    """The shape of one stored frame: Atari ``(H, W)`` grayscale, DMC ``(3, H, W)`` RGB."""
+    side = (cfg.image_size, cfg.image_size)
+    return side if isinstance(cfg, AtariConfig) else (RGB,) + side
+
+
 def make_replay(cfg: AtariConfig | DMCConfig, action_dim: int = 1) -> AtariReplay | DMCReplay:
     """An empty replay for ``cfg`` (``action_dim``: DMC's action size; unused for Atari),
     keeping its frames where ``run.replay_frames`` says (:func:`mlr_jax.parallel.replay_frames`)."""
@@ -73,11 +79,11 @@ def make_replay(cfg: AtariConfig | DMCConfig, action_dim: int = 1) -> AtariRepla
     if isinstance(cfg, AtariConfig):
         return AtariReplay(
             cfg.replay_capacity, cfg.frame_stack, cfg.mlr.seq_len, cfg.n_step, cfg.gamma,
-            cfg.priority_exponent, frame_shape=(cfg.image_size, cfg.image_size),
+            cfg.priority_exponent, frame_shape=frame_shape(cfg),
             initial_priority=1.0,  # rlpyt's default priority for new data, as the authors ran it
             frames_on_device=on_device)
     return DMCReplay(cfg.replay_capacity, action_dim, cfg.frame_stack, cfg.mlr.seq_len,
-                     frame_shape=(RGB, cfg.image_size, cfg.image_size), frames_on_device=on_device)
+                     frame_shape=frame_shape(cfg), frames_on_device=on_device)
 
 
 def sample_batch(cfg: AtariConfig | DMCConfig, replay: AtariReplay | DMCReplay, step: int,

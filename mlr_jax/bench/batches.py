@@ -19,13 +19,13 @@ DMC frames, or the replay's capacity if smaller) is well past that point.
 from __future__ import annotations
 
 import dataclasses
-import statistics
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import numpy as np
 
 from mlr_jax import domains
+from mlr_jax.bench.runner import median_ms
 from mlr_jax.config import AtariConfig, DMCConfig
 from mlr_jax.replay.device_frames import gather_batch
 
@@ -34,31 +34,28 @@ MODES = ("host", "device")
 
 def _filled_replay(cfg: AtariConfig | DMCConfig, action_dim: int, mode: str, steps: int,
                    seed: int) -> Any:
-    cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, replay_frames=mode))
-    replay = domains.make_replay(cfg, action_dim)
+    replay = domains.make_replay(
+        dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, replay_frames=mode)), action_dim)
     rng = np.random.default_rng(seed)
     atari = isinstance(cfg, AtariConfig)
-    shape = (cfg.image_size,) * 2 if atari else (domains.RGB,) + (cfg.image_size,) * 2
-    pool = rng.integers(0, 256, (16,) + shape, dtype=np.uint8)  # content does not matter
+    pool = rng.integers(0, 256, (16,) + domains.frame_shape(cfg), dtype=np.uint8)  # content does not matter
     for t in range(steps):
         action = t % action_dim if atari else rng.uniform(-1, 1, action_dim).astype(np.float32)
         replay.add(pool[t % len(pool)], action, 0.0, False, t % 1000 == 999)
-    return cfg, replay
+    return replay
 
 
 def _nbytes(batch: Any) -> int:
     return int(sum(np.asarray(x).nbytes for x in jax.tree.leaves(batch)))
 
 
-def bench_batches(cfg: AtariConfig | DMCConfig, action_dim: int,
-                  time_calls: Callable[..., dict[str, Any]], repeats: int = 20,
+def bench_batches(cfg: AtariConfig | DMCConfig, action_dim: int, repeats: int = 20,
                   fill_steps: int = 20_000, seed: int = 0) -> dict[str, Any]:
     """Per-update batch preparation in both modes.
 
     Args:
       cfg: the benchmarked config (its batch sizes and image sizes are used).
       action_dim: Atari's number of actions or DMC's action size.
-      time_calls: the benchmark's timer (:func:`mlr_jax.bench.runner.time_calls`).
       repeats: timed batches per mode.
       fill_steps: random steps stored before sampling (at most the replay's capacity).
       seed: seed of the frames and of the sampling.
@@ -74,21 +71,18 @@ def bench_batches(cfg: AtariConfig | DMCConfig, action_dim: int,
     step = fill_steps
     gather = jax.jit(lambda table, batch: gather_batch(table[0], batch))
     for mode in MODES:
-        mode_cfg, replay = _filled_replay(cfg, action_dim, mode, fill_steps, seed)
+        replay = _filled_replay(cfg, action_dim, mode, fill_steps, seed)
         rng = np.random.default_rng(seed)
-        sample = lambda: domains.sample_batch(mode_cfg, replay, step, rng)  # noqa: E731
+        sample = lambda: domains.sample_batch(cfg, replay, step, rng)  # noqa: E731
         frames = replay.device_frames
         if frames is None:
             ready = lambda: jax.block_until_ready(jax.device_put(sample()))  # noqa: E731
         else:
             ready = lambda: jax.block_until_ready(  # noqa: E731
                 gather(frames.table.addressable_data(0), jax.device_put(sample())))
-        times = time_calls(ready, repeats, warmup=2)["times_s"]
-        sample_times = time_calls(sample, repeats, warmup=1)["times_s"]
-        batch = sample()
-        result = {"median_ms": 1e3 * statistics.median(times),
-                  "sample_ms": 1e3 * statistics.median(sample_times),
-                  "bytes_to_device": _nbytes(batch)}
+        result = {"median_ms": median_ms(ready, repeats, warmup=2),
+                  "sample_ms": median_ms(sample, repeats, warmup=1),
+                  "bytes_to_device": _nbytes(sample())}
         if frames is not None:
             frame = np.zeros(frames.frame_shape, np.uint8)
 
@@ -96,7 +90,7 @@ def bench_batches(cfg: AtariConfig | DMCConfig, action_dim: int,
                 frames.write(0, frame)
                 jax.block_until_ready(frames.table)
 
-            result["write_ms"] = 1e3 * statistics.median(time_calls(write, repeats, warmup=2)["times_s"])
+            result["write_ms"] = median_ms(write, repeats, warmup=2)
             result["table_bytes"] = int(frames.table.nbytes // frames.table.shape[0])
         out[mode] = result
     out["device_speedup"] = out["host"]["median_ms"] / out["device"]["median_ms"]

@@ -16,15 +16,14 @@ from __future__ import annotations
 
 import datetime
 import os
-import statistics
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from mlr_jax import parallel
-from mlr_jax.bench.runner import time_calls, write_record
+from mlr_jax.bench.runner import median_ms, write_record
 from mlr_jax.config import AtariConfig, DMCConfig, make_config
 from mlr_jax.host import tune_malloc
 from mlr_jax.nets.atari import NatureCNN
@@ -40,10 +39,6 @@ def _layers(cfg: AtariConfig | DMCConfig) -> tuple[int, list[tuple[int, int, int
             [(cfg.num_filters, 3, 2 if i == 0 else 1) for i in range(cfg.num_conv_layers)])
 
 
-def _median_s(fn: Callable[[], Any], repeats: int) -> float:
-    return statistics.median(time_calls(fn, repeats, warmup=1)["times_s"])
-
-
 def _jax_trunk(cfg: AtariConfig | DMCConfig, impl: str) -> Any:
     if isinstance(cfg, AtariConfig):
         return NatureCNN(cfg.channels, cfg.kernels, cfg.strides, renormalize=False, conv_impl=impl)
@@ -56,9 +51,9 @@ def _time_jax(cfg: AtariConfig | DMCConfig, impl: str, x: np.ndarray, repeats: i
     forward = jax.jit(trunk.apply)
     grad = jax.jit(jax.grad(lambda p, x: jnp.sum(trunk.apply(p, x) ** 2)))
     xs = jnp.asarray(x)
-    return {"forward_ms": 1e3 * _median_s(lambda: jax.block_until_ready(forward(params, xs)), repeats),
-            "forward_backward_ms": 1e3 * _median_s(
-                lambda: jax.block_until_ready(grad(params, xs)), repeats)}
+    return {"forward_ms": median_ms(lambda: jax.block_until_ready(forward(params, xs)), repeats, 1),
+            "forward_backward_ms": median_ms(
+                lambda: jax.block_until_ready(grad(params, xs)), repeats, 1)}
 
 
 def _time_torch(in_channels: int, layers: list[tuple[int, int, int]], x: np.ndarray, device: str,
@@ -87,8 +82,8 @@ def _time_torch(in_channels: int, layers: list[tuple[int, int, int]], x: np.ndar
         (trunk(xs / 255.0) ** 2).sum().backward()
         sync()
 
-    return {"forward_ms": 1e3 * _median_s(forward, repeats),
-            "forward_backward_ms": 1e3 * _median_s(forward_backward, repeats),
+    return {"forward_ms": median_ms(forward, repeats, 1),
+            "forward_backward_ms": median_ms(forward_backward, repeats, 1),
             "threads": torch.get_num_threads(), "version": torch.__version__}
 
 

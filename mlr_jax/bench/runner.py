@@ -32,10 +32,11 @@ from typing import Any, Callable, Sequence
 import jax
 import numpy as np
 
-from mlr_jax import parallel
+from mlr_jax import domains, parallel
 from mlr_jax.bench.profile import trace_units
 from mlr_jax.host import tune_malloc
 from mlr_jax.replay import device_frames
+from mlr_jax.replay.frames import FrameRows
 from mlr_jax.config import AtariConfig, DMCConfig, make_config, to_dict
 
 DOMAINS = ("atari", "dmc")
@@ -95,8 +96,6 @@ def as_frame_rows(batch: Any, frame_shape: tuple[int, ...]) -> tuple[np.ndarray,
     step takes with ``run.replay_frames=device``: every uint8 leaf ``[..., F*C, H, W]`` is cut
     into its ``frame_shape`` frames, each one row of the table (plus a final zero row), so
     gathering the rows gives back exactly ``batch``."""
-    from mlr_jax.replay.frames import FrameRows
-
     channels = frame_shape[0] if len(frame_shape) == 3 else 1
     frames: list[np.ndarray] = []
 
@@ -132,6 +131,11 @@ def time_calls(fn: Callable[[], Any], repeats: int, warmup: int) -> dict[str, An
     return {"first_call_s": first, "times_s": times}
 
 
+def median_ms(fn: Callable[[], Any], repeats: int, warmup: int) -> float:
+    """Median wall time of ``fn()`` in milliseconds (:func:`time_calls`)."""
+    return 1e3 * statistics.median(time_calls(fn, repeats, warmup)["times_s"])
+
+
 def _summarise(timing: dict[str, Any], updates_per_call: int, flops: float | None) -> dict[str, Any]:
     per_update = [t / updates_per_call for t in timing["times_s"]]
     median = statistics.median(per_update)
@@ -160,13 +164,12 @@ def _xla_flops(make_agent: Callable[..., Any], cfg, num_actions: int, state: Any
 # ------------------------------------------------------------------ JAX
 
 
-def _time_act(agent: Any, state: Any, batch: Any, key: jax.Array, domain: str,
-              repeats: int) -> dict[str, Any]:
-    """Timing of one jitted ``act`` for one observation (training behaviour)."""
+def _act_ms(agent: Any, state: Any, batch: Any, key: jax.Array, domain: str, repeats: int) -> float:
+    """Median ms of one jitted ``act`` for one observation (training behaviour)."""
     obs = batch.obs[:1, 0] if domain == "atari" else batch.sac.obs[:1]
     act = jax.jit(agent.act)
     args = (state, obs, key) + ((0.0,) if domain == "atari" else ())
-    return time_calls(lambda: jax.block_until_ready(act(*args)), max(repeats, 20), 3)
+    return median_ms(lambda: jax.block_until_ready(act(*args)), max(repeats, 20), 3)
 
 
 def _bench_jax(cfg, domain: str, num_actions: int, batch: Any, repeats: int, warmup: int,
@@ -180,7 +183,7 @@ def _bench_jax(cfg, domain: str, num_actions: int, batch: Any, repeats: int, war
     state = agent.init(key)
     unit = 1 if domain == "atari" else 2
     param_counts = agent.param_counts(state)
-    act_timing = _time_act(agent, state, batch, key, domain, repeats)
+    act_ms = _act_ms(agent, state, batch, key, domain, repeats)
 
     # The data_parallel step on one device, compiled ahead of time once and timed
     # (step = pmapped call + metric gather). With the replay frames on the device the batch
@@ -190,8 +193,7 @@ def _bench_jax(cfg, domain: str, num_actions: int, batch: Any, repeats: int, war
     del state
     flops = _xla_flops(make_agent, cfg, num_actions, holder["state"], parallel.split_batch(batch, 1), key)
     if replay_frames == "device":
-        frame_shape = (cfg.image_size,) * 2 if domain == "atari" else (3,) + (cfg.image_size,) * 2
-        table, batch = as_frame_rows(batch, frame_shape)
+        table, batch = as_frame_rows(batch, domains.frame_shape(cfg))
         step = parallel.data_parallel(device_frames.reading_frames(agent.train_step), num_devices=1,
                                       num_replicated=1)
         replicated = (parallel.replicate(table, 1),)
@@ -216,7 +218,7 @@ def _bench_jax(cfg, domain: str, num_actions: int, batch: Any, repeats: int, war
         keys += list(jax.random.split(keys[-1], 2 * unit))
         profile = trace_units(one_unit, profile_dir, units=2, updates_per_unit=unit)
     out = _summarise(timing, unit, flops)
-    out.update(act_ms=1e3 * statistics.median(act_timing["times_s"]), param_counts=param_counts,
+    out.update(act_ms=act_ms, param_counts=param_counts,
                compile_s=compile_s, device=parallel.device_description(), replay_frames=replay_frames,
                flops_source="xla cost_analysis of the lowered step with conv_impl=xla")
     if profile_dir is not None:
@@ -268,11 +270,11 @@ def _bench_torch(cfg, domain: str, num_actions: int, batch: Any, device: str, re
         update.act(obs)
         torch_atari.sync(dev)
 
-    act_timing = time_calls(act, max(repeats, 20), 3)
+    act_ms = median_ms(act, max(repeats, 20), 3)
     timing = _summarise(time_calls(one_unit, repeats, warmup), unit, float(flops))
     name = (torch.cuda.get_device_name(dev) if dev.type == "cuda"
             else f"cpu x{torch.get_num_threads()} threads")
-    timing.update(act_ms=1e3 * statistics.median(act_timing["times_s"]), param_counts=update.param_counts(),
+    timing.update(act_ms=act_ms, param_counts=update.param_counts(),
                   device=name, flops_source="torch FlopCounterMode (matmul/conv only)",
                   settings={"num_threads": torch.get_num_threads(),
                             "cuda_matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
@@ -424,7 +426,7 @@ def run_benchmark(domain: str = "atari", device: str = "cpu", preset: str = "pap
 
         record["jax"] = _bench_jax(cfg, domain, num_actions, batch, repeats, warmup, seed,
                                    profile_dir)
-        record["batches"] = bench_batches(cfg, num_actions, time_calls, max(repeats, 10), seed=seed)
+        record["batches"] = bench_batches(cfg, num_actions, max(repeats, 10), seed=seed)
     if "torch" in frameworks:
         record["torch"] = _bench_torch(cfg, domain, num_actions, batch, device, repeats, warmup, seed,
                                        torch_threads)
