@@ -24,7 +24,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from mlr_jax import domains
+from mlr_jax import domains, parallel
 from mlr_jax.bench.runner import median_ms
 from mlr_jax.config import AtariConfig, DMCConfig
 from mlr_jax.replay.device_frames import gather_batch
@@ -69,7 +69,7 @@ def bench_batches(cfg: AtariConfig | DMCConfig, action_dim: int, repeats: int = 
     fill_steps = min(fill_steps, cfg.replay_capacity)
     out: dict[str, Any] = {"fill_steps": fill_steps}
     step = fill_steps
-    gather = jax.jit(lambda table, batch: gather_batch(table[0], batch))
+    gather = parallel.on_first_replica(gather_batch)  # the first device's table, no copy
     for mode in MODES:
         replay = _filled_replay(cfg, action_dim, mode, fill_steps, seed)
         rng = np.random.default_rng(seed)
@@ -79,7 +79,7 @@ def bench_batches(cfg: AtariConfig | DMCConfig, action_dim: int, repeats: int = 
             ready = lambda: jax.block_until_ready(jax.device_put(sample()))  # noqa: E731
         else:
             ready = lambda: jax.block_until_ready(  # noqa: E731
-                gather(frames.table.addressable_data(0), jax.device_put(sample())))
+                gather(frames.table, jax.device_put(sample())))
         result = {"median_ms": median_ms(ready, repeats, warmup=2),
                   "sample_ms": median_ms(sample, repeats, warmup=1),
                   "bytes_to_device": _nbytes(sample())}
