@@ -23,6 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from mlr_jax import parallel
+
 # Config fields that fix array shapes or what the saved numbers mean; a checkpoint whose
 # values differ from the current config's cannot be resumed.
 COMPATIBILITY_KEYS: tuple[str, ...] = (
@@ -48,9 +50,17 @@ class CheckpointMismatch(CheckpointError):
 # --------------------------------------------------------------------------- helpers
 
 def _manager(ckpt_dir: pathlib.Path, keep: int = 2) -> ocp.CheckpointManager:
+    solo = {}
+    if parallel.process_count() > 1:
+        # In a multi-process run only the primary saves and every process restores on its
+        # own, so orbax must not wait for the other processes (nor create the directory).
+        me = parallel.process_index()
+        solo = {"multiprocessing_options": ocp.options.MultiprocessingOptions(
+            primary_host=me, active_processes={me})}
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, create=True, enable_async_checkpointing=False,
-        cleanup_tmp_directories=True)
+        max_to_keep=keep, create=not solo, enable_async_checkpointing=False,
+        cleanup_tmp_directories=True, **solo)
     return ocp.CheckpointManager(ckpt_dir, options=options)
 
 

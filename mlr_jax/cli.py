@@ -1,4 +1,4 @@
-"""The ``mlr-jax`` command line: ``train``, ``config`` and ``bench``.
+"""The ``mlr-jax`` command line: ``train``, ``config``, ``report`` and ``bench``.
 
 The only module that parses arguments: it turns them into a validated config
 (:func:`mlr_jax.config.make_config`) and calls the library.
@@ -30,6 +30,7 @@ EPILOG = """examples:
   mlr-jax train dmc --task cartpole_swingup --budget 500k
   mlr-jax train atari --game pong mlr.block_size=4 lr=3e-4  # any config field (dotted keys)
   mlr-jax train atari --resume runs/atari_pong_mlr_s1_...   # continue from the last checkpoint
+  mlr-jax train atari --game pong --distributed             # every host of a TPU pod slice runs this
   mlr-jax config dmc --task walker_walk                     # print the resolved config
   mlr-jax report runs/                                      # aggregate finished runs (IQM, means, paper)
   mlr-jax bench --domain atari --preset smoke --frameworks jax
@@ -61,6 +62,40 @@ def _add_run_options(p: argparse.ArgumentParser, domain: str) -> None:
                    help="any config field, dotted for sections (mlr.block_size=4, run.log_every=500)")
 
 
+def _add_distributed_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group(
+        "multi-process (multi-host) training",
+        "start the same command in every process; one process per host. On Cloud TPU pod "
+        "slices, SLURM and other clusters JAX detects, --distributed alone is enough.")
+    g.add_argument("--distributed", action="store_true",
+                   help="join a multi-process run (jax.distributed.initialize) spanning every "
+                        "host's devices; process 0 writes the run directory")
+    g.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                   help="address of process 0's coordinator service (implies --distributed)")
+    g.add_argument("--num-processes", type=int, default=None)
+    g.add_argument("--process-id", type=int, default=None)
+
+
+def _start_distributed(args: argparse.Namespace) -> None:
+    """``jax.distributed.initialize`` when the arguments ask for several processes."""
+    manual = (args.coordinator, args.num_processes, args.process_id)
+    if not args.distributed and all(v is None for v in manual):
+        return
+    if any(v is None for v in manual) and any(v is not None for v in manual):
+        raise ConfigError("--coordinator, --num-processes and --process-id go together; got "
+                          f"{args.coordinator!r}, {args.num_processes!r}, {args.process_id!r}")
+    if args.num_processes is not None and not 0 <= args.process_id < args.num_processes:
+        raise ConfigError(f"--process-id={args.process_id} must be in [0, {args.num_processes})")
+    from mlr_jax import parallel
+
+    try:
+        parallel.initialize_distributed(*manual)
+    except ValueError as e:  # JAX found no cluster to take the missing values from
+        raise ConfigError(f"--distributed: {e} JAX detects Cloud TPU, SLURM and a few other "
+                          "clusters; elsewhere give --coordinator, --num-processes and "
+                          "--process-id") from e
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mlr-jax", description="Mask-based Latent Reconstruction (MLR) for RL in JAX/Flax.",
@@ -76,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
             if with_resume:
                 d.add_argument("--resume", default=None, metavar="RUN_DIR",
                                help="continue a run from its latest checkpoint")
+                _add_distributed_options(d)
     report = sub.add_parser("report", help="aggregate the final evaluations of the runs below a directory")
     report.add_argument("root", help="directory holding run directories (searched recursively)")
     bench = sub.add_parser("bench", help="time one update of the JAX agent and the PyTorch port")
@@ -133,6 +169,7 @@ def config_from_args(args: argparse.Namespace):
 
 
 def _train(args: argparse.Namespace) -> int:
+    _start_distributed(args)  # before anything else uses JAX
     from mlr_jax import loop  # heavy imports only when training
 
     if args.resume:

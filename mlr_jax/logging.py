@@ -43,13 +43,11 @@ def write_json(path: str | pathlib.Path, data: Any) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class RunDir:
-    """Paths of one run directory (``root``); ``tb/`` and ``checkpoints/`` exist."""
+    """Paths of one run directory (``root``); :meth:`create` makes it with ``tb/`` and
+    ``checkpoints/``, :meth:`open` checks an existing one, and the constructor alone touches
+    nothing (the view of a run that another process writes)."""
 
     root: pathlib.Path
-
-    def __post_init__(self):
-        self.tb.mkdir(parents=True, exist_ok=True)
-        self.checkpoints.mkdir(exist_ok=True)
 
     @classmethod
     def create(cls, outdir: str | pathlib.Path, domain: str, name: str, aux: str, seed: int,
@@ -62,7 +60,10 @@ class RunDir:
         while True:
             try:
                 root.mkdir()
-                return cls(root)
+                run = cls(root)
+                run.tb.mkdir()
+                run.checkpoints.mkdir()
+                return run
             except FileExistsError:
                 n += 1
                 root = pathlib.Path(outdir) / f"{stem}-{n}"
@@ -167,6 +168,16 @@ class MetricsWriter:
         self.close()
 
 
+class NoMetrics:
+    """A :class:`MetricsWriter` that writes nothing (the processes other than the primary)."""
+
+    def write(self, step: int, metrics: Mapping[str, Any]) -> None:
+        del step, metrics
+
+    def close(self) -> None:
+        pass
+
+
 # --------------------------------------------------------------------------- progress
 
 def _duration(seconds: float) -> str:
@@ -187,23 +198,27 @@ class Progress:
       enabled: False forces the compact lines (``cfg.run.progress``).
       print_every: steps between compact lines.
       file: output stream (stderr by default).
+      show: False shows nothing at all (the processes other than the primary).
     """
 
     def __init__(self, total: int, initial: int = 0, enabled: bool = True, print_every: int = 1000,
-                 desc: str = "train", file: TextIO | None = None):
+                 desc: str = "train", file: TextIO | None = None, show: bool = True):
         self.total, self.desc, self.print_every = total, desc, max(1, print_every)
+        self._show = show
         self._file = file or sys.stderr
         self._start_step, self._start_time = initial, time.monotonic()
         self._next_print = (initial // self.print_every + 1) * self.print_every
         self._postfix: dict[str, Any] = {}
         self._bar = None
-        if enabled and self._file.isatty():
+        if show and enabled and self._file.isatty():
             self._bar = tqdm.tqdm(total=total, initial=initial, desc=desc, unit="step",
                                   dynamic_ncols=True, smoothing=0.05, file=self._file)
 
     def update(self, step: int, **postfix: Any) -> None:
         """Move to ``step``; keyword values (e.g. ``score=12.0``) are shown until replaced."""
         self._postfix.update(postfix)
+        if not self._show:
+            return
         if self._bar is not None:
             if postfix:
                 self._bar.set_postfix(self._postfix, refresh=False)

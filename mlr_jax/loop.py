@@ -6,6 +6,10 @@ step (:mod:`mlr_jax.parallel`) and the run directory (:mod:`mlr_jax.logging`); t
 agent step, act, store the transition, run ``updates_per_step`` updates once learning has
 started, and periodically log, evaluate and checkpoint. It ends with the final evaluation,
 ``final_eval.json``, ``learning_curve.png`` and ``summary.md``.
+
+In a multi-process run (:func:`mlr_jax.parallel.initialize_distributed`) every process runs
+this same loop on the same environment and replay, takes the primary's actions, and checks at
+every log row that the processes still agree; only the primary writes the run directory.
 """
 
 from __future__ import annotations
@@ -66,6 +70,10 @@ def evaluate(domain: Domain, cfg: AtariConfig | DMCConfig, state: Any, episodes:
     return scores, np.asarray(video, np.uint8)
 
 
+def _quiet(*_: Any) -> None:
+    """The ``log`` of the processes other than the primary."""
+
+
 def _due(step: int, unit: int, every: int) -> bool:
     """Whether agent step ``step`` reached a multiple of ``every`` counted in ``unit`` steps
     per agent step (DMC intervals are environment steps); ``every == 0`` never."""
@@ -96,7 +104,15 @@ def _restore(run: runlog.RunDir, cfg, state, replay):
 
 def load_run_config(run_dir: str | pathlib.Path) -> AtariConfig | DMCConfig:
     """The config a run directory was started with (for ``--resume``)."""
-    data = json.loads(runlog.RunDir.open(run_dir).config.read_text())
+    try:
+        run = runlog.RunDir.open(run_dir)
+    except FileNotFoundError as e:
+        if parallel.process_count() == 1:
+            raise
+        raise FileNotFoundError(
+            f"process {parallel.process_index()}: {e}. A multi-process --resume reads the run "
+            f"directory in every process: keep run.outdir on a filesystem all hosts share") from e
+    data = json.loads(run.config.read_text())
     cls = AtariConfig if "game" in data else DMCConfig
     return from_dict(cls, data)
 
@@ -112,9 +128,11 @@ def train(cfg: AtariConfig | DMCConfig, resume: str | pathlib.Path | None = None
       log: where to print start-up and end-of-run lines.
     """
     kind, name, seed = domain_of(cfg), name_of(cfg), cfg.run.seed
+    primary = parallel.is_primary()  # the process that writes files and prints
+    log = log if primary else _quiet
     for field in ("batch_size", "aux_batch_size"):  # fail before anything is built
         if hasattr(cfg, field):
-            parallel.check_divisible(getattr(cfg, field), parallel.local_device_count(), field)
+            parallel.check_divisible(getattr(cfg, field), parallel.device_count(), field)
     env = envs.make_env(cfg, cfg.num_envs, seed, evaluation=False)
     domain = make_domain(cfg, env)
     replay = domain.make_replay()
@@ -133,20 +151,28 @@ def train(cfg: AtariConfig | DMCConfig, resume: str | pathlib.Path | None = None
         rng.bit_generator.state = loop_state["rng"]
         log(f"[mlr-jax] resuming {run.root} from step {step}")
     else:
-        run = runlog.RunDir.create(cfg.run.outdir, kind, name, cfg.aux, seed)
-    runlog.write_json(run.config, to_dict(cfg))
+        created = runlog.RunDir.create(cfg.run.outdir, kind, name, cfg.aux, seed) if primary else None
+        run = runlog.RunDir(pathlib.Path(parallel.share_text(str(created.root) if primary else "")))
     counts = domain.agent.param_counts(state)
-    runlog.write_json(run.param_counts, counts)
+    if primary:
+        runlog.write_json(run.config, to_dict(cfg))
+        runlog.write_json(run.param_counts, counts)
+    if parallel.process_count() > 1:
+        log(f"[mlr-jax] {parallel.process_count()} processes, {parallel.device_count()} devices")
     log(f"[mlr-jax] {kind} {name} aux={cfg.aux} seed={seed} -> {run.root}")
     log("[mlr-jax] parameters: " + ", ".join(f"{k}={v:,}" for k, v in counts.items()))
 
     train_step = device_frames.parallel_train_step(domain.agent.train_step, replay.device_frames)
     pstate = parallel.replicate(state)
-    metrics_writer = runlog.MetricsWriter(run, keep_until=step if resume is not None else None)
+    metrics_writer = (runlog.MetricsWriter(run, keep_until=step if resume is not None else None)
+                      if primary else runlog.NoMetrics())
     progress = runlog.Progress(domain.total_steps, initial=step, enabled=cfg.run.progress,
-                               print_every=max(1, cfg.run.log_every // domain.unit), desc=f"{kind}:{name}")
+                               print_every=max(1, cfg.run.log_every // domain.unit),
+                               desc=f"{kind}:{name}", show=primary)
 
     def save_checkpoint():
+        if not primary:
+            return
         loop_state = {"step": step, "episodes": episodes, "latest_score": latest_score,
                       "key": np.asarray(key), "rng": rng.bit_generator.state}
         checkpoint.save(run.checkpoints, step, parallel.unreplicate(pstate), replay.state_dict(),
@@ -159,7 +185,7 @@ def train(cfg: AtariConfig | DMCConfig, resume: str | pathlib.Path | None = None
     start_time, start_step, window = time.monotonic(), step, []
     while step < domain.total_steps:
         key, act_key = jax.random.split(key)
-        actions = domain.explore(pstate, obs, act_key, step, rng)
+        actions = parallel.from_primary(domain.explore(pstate, obs, act_key, step, rng))
         rec = env.step(actions)
         domain.store(replay, obs, actions, rec)
         obs = rec.obs
@@ -183,6 +209,10 @@ def train(cfg: AtariConfig | DMCConfig, resume: str | pathlib.Path | None = None
             row["perf/sps"] = (step - start_step) / max(elapsed, 1e-9)
             row["perf/env_steps"] = step * domain.env_steps_per_step
             metrics_writer.write(step, row)
+            parallel.check_same_across_processes(
+                {"step": step, "episodes": episodes, "latest_score": latest_score,
+                 "observation_sum": float(np.sum(obs, dtype=np.int64))},
+                f"the environment at agent step {step}")
         if _due(step, domain.unit, cfg.run.eval_every) and step < domain.total_steps:
             key, eval_key = jax.random.split(key)
             scores, _ = run_eval(eval_key)
@@ -197,14 +227,29 @@ def train(cfg: AtariConfig | DMCConfig, resume: str | pathlib.Path | None = None
     save_checkpoint()
     key, eval_key = jax.random.split(key)
     scores, video = run_eval(eval_key, record=VIDEO_FRAMES)
-    runlog.write_gif(run.eval_video, video)
     metrics_writer.write(step, {runlog.EVAL_MEAN: float(scores.mean()),
                                 runlog.EVAL_STD: float(scores.std())})
     metrics_writer.close()
     summary = evaluation.summarize_scores(kind, name, scores.tolist(), budget=domain.budget)
     summary["agent_steps"] = step
     summary["env_steps"] = step * domain.env_steps_per_step
+    if primary:
+        _write_results(run, cfg, domain, summary, video, counts,
+                       wall_time=time.monotonic() - start_time)
+    log(f"[mlr-jax] final evaluation: {summary['mean']:.2f} ± {summary['std']:.2f} over "
+        f"{len(scores)} episodes")
+    log(f"[mlr-jax] results in {run.root} (final_eval.json, summary.md, metrics.jsonl, "
+        f"learning_curve.png, eval.gif, tb/, checkpoints/)")
+    return RunResult(run_dir=run.root, steps=step, final_eval=summary)
+
+
+def _write_results(run: runlog.RunDir, cfg: AtariConfig | DMCConfig, domain: Domain,
+                   summary: dict[str, Any], video: np.ndarray, counts: dict[str, int],
+                   wall_time: float) -> None:
+    """The end-of-run files: final_eval.json, eval.gif, learning_curve.png, summary.md."""
+    kind, name, seed = domain_of(cfg), name_of(cfg), cfg.run.seed
     runlog.write_json(run.final_eval, summary)
+    runlog.write_gif(run.eval_video, video)
     reference = {f"paper {m}": r["mean"] for m, r in summary.get("paper", {}).items()}
     runlog.plot_learning_curve(run.metrics_jsonl, run.learning_curve,
                                title=f"{kind} {name} ({cfg.aux}, seed {seed})", reference=reference,
@@ -212,11 +257,8 @@ def train(cfg: AtariConfig | DMCConfig, resume: str | pathlib.Path | None = None
                                xlabel="agent step" if domain.unit == 1 else "environment step")
     runlog.write_summary(run.summary, f"{kind} {name} ({cfg.aux}, seed {seed})", summary,
                          param_counts=counts,
-                         run_info={"agent steps": step, "env steps": summary["env_steps"],
+                         run_info={"agent steps": summary["agent_steps"],
+                                   "env steps": summary["env_steps"],
                                    "device": parallel.device_description(),
-                                   "wall time (s)": round(time.monotonic() - start_time, 1)})
-    log(f"[mlr-jax] final evaluation: {summary['mean']:.2f} ± {summary['std']:.2f} over "
-        f"{len(scores)} episodes")
-    log(f"[mlr-jax] results in {run.root} (final_eval.json, summary.md, metrics.jsonl, "
-        f"learning_curve.png, eval.gif, tb/, checkpoints/)")
-    return RunResult(run_dir=run.root, steps=step, final_eval=summary)
+                                   "processes": parallel.process_count(),
+                                   "wall time (s)": round(wall_time, 1)})

@@ -8,6 +8,14 @@ outputs (e.g. new priorities) come back concatenated in global batch order.
 
 Randomness is drawn for the global batch and sliced per device (:func:`shard_slice`), so one
 device and D devices compute the same update for the same global batch.
+
+Several processes (the hosts of a TPU pod slice or a GPU cluster, joined by
+:func:`initialize_distributed`) run the same program on the same data: every process steps an
+identical environment, keeps an identical replay and samples the same global batch, and the
+pmapped step spans the devices of all processes, each process feeding the rows of its own
+devices. Actions are taken from the primary process (:func:`from_primary`) so the
+environments cannot drift apart, and :func:`check_same_across_processes` fails loudly if they
+do anyway. Only the primary process writes files.
 """
 
 from __future__ import annotations
@@ -17,16 +25,92 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 
 AXIS = "devices"
+# Bytes of text :func:`share_text` can carry (run directory paths).
+TEXT_BYTES = 4096
 
 
 class ParallelError(ValueError):
     """The batch cannot be split over the devices."""
 
 
+class ProcessesDiverged(RuntimeError):
+    """The processes of a multi-process run no longer see the same data."""
+
+
 def local_device_count() -> int:
     return jax.local_device_count()
+
+
+def device_count() -> int:
+    """Devices of all processes: the number of shards of the global batch."""
+    return jax.device_count()
+
+
+# --------------------------------------------------------------------------- processes
+
+def initialize_distributed(coordinator: str | None = None, num_processes: int | None = None,
+                           process_id: int | None = None) -> None:
+    """Join a multi-process run (one process per host): ``jax.distributed.initialize``.
+
+    Call it before anything else uses JAX, in every process. On Cloud TPU pod slices, SLURM
+    and the other clusters JAX detects, all three arguments may be None; elsewhere give the
+    coordinator's ``host:port`` (reachable from every process), the number of processes and
+    this process's index (0 is the primary). CPU processes exchange collectives through gloo.
+    """
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator, num_processes, process_id)
+
+
+def process_count() -> int:
+    return jax.process_count()
+
+
+def process_index() -> int:
+    return jax.process_index()
+
+
+def is_primary() -> bool:
+    """Whether this process writes the run's files (process 0)."""
+    return jax.process_index() == 0
+
+
+def from_primary(x: Any) -> Any:
+    """The primary process's value of the numpy pytree ``x``, in every process (``x`` itself
+    when there is one process)."""
+    if jax.process_count() == 1:
+        return x
+    return jax.tree_util.tree_map(np.asarray, multihost_utils.broadcast_one_to_all(x))
+
+
+def share_text(text: str) -> str:
+    """The primary process's ``text`` (at most :data:`TEXT_BYTES` bytes of UTF-8) in every
+    process."""
+    data = text.encode()
+    if len(data) > TEXT_BYTES:
+        raise ValueError(f"share_text carries at most {TEXT_BYTES} bytes, got {len(data)}")
+    buffer = np.zeros(TEXT_BYTES, np.uint8)
+    buffer[:len(data)] = np.frombuffer(data, np.uint8)
+    return bytes(from_primary(buffer)).rstrip(b"\0").decode()
+
+
+def check_same_across_processes(values: dict[str, float], what: str) -> None:
+    """Raise :class:`ProcessesDiverged` unless every process holds the same ``values``
+    (NaN equals NaN); the message names ``what`` and each process's values. A no-op for one
+    process."""
+    if jax.process_count() == 1:
+        return
+    names = sorted(values)
+    mine = np.array([values[k] for k in names], np.float64)
+    every = np.asarray(multihost_utils.process_allgather(mine))
+    if not all(np.array_equal(row, every[0], equal_nan=True) for row in every):
+        rows = "; ".join(f"process {i}: " + ", ".join(f"{k}={v:g}" for k, v in zip(names, row))
+                         for i, row in enumerate(every))
+        raise ProcessesDiverged(
+            f"the processes no longer agree on {what} ({rows}). Every process must step the "
+            f"same environment: use the same envpool and mlr-jax versions and config on all hosts")
 
 
 def device_description() -> str:
@@ -97,6 +181,17 @@ def _devices(num_devices: int | None) -> list[Any]:
     return jax.local_devices()[: num_devices or jax.local_device_count()]
 
 
+def _pmap_devices(num_devices: int | None) -> list[Any] | None:
+    """The devices of a pmap with collectives: the first ``num_devices`` local devices, or with
+    several processes None, i.e. every device of every process."""
+    if jax.process_count() == 1:
+        return _devices(num_devices)
+    if num_devices is not None:
+        raise ParallelError(f"num_devices={num_devices} selects local devices, which a "
+                            f"{jax.process_count()}-process run cannot do; leave it None")
+    return None
+
+
 def replicate(tree: Any, num_devices: int | None = None) -> Any:
     """Copy a pytree to every local device: leaves get a leading device axis ``[D, ...]``,
     sharded so that device ``i`` holds copy ``i`` (the layout ``jax.pmap`` consumes).
@@ -162,28 +257,41 @@ def split_batch(batch: Any, num_devices: int) -> Any:
 
 def data_parallel(train_step: Callable[..., tuple[Any, Any]], num_devices: int | None = None,
                   donate_state: bool = True, num_replicated: int = 0) -> Callable[..., tuple[Any, Any]]:
-    """Wrap ``train_step(state, batch, key, *replicated, axis_name)`` for the local devices.
+    """Wrap ``train_step(state, batch, key, *replicated, axis_name)`` for the devices: the
+    first ``num_devices`` local ones (None: all), or with several processes every device of
+    every process.
 
     Returns ``step(replicated_state, batch, key, *replicated) -> (replicated_state, metrics)``
     where ``batch`` is a host pytree with global leading axis B (B divisible by the device
-    count), ``key`` a single PRNG key, ``replicated`` ``num_replicated`` further inputs already
-    on every device (:func:`replicate` layout, e.g. the replay's frame table), and ``metrics``
-    host-side: scalars from device 0 and per-sample arrays (leading axis of the shard)
-    concatenated back to ``[B, ...]``.
+    count of all processes; every process passes the same global batch and feeds its own
+    devices' rows), ``key`` a single PRNG key, ``replicated`` ``num_replicated`` further
+    inputs already on every local device (:func:`replicate` layout, e.g. the replay's frame
+    table), and ``metrics`` the averaged scalars and the per-sample arrays of the whole
+    global batch ``[B, ...]`` (gathered over the devices inside the step).
     """
-    devices = _devices(num_devices)
-    n = len(devices)
+    devices = _pmap_devices(num_devices)
+    n = jax.device_count() if devices is None else len(devices)
 
     def per_device(state, batch, key, *replicated):
-        return train_step(state, batch, key, *replicated, axis_name=AXIS)
+        state, metrics = train_step(state, batch, key, *replicated, axis_name=AXIS)
+        # per-sample outputs of every device, in global batch order, on every device
+        return state, jax.tree_util.tree_map(
+            lambda x: x if x.ndim == 0 else jax.lax.all_gather(x, AXIS, tiled=True), metrics)
 
     pmapped = jax.pmap(per_device, axis_name=AXIS, in_axes=(0, 0, None) + (0,) * num_replicated,
                        devices=devices, donate_argnums=(0,) if donate_state else ())
+    shard_index = jax.pmap(lambda _: jax.lax.axis_index(AXIS), axis_name=AXIS, devices=devices)
+    local_shards: list[np.ndarray] = []
 
     def step(state, batch, key, *replicated):
         if len(replicated) != num_replicated:
             raise TypeError(f"the step takes {num_replicated} replicated inputs, got {len(replicated)}")
-        new_state, metrics = pmapped(state, split_batch(batch, n), key, *replicated)
+        shards = split_batch(batch, n)
+        if jax.process_count() > 1:  # this process feeds its own devices' rows
+            if not local_shards:  # the global index of each local device, asked once
+                local_shards.append(np.asarray(shard_index(np.zeros(jax.local_device_count()))))
+            shards = jax.tree_util.tree_map(lambda x: x[local_shards[0]], shards)
+        new_state, metrics = pmapped(state, shards, key, *replicated)
         return new_state, gather_metrics(metrics)
 
     step.num_devices = n
@@ -192,11 +300,6 @@ def data_parallel(train_step: Callable[..., tuple[Any, Any]], num_devices: int |
 
 
 def gather_metrics(metrics: Any) -> Any:
-    """Device-stacked metrics -> scalars from device 0, per-sample arrays concatenated."""
-
-    def gather(x):
-        if x.ndim == 1:  # [D] scalar per device (already pmean'd)
-            return x[0]
-        return jnp.reshape(x, (-1,) + x.shape[2:])
-
-    return jax.tree_util.tree_map(gather, metrics)
+    """Device-stacked metrics -> the first local device's: scalars (already averaged) and
+    per-sample arrays (already gathered over the devices, ``[B, ...]``)."""
+    return jax.tree_util.tree_map(lambda x: x[0], metrics)

@@ -52,6 +52,9 @@ def test_flags_and_overrides(capsys):
     (["config", "atari", "mlr.patch_size=10"], "image_size=84 is not divisible by mlr.patch_size=10"),
     (["config", "atari", "batch_size=abc"], "batch_size: expected int, got 'abc'"),
     (["config", "atari", "--preset", "smok"], "unknown preset 'smok'"),
+    (["train", "atari", "--num-processes", "2"], "--coordinator, --num-processes and --process-id go together"),
+    (["train", "atari", "--coordinator", "localhost:1", "--num-processes", "2", "--process-id", "2"],
+     "--process-id=2 must be in [0, 2)"),
 ])
 def test_bad_input_fails_early_naming_the_value(capsys, argv, message):
     with pytest.raises(SystemExit) as exit_info:

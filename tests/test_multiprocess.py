@@ -1,0 +1,98 @@
+"""Multi-process (multi-host) training, with CPU processes joined by ``jax.distributed``.
+
+Each test starts its processes as subprocesses (gloo collectives over localhost), as every
+host of a TPU pod slice would start them: the update they compute together equals the
+single-process update, a training run writes one run directory (the primary's) and
+resumes, and processes that disagree stop with an error.
+"""
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import multiprocess_worker as worker
+from mlr_jax import parallel
+from test_train_end_to_end import check_run_dir, only_run_dir
+
+WORKER = pathlib.Path(__file__).with_name("multiprocess_worker.py")
+TIMEOUT_S = 900
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def run_processes(commands: list[list[str]], devices_per_process: int) -> list[str]:
+    """Run the commands concurrently (one per process); their outputs, once all succeeded."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu",
+               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_per_process}")
+    procs = [subprocess.Popen(c, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) for c in commands]
+    outputs = []
+    try:
+        for proc in procs:
+            outputs.append(proc.communicate(timeout=TIMEOUT_S)[0])
+    finally:
+        for proc in procs:
+            proc.kill()
+    for i, (proc, out) in enumerate(zip(procs, outputs)):
+        assert proc.returncode == 0, f"process {i} exited with {proc.returncode}:\n{out[-3000:]}"
+    return outputs
+
+
+def worker_commands(mode: str, outs: list[pathlib.Path]) -> list[list[str]]:
+    port = str(free_port())
+    return [[sys.executable, str(WORKER), mode, port, str(len(outs)), str(i), str(out)]
+            for i, out in enumerate(outs)]
+
+
+@pytest.mark.parametrize("devices_per_process", [1, 2])
+def test_two_processes_compute_the_single_process_update(tmp_path, devices_per_process):
+    outs = [tmp_path / f"process{i}.npz" for i in range(2)]
+    run_processes(worker_commands("update", outs), devices_per_process)
+    agent, state, batch = worker.setup()
+    expected = worker.two_updates(parallel.data_parallel(agent.train_step, num_devices=2), state, batch)
+    for out in outs:  # every process ends with the same state and sees every priority
+        got = np.load(out)
+        assert sorted(got.files) == sorted(expected)
+        for name, value in expected.items():
+            np.testing.assert_allclose(got[name], value, rtol=1e-4, atol=1e-6, err_msg=name)
+
+
+def test_processes_that_disagree_stop_with_an_error(tmp_path):
+    outs = [tmp_path / f"process{i}.txt" for i in range(2)]
+    run_processes(worker_commands("diverge", outs), 1)
+    for out in outs:
+        message = out.read_text()
+        assert "no longer agree on the test" in message
+        assert "process 0: score=0, step=7" in message and "process 1: score=1, step=7" in message
+
+
+def test_two_process_training_run_then_resume(tmp_path):
+    """Atari smoke run, frames on the devices, in 2 processes: one run directory, written by
+    process 0 alone, then ``--resume`` in both processes."""
+    def train(extra: list[str]) -> list[str]:
+        port = str(free_port())
+        return run_processes(
+            [[sys.executable, "-m", "mlr_jax", "train", "atari", "--no-progress",
+              "--coordinator", f"localhost:{port}", "--num-processes", "2", "--process-id", str(i),
+              *extra] for i in range(2)], devices_per_process=1)
+
+    outputs = train(["--game", "pong", "--preset", "smoke", "--outdir", str(tmp_path),
+                     "steps=300", "run.eval_every=0", "run.checkpoint_every=0",
+                     "run.replay_frames=device"])
+    run = only_run_dir(tmp_path)
+    check_run_dir(run, 300, 2)
+    assert "[mlr-jax] 2 processes, 2 devices" in outputs[0]
+    assert "final evaluation" in outputs[0] and "[mlr-jax]" not in outputs[1]
+    assert "| processes | 2 |" in (run / "summary.md").read_text()
+
+    outputs = train(["--resume", str(run), "steps=400"])
+    assert f"resuming {run} from step 300" in outputs[0]
+    check_run_dir(run, 400, 2)
