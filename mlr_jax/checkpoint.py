@@ -187,8 +187,9 @@ def save(ckpt_dir: str | pathlib.Path, step: int, state: Any, replay_state: Mapp
 
 
 def restore(ckpt_dir: str | pathlib.Path, target_state: Any,
-            config_dict: Mapping[str, Any] | None = None, step: int | None = None
-            ) -> tuple[Any, dict[str, Any], dict[str, Any], dict[str, Any]]:
+            config_dict: Mapping[str, Any] | None = None, step: int | None = None,
+            with_replay: bool = True
+            ) -> tuple[Any, dict[str, Any] | None, dict[str, Any], dict[str, Any]]:
     """Read a checkpoint written by :func:`save`.
 
     Args:
@@ -199,18 +200,23 @@ def restore(ckpt_dir: str | pathlib.Path, target_state: Any,
       config_dict: the current run's config dict; if given, the checkpoint must agree with
         it on :data:`COMPATIBILITY_KEYS` (else :class:`CheckpointMismatch`).
       step: which step to read; None = the latest.
+      with_replay: False skips the replay (e.g. to evaluate the agent), returned as None.
 
     Returns:
       ``(state, replay_state, loop_state, saved_config)``: state as jax arrays shaped like
-      ``target_state``, replay as numpy arrays.
+      ``target_state``, replay as numpy arrays; ``loop_state["step"]`` is the step read.
     """
     path = pathlib.Path(ckpt_dir).resolve()
     if not path.is_dir():
         raise CheckpointError(f"checkpoint directory {path} does not exist")
     with _manager(path) as mngr:
+        saved_steps = sorted(mngr.all_steps())
         step = mngr.latest_step() if step is None else step
         if step is None:
             raise CheckpointError(f"no complete checkpoint in {path}")
+        if step not in saved_steps:
+            raise CheckpointError(f"no checkpoint of step {step}: {path / str(step)} does not "
+                                  f"exist; saved steps: {saved_steps}")
         where = path / str(step)
 
         def read(**items):
@@ -226,10 +232,10 @@ def restore(ckpt_dir: str | pathlib.Path, target_state: Any,
         abstract = jax.tree.map(
             lambda x: jax.eval_shape(jax.random.key_data, x) if _is_typed_key(x)
             else jax.ShapeDtypeStruct(x.shape, x.dtype), target_state)
-        items = read(state=ocp.args.StandardRestore(abstract), replay=ocp.args.StandardRestore(),
-                     loop=ocp.args.JsonRestore())
+        replay = {"replay": ocp.args.StandardRestore()} if with_replay else {}
+        items = read(state=ocp.args.StandardRestore(abstract), loop=ocp.args.JsonRestore(), **replay)
     _check_shapes(items.state, abstract, where)
     state = jax.tree.map(
         lambda r, t: jax.random.wrap_key_data(r, impl=jax.random.key_impl(t)) if _is_typed_key(t)
         else jnp.asarray(r), items.state, target_state)
-    return state, dict(items.replay), _decode(items.loop), saved_config
+    return (state, dict(items.replay) if with_replay else None, _decode(items.loop), saved_config)

@@ -1,4 +1,4 @@
-"""The ``mlr-jax`` command line: ``train``, ``config``, ``report`` and ``bench``.
+"""The ``mlr-jax`` command line: ``train``, ``eval``, ``config``, ``report`` and ``bench``.
 
 The only module that parses arguments: it turns them into a validated config
 (:func:`mlr_jax.config.make_config`) and calls the library.
@@ -21,6 +21,7 @@ from mlr_jax.config import (
     to_dict,
     validate,
 )
+from mlr_jax.checkpoint import CheckpointError
 from mlr_jax.parallel import ParallelError
 
 EPILOG = """examples:
@@ -31,6 +32,7 @@ EPILOG = """examples:
   mlr-jax train atari --game pong mlr.block_size=4 lr=3e-4  # any config field (dotted keys)
   mlr-jax train atari --resume runs/atari_pong_mlr_s1_...   # continue from the last checkpoint
   mlr-jax train atari --game pong --distributed             # every host of a TPU pod slice runs this
+  mlr-jax eval runs/atari_pong_mlr_s1_... --episodes 10     # evaluate the latest checkpoint again
   mlr-jax config dmc --task walker_walk                     # print the resolved config
   mlr-jax report runs/                                      # aggregate finished runs (IQM, means, paper)
   mlr-jax bench --domain atari --preset smoke --frameworks jax
@@ -100,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mlr-jax", description="Mask-based Latent Reconstruction (MLR) for RL in JAX/Flax.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,config,report,bench}")
+    sub = parser.add_subparsers(dest="command", required=True,
+                                metavar="{train,eval,config,report,bench}")
     train = sub.add_parser("train", help="train an agent (MLR or Baseline) and evaluate it")
     config = sub.add_parser("config", help="print the fully resolved configuration as JSON")
     for p, with_resume in ((train, True), (config, False)):
@@ -112,6 +115,17 @@ def build_parser() -> argparse.ArgumentParser:
                 d.add_argument("--resume", default=None, metavar="RUN_DIR",
                                help="continue a run from its latest checkpoint")
                 _add_distributed_options(d)
+    evaluate = sub.add_parser("eval", help="evaluate a run's saved agent again (its latest or a given checkpoint)")
+    evaluate.add_argument("run_dir", help="a run directory (runs/<domain>_<name>_...)")
+    evaluate.add_argument("--step", type=int, default=None,
+                          help="the checkpoint's agent step (default: the latest)")
+    evaluate.add_argument("--episodes", type=int, default=None,
+                          help="episodes (default: the run's run.eval_episodes)")
+    evaluate.add_argument("--seed", type=int, default=None,
+                          help="seed of the evaluation environments (default: the run's, so the "
+                               "final checkpoint reproduces final_eval.json)")
+    evaluate.add_argument("--gif", action="store_true",
+                          help="also write the first episode as evals/step_<step>.gif")
     report = sub.add_parser("report", help="aggregate the final evaluations of the runs below a directory")
     report.add_argument("root", help="directory holding run directories (searched recursively)")
     bench = sub.add_parser("bench", help="time one update of the JAX agent and the PyTorch port")
@@ -187,6 +201,16 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval(args: argparse.Namespace) -> int:
+    from mlr_jax import loop  # heavy imports only when evaluating
+
+    if args.episodes is not None and args.episodes < 1:
+        raise ConfigError(f"--episodes must be at least 1, got {args.episodes}")
+    loop.evaluate_checkpoint(args.run_dir, step=args.step, episodes=args.episodes, seed=args.seed,
+                             gif=args.gif)
+    return 0
+
+
 def _report(args: argparse.Namespace) -> int:
     import pathlib
 
@@ -238,10 +262,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "train":
             return _train(args)
+        if args.command == "eval":
+            return _eval(args)
         if args.command == "report":
             return _report(args)
         return _bench(args)
-    except (ConfigError, ParallelError) as e:
+    except (ConfigError, ParallelError, CheckpointError, FileNotFoundError) as e:
         parser.exit(2, f"mlr-jax: error: {e}\n")
 
 

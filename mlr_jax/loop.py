@@ -31,6 +31,7 @@ from mlr_jax.replay import device_frames
 
 
 VIDEO_FRAMES = 500  # frames of the final evaluation's first episode kept in eval.gif
+EVAL_SEED_OFFSET = 10_000  # evaluation environments are seeded run.seed + this
 
 
 @dataclasses.dataclass
@@ -100,6 +101,50 @@ def _restore(run: runlog.RunDir, cfg, state, replay):
     replay.load_state_dict(replay_state)
     replay.mark_episode_end()  # the environment restarts: no stack/sequence across the gap
     return state, loop_state
+
+
+def evaluate_checkpoint(run_dir: str | pathlib.Path, step: int | None = None,
+                        episodes: int | None = None, seed: int | None = None, gif: bool = False,
+                        log=print) -> dict[str, Any]:
+    """Evaluate a saved agent again: the checkpoint of ``step`` (None: the latest) of a run
+    directory, in fresh evaluation environments, without reading the replay.
+
+    With the defaults, the final checkpoint of a finished run gives exactly the scores of its
+    ``final_eval.json``: the same environment seed (``run.seed`` +
+    :data:`EVAL_SEED_OFFSET`), episode count and evaluation key (the next split of the
+    checkpoint's loop key, as the loop does right after saving).
+
+    Writes ``<run_dir>/evals/step_<step>.json`` (the summary of :func:`train`'s
+    ``final_eval.json`` plus ``checkpoint_step``, ``eval_seed``) and, with ``gif``,
+    ``step_<step>.gif``; returns the summary.
+    """
+    cfg = load_run_config(run_dir)
+    run = runlog.RunDir.open(run_dir)
+    env = envs.make_env(cfg, cfg.num_envs, cfg.run.seed, evaluation=False)
+    domain = make_domain(cfg, env)  # the training environment only tells the action space
+    env.close()
+    target = domain.agent.init(jax.random.PRNGKey(0))
+    state, _, loop_state, _ = checkpoint.restore(run.checkpoints, target, to_dict(cfg), step,
+                                                 with_replay=False)
+    step = int(loop_state["step"])
+    eval_seed = cfg.run.seed + EVAL_SEED_OFFSET if seed is None else seed
+    episodes = cfg.run.eval_episodes if episodes is None else episodes
+    _, eval_key = jax.random.split(jax.numpy.asarray(loop_state["key"]))
+    log(f"[mlr-jax] evaluating {run.root} at step {step}: {episodes} episodes, seed {eval_seed}")
+    scores, video = evaluate(domain, cfg, parallel.replicate(state), episodes, eval_seed, eval_key,
+                             VIDEO_FRAMES if gif else 0)
+    summary = evaluation.summarize_scores(domain.kind, domain.name, scores.tolist(),
+                                          budget=domain.budget)
+    summary.update(agent_steps=step, env_steps=step * domain.env_steps_per_step,
+                   checkpoint_step=step, eval_seed=eval_seed)
+    out = run.root / "evals" / f"step_{step}.json"
+    out.parent.mkdir(exist_ok=True)
+    runlog.write_json(out, summary)
+    if gif:
+        runlog.write_gif(out.with_suffix(".gif"), video)
+    log(f"[mlr-jax] {summary['mean']:.2f} ± {summary['std']:.2f} over {len(scores)} episodes "
+        f"-> {out}")
+    return summary
 
 
 def load_run_config(run_dir: str | pathlib.Path) -> AtariConfig | DMCConfig:
@@ -179,7 +224,8 @@ def train(cfg: AtariConfig | DMCConfig, resume: str | pathlib.Path | None = None
                         loop_state, to_dict(cfg))
 
     def run_eval(eval_key, record=0):
-        return evaluate(domain, cfg, pstate, cfg.run.eval_episodes, seed + 10_000, eval_key, record)
+        return evaluate(domain, cfg, pstate, cfg.run.eval_episodes, seed + EVAL_SEED_OFFSET,
+                        eval_key, record)
 
     obs = env.reset()
     start_time, start_step, window = time.monotonic(), step, []

@@ -89,6 +89,12 @@ def test_keeps_the_last_two_and_ignores_unfinished_writes(tmp_path):
     assert checkpoint.restore(ckpt, make_state())[2] == {"step": 30}
     state, _, loop, _ = checkpoint.restore(ckpt, make_state(), step=20)
     assert loop == {"step": 20} and state.step == 27
+    # the agent alone (evaluation): the same state, no replay read
+    alone, replay, loop, _ = checkpoint.restore(ckpt, make_state(), step=20, with_replay=False)
+    assert replay is None and loop == {"step": 20}
+    chex.assert_trees_all_equal(alone, state)
+    with pytest.raises(checkpoint.CheckpointError, match=r"no checkpoint of step 10: .*saved steps: \[20, 30\]"):
+        checkpoint.restore(ckpt, make_state(), step=10)
     # saving a step that exists leaves it as it is
     checkpoint.save(ckpt, 30, make_state(seed=99), make_replay(), {"step": -1}, CONFIG)
     assert checkpoint.restore(ckpt, make_state())[2] == {"step": 30}

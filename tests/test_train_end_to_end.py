@@ -44,13 +44,13 @@ CASES = [
 
 
 @pytest.mark.parametrize("domain, name, first, more, steps, more_steps", CASES)
-def test_smoke_run_then_resume(tmp_path, domain, name, first, more, steps, more_steps):
+def test_smoke_run_then_resume(tmp_path, capsys, domain, name, first, more, steps, more_steps):
     flag = "--game" if domain == "atari" else "--task"
     base = ["train", domain, flag, name, "--preset", "smoke", "--outdir", str(tmp_path),
             "--no-progress", "run.checkpoint_every=0"]
     assert cli.main(base + first) == 0
     run = only_run_dir(tmp_path)
-    check_run_dir(run, steps, 2)
+    first_final = check_run_dir(run, steps, 2)
     counts = json.loads((run / "param_counts.json").read_text())
     assert counts["decoder"] > 0
     if domain == "dmc":  # the periodic evaluation ran too
@@ -62,3 +62,21 @@ def test_smoke_run_then_resume(tmp_path, domain, name, first, more, steps, more_
     check_run_dir(run, more_steps, 2)
     logged = [r["step"] for r in read_metrics(run / "metrics.jsonl") if "perf/sps" in r]
     assert logged == sorted(logged) and logged[-1] == more_steps and steps in logged
+
+    # `mlr-jax eval`: the final checkpoint reproduces final_eval.json, an earlier one the
+    # first run's; other settings and bad requests
+    final = json.loads((run / "final_eval.json").read_text())
+    assert cli.main(["eval", str(run)]) == 0
+    again = json.loads((run / "evals" / f"step_{more_steps}.json").read_text())
+    assert again["scores"] == final["scores"] and again["checkpoint_step"] == more_steps
+    assert cli.main(["eval", str(run), "--step", str(steps), "--gif"]) == 0
+    earlier = json.loads((run / "evals" / f"step_{steps}.json").read_text())
+    assert earlier["scores"] == first_final["scores"]
+    assert (run / "evals" / f"step_{steps}.gif").stat().st_size > 0
+    assert cli.main(["eval", str(run), "--episodes", "3", "--seed", "5"]) == 0
+    other = json.loads((run / "evals" / f"step_{more_steps}.json").read_text())
+    assert other["n"] == 3 and other["eval_seed"] == 5
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["eval", str(run), "--step", "123"])
+    assert exit_info.value.code == 2
+    assert "no checkpoint of step 123" in capsys.readouterr().err
