@@ -197,7 +197,11 @@ def _train(args: argparse.Namespace) -> int:
         cfg = validate(apply_overrides(saved, overrides))
     else:
         cfg = config_from_args(args)
-    loop.train(cfg, resume=args.resume)
+    try:
+        loop.train(cfg, resume=args.resume)
+    except loop.TrainingInterrupted as e:
+        print(f"[mlr-jax] {e}", file=sys.stderr, flush=True)
+        return e.exit_code
     return 0
 
 

@@ -1,4 +1,9 @@
-"""Process-wide host settings: glibc's allocator tuned for XLA:CPU.
+"""Process-wide host settings: glibc's allocator tuned for XLA:CPU, and stop signals.
+
+:class:`StopSignals` turns SIGINT / SIGTERM (Ctrl-C, a scheduler's preemption notice) into a
+request the training loop answers by saving a checkpoint and stopping.
+
+Allocator:
 
 XLA:CPU allocates its temporaries afresh for every execution from its worker threads. With
 glibc's defaults, buffers above 32 MB (and every buffer of a thread's own arena, whose heaps
@@ -19,6 +24,8 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import signal
+import threading
 
 ENV_VAR = "MLR_JAX_MALLOC"
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8
@@ -51,3 +58,35 @@ def tune_malloc() -> str:
             result = "tuned" if all(ok) else "unavailable"
     _state["malloc"] = result
     return result
+
+
+class StopSignals:
+    """A ``with`` block in which ``signals`` request a stop instead of killing the process.
+
+    ``requested`` is None until the first of them arrives, then its name (``"SIGINT"``,
+    ``"SIGTERM"``); the code in the block decides where it is safe to stop. A second SIGINT
+    raises ``KeyboardInterrupt`` at once (the user insists). The previous handlers come back
+    on exit. Outside the main thread, where Python cannot install handlers, it does nothing.
+    """
+
+    def __init__(self, signals: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM)):
+        self.signals = tuple(signals)
+        self.requested: str | None = None
+        self._previous: dict[signal.Signals, object] = {}
+
+    def _handle(self, signum: int, frame: object) -> None:
+        del frame
+        if self.requested is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = self.requested or signal.Signals(signum).name
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.signals:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()

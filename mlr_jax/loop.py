@@ -17,13 +17,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
+import signal
 import time
 from typing import Any
 
 import jax
 import numpy as np
 
-from mlr_jax import checkpoint, envs, evaluation, parallel
+from mlr_jax import checkpoint, envs, evaluation, host, parallel
 from mlr_jax import logging as runlog
 from mlr_jax.config import AtariConfig, DMCConfig, domain_of, from_dict, name_of, to_dict
 from mlr_jax.domains import Domain, make_domain
@@ -32,6 +33,21 @@ from mlr_jax.replay import device_frames
 
 VIDEO_FRAMES = 500  # frames of the final evaluation's first episode kept in eval.gif
 EVAL_SEED_OFFSET = 10_000  # evaluation environments are seeded run.seed + this
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # checkpoint and stop instead of dying
+
+
+class TrainingInterrupted(Exception):
+    """Training stopped early on a signal, after saving a checkpoint of the step it stopped at.
+
+    Attributes: ``step``, ``run_dir``, ``signal_name``, and ``exit_code`` (128 + the signal's
+    number, the shell's convention).
+    """
+
+    def __init__(self, step: int, run_dir: pathlib.Path, signal_name: str):
+        self.step, self.run_dir, self.signal_name = step, run_dir, signal_name
+        self.exit_code = 128 + int(signal.Signals[signal_name])
+        super().__init__(f"stopped by {signal_name} at agent step {step}; checkpoint saved in "
+                         f"{run_dir / 'checkpoints' / str(step)}; continue with --resume {run_dir}")
 
 
 @dataclasses.dataclass
@@ -229,44 +245,53 @@ def train(cfg: AtariConfig | DMCConfig, resume: str | pathlib.Path | None = None
 
     obs = env.reset()
     start_time, start_step, window = time.monotonic(), step, []
-    while step < domain.total_steps:
-        key, act_key = jax.random.split(key)
-        actions = parallel.from_primary(domain.explore(pstate, obs, act_key, step, rng))
-        rec = env.step(actions)
-        domain.store(replay, obs, actions, rec)
-        obs = rec.obs
-        step += 1
-        for score in rec.score[rec.episode_end]:
-            episodes += 1
-            latest_score = float(score)
-            metrics_writer.write(step, {runlog.EPISODE_SCORE: latest_score,
-                                        "episode/count": episodes})
-        if step >= domain.learning_starts:
-            for _ in range(domain.updates_per_step):
-                key, update_key = jax.random.split(key)
-                batch = domain.sample(replay, step, rng)
-                pstate, metrics = train_step(pstate, batch, update_key)
-                domain.after_update(replay, batch, metrics)
-                window.append({k: v for k, v in metrics.items() if np.ndim(v) == 0})
-        if _due(step, domain.unit, cfg.run.log_every) or step == domain.total_steps:
-            elapsed = time.monotonic() - start_time
-            row = _window_means(window)
-            window = []
-            row["perf/sps"] = (step - start_step) / max(elapsed, 1e-9)
-            row["perf/env_steps"] = step * domain.env_steps_per_step
-            metrics_writer.write(step, row)
-            parallel.check_same_across_processes(
-                {"step": step, "episodes": episodes, "latest_score": latest_score,
-                 "observation_sum": float(np.sum(obs, dtype=np.int64))},
-                f"the environment at agent step {step}")
-        if _due(step, domain.unit, cfg.run.eval_every) and step < domain.total_steps:
-            key, eval_key = jax.random.split(key)
-            scores, _ = run_eval(eval_key)
-            metrics_writer.write(step, {runlog.EVAL_MEAN: float(scores.mean()),
-                                        runlog.EVAL_STD: float(scores.std())})
-        if _due(step, domain.unit, cfg.run.checkpoint_every):
-            save_checkpoint()
-        progress.update(step, score=latest_score, episodes=episodes)
+    # Ctrl-C / SIGTERM: finish the agent step, save a checkpoint, stop (one process;
+    # several agree on the step through JAX's preemption service, which owns SIGTERM)
+    with host.StopSignals(STOP_SIGNALS if parallel.process_count() == 1 else ()) as stop:
+        while step < domain.total_steps:
+            key, act_key = jax.random.split(key)
+            actions = parallel.from_primary(domain.explore(pstate, obs, act_key, step, rng))
+            rec = env.step(actions)
+            domain.store(replay, obs, actions, rec)
+            obs = rec.obs
+            step += 1
+            for score in rec.score[rec.episode_end]:
+                episodes += 1
+                latest_score = float(score)
+                metrics_writer.write(step, {runlog.EPISODE_SCORE: latest_score,
+                                            "episode/count": episodes})
+            if step >= domain.learning_starts:
+                for _ in range(domain.updates_per_step):
+                    key, update_key = jax.random.split(key)
+                    batch = domain.sample(replay, step, rng)
+                    pstate, metrics = train_step(pstate, batch, update_key)
+                    domain.after_update(replay, batch, metrics)
+                    window.append({k: v for k, v in metrics.items() if np.ndim(v) == 0})
+            if _due(step, domain.unit, cfg.run.log_every) or step == domain.total_steps:
+                elapsed = time.monotonic() - start_time
+                row = _window_means(window)
+                window = []
+                row["perf/sps"] = (step - start_step) / max(elapsed, 1e-9)
+                row["perf/env_steps"] = step * domain.env_steps_per_step
+                metrics_writer.write(step, row)
+                parallel.check_same_across_processes(
+                    {"step": step, "episodes": episodes, "latest_score": latest_score,
+                     "observation_sum": float(np.sum(obs, dtype=np.int64))},
+                    f"the environment at agent step {step}")
+            if _due(step, domain.unit, cfg.run.eval_every) and step < domain.total_steps:
+                key, eval_key = jax.random.split(key)
+                scores, _ = run_eval(eval_key)
+                metrics_writer.write(step, {runlog.EVAL_MEAN: float(scores.mean()),
+                                            runlog.EVAL_STD: float(scores.std())})
+            if _due(step, domain.unit, cfg.run.checkpoint_every):
+                save_checkpoint()
+            progress.update(step, score=latest_score, episodes=episodes)
+            if parallel.stop_agreed(step, stop.requested is not None) and step < domain.total_steps:
+                save_checkpoint()
+                progress.close()
+                env.close()
+                metrics_writer.close()
+                raise TrainingInterrupted(step, run.root, stop.requested or "SIGTERM")
     progress.close()
     env.close()
 

@@ -96,6 +96,16 @@ def share_text(text: str) -> str:
     return bytes(from_primary(buffer)).rstrip(b"\0").decode()
 
 
+def stop_agreed(step: int, requested: bool) -> bool:
+    """Whether to stop after agent step ``step``: with one process, ``requested``; with
+    several, whether JAX's preemption service has agreed on ``step`` as every process's stop
+    (a SIGTERM to any process starts the agreement; every process must call this at every
+    step)."""
+    if jax.process_count() == 1:
+        return requested
+    return multihost_utils.reached_preemption_sync_point(step)
+
+
 def check_same_across_processes(values: dict[str, float], what: str) -> None:
     """Raise :class:`ProcessesDiverged` unless every process holds the same ``values``
     (NaN equals NaN); the message names ``what`` and each process's values. A no-op for one

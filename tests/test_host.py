@@ -1,5 +1,6 @@
-"""The allocator settings of mlr_jax.host: applied on import, opt-out, bad values named."""
+"""mlr_jax.host: the allocator settings (applied on import, opt-out, bad values named) and StopSignals."""
 import os
+import signal
 import subprocess
 import sys
 
@@ -27,3 +28,18 @@ def test_unknown_setting_is_an_error_naming_it(monkeypatch):
     monkeypatch.setenv(host.ENV_VAR, "jemalloc")
     with pytest.raises(ValueError, match="'jemalloc'"):
         host.tune_malloc()
+
+
+def test_stop_signals_turn_signals_into_a_request():
+    previous = signal.getsignal(signal.SIGTERM)
+    with host.StopSignals() as stop:
+        assert stop.requested is None
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.requested == "SIGTERM"
+        os.kill(os.getpid(), signal.SIGTERM)  # a repeated SIGTERM changes nothing
+        assert stop.requested == "SIGTERM"
+        with pytest.raises(KeyboardInterrupt):  # a second Ctrl-C does not wait
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGTERM) is previous
+    with host.StopSignals(()) as none:  # no signals: the handlers stay as they are
+        assert signal.getsignal(signal.SIGTERM) is previous and none.requested is None

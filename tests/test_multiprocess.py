@@ -3,10 +3,12 @@
 Each test starts its processes as subprocesses (gloo collectives over localhost), as every
 host of a TPU pod slice would start them: the update they compute together equals the
 single-process update, a training run writes one run directory (the primary's) and
-resumes, and processes that disagree stop with an error.
+resumes, processes that disagree stop with an error, and a SIGTERM to one process stops all
+of them at the same step with a checkpoint.
 """
 import os
 import pathlib
+import signal
 import socket
 import subprocess
 import sys
@@ -16,7 +18,7 @@ import pytest
 
 import multiprocess_worker as worker
 from mlr_jax import parallel
-from test_train_end_to_end import check_run_dir, only_run_dir
+from test_train_end_to_end import LONG_SMOKE_RUN, check_run_dir, only_run_dir, wait_for_metrics_step
 
 WORKER = pathlib.Path(__file__).with_name("multiprocess_worker.py")
 TIMEOUT_S = 900
@@ -28,12 +30,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_processes(commands: list[list[str]], devices_per_process: int) -> list[str]:
-    """Run the commands concurrently (one per process); their outputs, once all succeeded."""
+def start_processes(commands: list[list[str]], devices_per_process: int) -> list[subprocess.Popen]:
     env = dict(os.environ, JAX_PLATFORMS="cpu",
                XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_per_process}")
-    procs = [subprocess.Popen(c, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True) for c in commands]
+    return [subprocess.Popen(c, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True) for c in commands]
+
+
+def finish(procs: list[subprocess.Popen], returncode: int = 0) -> list[str]:
+    """The processes' outputs once all have exited with ``returncode``."""
     outputs = []
     try:
         for proc in procs:
@@ -42,8 +47,20 @@ def run_processes(commands: list[list[str]], devices_per_process: int) -> list[s
         for proc in procs:
             proc.kill()
     for i, (proc, out) in enumerate(zip(procs, outputs)):
-        assert proc.returncode == 0, f"process {i} exited with {proc.returncode}:\n{out[-3000:]}"
+        assert proc.returncode == returncode, f"process {i} exited with {proc.returncode}:\n{out[-3000:]}"
     return outputs
+
+
+def run_processes(commands: list[list[str]], devices_per_process: int) -> list[str]:
+    """Run the commands concurrently (one per process); their outputs, once all succeeded."""
+    return finish(start_processes(commands, devices_per_process))
+
+
+def train_commands(args: list[str]) -> list[list[str]]:
+    """``mlr-jax train`` in 2 processes joined through a free localhost port."""
+    port = str(free_port())
+    return [[sys.executable, "-m", "mlr_jax", *args, "--coordinator", f"localhost:{port}",
+             "--num-processes", "2", "--process-id", str(i)] for i in range(2)]
 
 
 def worker_commands(mode: str, outs: list[pathlib.Path]) -> list[list[str]]:
@@ -78,11 +95,7 @@ def test_two_process_training_run_then_resume(tmp_path):
     """Atari smoke run, frames on the devices, in 2 processes: one run directory, written by
     process 0 alone, then ``--resume`` in both processes."""
     def train(extra: list[str]) -> list[str]:
-        port = str(free_port())
-        return run_processes(
-            [[sys.executable, "-m", "mlr_jax", "train", "atari", "--no-progress",
-              "--coordinator", f"localhost:{port}", "--num-processes", "2", "--process-id", str(i),
-              *extra] for i in range(2)], devices_per_process=1)
+        return run_processes(train_commands(["train", "atari", "--no-progress", *extra]), 1)
 
     outputs = train(["--game", "pong", "--preset", "smoke", "--outdir", str(tmp_path),
                      "steps=300", "run.eval_every=0", "run.checkpoint_every=0",
@@ -96,3 +109,21 @@ def test_two_process_training_run_then_resume(tmp_path):
     outputs = train(["--resume", str(run), "steps=400"])
     assert f"resuming {run} from step 300" in outputs[0]
     check_run_dir(run, 400, 2)
+
+
+def test_sigterm_to_one_process_stops_all_at_one_step_with_a_checkpoint(tmp_path):
+    """A preemption notice (SIGTERM) reaching one host: through JAX's preemption service
+    every process stops after the same agent step, and process 0 saves that step."""
+    procs = start_processes(train_commands([*LONG_SMOKE_RUN, "--outdir", str(tmp_path)]), 1)
+    try:
+        run = wait_for_metrics_step(tmp_path, 150, procs)
+    except BaseException:
+        for proc in procs:
+            proc.kill()
+        raise
+    procs[1].send_signal(signal.SIGTERM)
+    outputs = finish(procs, returncode=128 + signal.SIGTERM)
+    steps = {int(out.split("stopped by SIGTERM at agent step ")[1].split(";")[0]) for out in outputs}
+    assert len(steps) == 1, outputs
+    step = steps.pop()
+    assert (run / "checkpoints" / str(step)).is_dir() and step >= 150

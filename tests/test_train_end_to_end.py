@@ -1,8 +1,15 @@
 """End-to-end smoke runs on real envpool environments: every run-directory file is written,
-and ``--resume`` continues the step count from the checkpoint instead of restarting."""
+``--resume`` continues the step count from the checkpoint instead of restarting, ``mlr-jax
+eval`` reproduces the final evaluation, and Ctrl-C saves a checkpoint before stopping."""
 
 import json
+import os
 import pathlib
+import re
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -80,3 +87,44 @@ def test_smoke_run_then_resume(tmp_path, capsys, domain, name, first, more, step
         cli.main(["eval", str(run), "--step", "123"])
     assert exit_info.value.code == 2
     assert "no checkpoint of step 123" in capsys.readouterr().err
+
+
+def wait_for_metrics_step(outdir: pathlib.Path, step: int, procs: list[subprocess.Popen],
+                          timeout_s: float = 600) -> pathlib.Path:
+    """The run directory below ``outdir`` once its metrics.jsonl has a row at ``step`` or
+    later (fails if a process exits first or time runs out)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert all(p.poll() is None for p in procs), "a training process exited early"
+        runs = [p for p in outdir.iterdir() if p.is_dir()] if outdir.is_dir() else []
+        metrics = runs[0] / "metrics.jsonl" if runs else None
+        if metrics is not None and metrics.exists() and any(
+                r["step"] >= step for r in read_metrics(metrics)):
+            return runs[0]
+        time.sleep(0.5)
+    raise AssertionError(f"no metrics row at step {step} within {timeout_s} s")
+
+
+LONG_SMOKE_RUN = ["train", "atari", "--game", "pong", "--preset", "smoke", "--no-progress",
+                  "steps=100000", "run.log_every=50", "run.checkpoint_every=0"]
+
+
+def test_ctrl_c_saves_a_checkpoint_then_resume(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "mlr_jax", *LONG_SMOKE_RUN, "--outdir", str(tmp_path)],
+                            env=dict(os.environ, JAX_PLATFORMS="cpu"), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        run = wait_for_metrics_step(tmp_path, 150, [proc])
+        proc.send_signal(signal.SIGINT)
+        out = proc.communicate(timeout=300)[0]
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGINT, out[-2000:]
+    stopped = re.search(r"stopped by SIGINT at agent step (\d+); checkpoint saved in (\S+);", out)
+    assert stopped, out[-2000:]
+    step = int(stopped.group(1))
+    assert pathlib.Path(stopped.group(2)) == run / "checkpoints" / str(step) and step >= 150
+    assert max(r["step"] for r in read_metrics(run / "metrics.jsonl")) <= step
+
+    assert cli.main(["train", "atari", "--resume", str(run), "--no-progress", f"steps={step + 20}"]) == 0
+    check_run_dir(run, step + 20, 2)
