@@ -14,7 +14,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 
 import multiprocess_worker as worker
 from mlr_jax import parallel
@@ -69,10 +68,10 @@ def worker_commands(mode: str, outs: list[pathlib.Path]) -> list[list[str]]:
             for i, out in enumerate(outs)]
 
 
-@pytest.mark.parametrize("devices_per_process", [1, 2])
-def test_two_processes_compute_the_single_process_update(tmp_path, devices_per_process):
+def test_two_processes_compute_the_single_process_update(tmp_path):
+    """2 processes x 2 devices: each process feeds 2 of the 4 shards of the global batch."""
     outs = [tmp_path / f"process{i}.npz" for i in range(2)]
-    run_processes(worker_commands("update", outs), devices_per_process)
+    run_processes(worker_commands("update", outs), devices_per_process=2)
     agent, state, batch = worker.setup()
     expected = worker.two_updates(parallel.data_parallel(agent.train_step, num_devices=2), state, batch)
     for out in outs:  # every process ends with the same state and sees every priority
