@@ -211,9 +211,9 @@ def restore(ckpt_dir: str | pathlib.Path, target_state: Any,
         raise CheckpointError(f"checkpoint directory {path} does not exist")
     with _manager(path) as mngr:
         saved_steps = sorted(mngr.all_steps())
-        step = mngr.latest_step() if step is None else step
-        if step is None:
+        if not saved_steps:
             raise CheckpointError(f"no complete checkpoint in {path}")
+        step = saved_steps[-1] if step is None else step
         if step not in saved_steps:
             raise CheckpointError(f"no checkpoint of step {step}: {path / str(step)} does not "
                                   f"exist; saved steps: {saved_steps}")

@@ -212,8 +212,8 @@ def train(cfg: AtariConfig | DMCConfig, resume: str | pathlib.Path | None = None
         rng.bit_generator.state = loop_state["rng"]
         log(f"[mlr-jax] resuming {run.root} from step {step}")
     else:
-        created = runlog.RunDir.create(cfg.run.outdir, kind, name, cfg.aux, seed) if primary else None
-        run = runlog.RunDir(pathlib.Path(parallel.share_text(str(created.root) if primary else "")))
+        root = str(runlog.RunDir.create(cfg.run.outdir, kind, name, cfg.aux, seed).root) if primary else ""
+        run = runlog.RunDir(pathlib.Path(parallel.share_text(root)))  # the primary's, everywhere
     counts = domain.agent.param_counts(state)
     if primary:
         runlog.write_json(run.config, to_dict(cfg))
@@ -247,6 +247,7 @@ def train(cfg: AtariConfig | DMCConfig, resume: str | pathlib.Path | None = None
     start_time, start_step, window = time.monotonic(), step, []
     # Ctrl-C / SIGTERM: finish the agent step, save a checkpoint, stop (one process;
     # several agree on the step through JAX's preemption service, which owns SIGTERM)
+    stopped_by = None
     with host.StopSignals(STOP_SIGNALS if parallel.process_count() == 1 else ()) as stop:
         while step < domain.total_steps:
             key, act_key = jax.random.split(key)
@@ -287,15 +288,15 @@ def train(cfg: AtariConfig | DMCConfig, resume: str | pathlib.Path | None = None
                 save_checkpoint()
             progress.update(step, score=latest_score, episodes=episodes)
             if parallel.stop_agreed(step, stop.requested is not None) and step < domain.total_steps:
-                save_checkpoint()
-                progress.close()
-                env.close()
-                metrics_writer.close()
-                raise TrainingInterrupted(step, run.root, stop.requested or "SIGTERM")
+                stopped_by = stop.requested or "SIGTERM"
+                break
     progress.close()
     env.close()
 
     save_checkpoint()
+    if stopped_by is not None:
+        metrics_writer.close()
+        raise TrainingInterrupted(step, run.root, stopped_by)
     key, eval_key = jax.random.split(key)
     scores, video = run_eval(eval_key, record=VIDEO_FRAMES)
     metrics_writer.write(step, {runlog.EVAL_MEAN: float(scores.mean()),

@@ -290,17 +290,17 @@ def data_parallel(train_step: Callable[..., tuple[Any, Any]], num_devices: int |
 
     pmapped = jax.pmap(per_device, axis_name=AXIS, in_axes=(0, 0, None) + (0,) * num_replicated,
                        devices=devices, donate_argnums=(0,) if donate_state else ())
-    shard_index = jax.pmap(lambda _: jax.lax.axis_index(AXIS), axis_name=AXIS, devices=devices)
-    local_shards: list[np.ndarray] = []
+    local_shards = None  # with several processes: the global shard index of each local device
+    if jax.process_count() > 1:  # (every process builds the step at the same point, as here)
+        local_shards = np.asarray(jax.pmap(lambda _: jax.lax.axis_index(AXIS), axis_name=AXIS)(
+            np.zeros(jax.local_device_count())))
 
     def step(state, batch, key, *replicated):
         if len(replicated) != num_replicated:
             raise TypeError(f"the step takes {num_replicated} replicated inputs, got {len(replicated)}")
         shards = split_batch(batch, n)
-        if jax.process_count() > 1:  # this process feeds its own devices' rows
-            if not local_shards:  # the global index of each local device, asked once
-                local_shards.append(np.asarray(shard_index(np.zeros(jax.local_device_count()))))
-            shards = jax.tree_util.tree_map(lambda x: x[local_shards[0]], shards)
+        if local_shards is not None:  # this process feeds its own devices' rows
+            shards = jax.tree_util.tree_map(lambda x: x[local_shards], shards)
         new_state, metrics = pmapped(state, shards, key, *replicated)
         return new_state, gather_metrics(metrics)
 
