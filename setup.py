@@ -17,6 +17,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=find_packages(include=["mlr_jax", "mlr_jax.*"]),
+    package_data={"mlr_jax": ["data/*.json"]},
     install_requires=REQUIREMENTS,
     extras_require={"bench": ["torch==2.13.0"], "test": ["pytest>=9.0"]},
     entry_points={"console_scripts": ["mlr-jax=mlr_jax.cli:main"]},

@@ -24,6 +24,8 @@ from mlr_jax.config import (
 from mlr_jax.checkpoint import CheckpointError
 from mlr_jax.parallel import ParallelError
 
+NON_FINITE_EXIT = 3  # exit status of a run stopped by a non-finite update
+
 EPILOG = """examples:
   mlr-jax train atari --game pong --seed 1                 # the paper setting (MLR)
   mlr-jax train atari --game pong --aux none                # the paper's Baseline
@@ -202,6 +204,9 @@ def _train(args: argparse.Namespace) -> int:
     except loop.TrainingInterrupted as e:
         print(f"[mlr-jax] {e}", file=sys.stderr, flush=True)
         return e.exit_code
+    except loop.NonFiniteUpdate as e:
+        print(f"mlr-jax: error: {e}", file=sys.stderr, flush=True)
+        return NON_FINITE_EXIT
     return 0
 
 

@@ -94,6 +94,13 @@ class AtariConfig:
     max_episode_steps: int = 27_000
     repeat_action_probability: float = 0.0
     fire_reset: bool = False
+    # cv2.resize of the 210x160 screen to 84x84: "bilinear" (the authors' env, cv2's default;
+    # envpool's use_inter_area_resize=False) or "area" (envpool's default, INTER_AREA)
+    resize: str = "bilinear"
+    # The frame stack at a game start and after a life loss (training only): "zero" (the
+    # authors' env and rlpyt's frame buffer: the older frames are zeros) or "repeat"
+    # (envpool's own stack: the first frame repeated at a game start, no break at a life loss)
+    stack_reset: str = "zero"
     num_envs: int = 1  # training environments (SPR/MLR: 1)
     # network
     channels: tuple = (32, 64, 64)
@@ -108,15 +115,24 @@ class AtariConfig:
     renormalize: bool = True
     # RL
     n_step: int = 10
+    # which dones stop the n-step bootstrap: "first_step" (rlpyt at the authors' pinned commit
+    # stores done_n[t] = done[t] only, so a done 1..n-1 steps later still bootstraps gamma^n
+    # from the observation at the done) or "any_step" (the textbook cut: discount 0 when any
+    # step of t..t+n-1 is done). Returns are cut at the first done either way.
+    done_n_rule: str = "first_step"
     gamma: float = 0.99
     batch_size: int = 32
     lr: float = 1e-4
     adam_eps: float = 1.5e-4
     clip_norm: float = 10.0
     updates_per_step: int = 2
-    learning_starts: int = 2_000
+    learning_starts: int = 2_000  # rlpyt's min_steps_learn: updates from agent step index 2,000
+    # epsilon-greedy as rlpyt's EpsilonGreedyAgentMixin: eps_start up to and including agent
+    # step index eps_ramp_start (rlpyt's min_itr_learn), linear to eps_end at eps_steps, then
+    # eps_end (noisy nets explore). The code: 2,001 uniform random actions, then eps 0.
     eps_start: float = 1.0
     eps_end: float = 0.0
+    eps_ramp_start: int = 2_000
     eps_steps: int = 2_001
     eval_epsilon: float = 0.001
     target_update_period: int = 1
@@ -171,6 +187,9 @@ class DMCConfig:
     target_update_freq: int = 2
     critic_tau: float = 0.01
     encoder_tau: float = 0.05
+    # offsets of the SAC batch's random 100 -> 84 crops: "exclusive" (the code's
+    # np.random.randint(0, 16): 0..15) or "inclusive" (0..16, every crop position)
+    sac_crop_rule: str = "exclusive"
     seed_steps: int = 1_000  # agent steps of uniform random actions
     replay_capacity: int = 100_000
     # MLR
@@ -218,12 +237,22 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "atari": {
         "paper": {},
         "smoke": {
-            "steps": 600, "learning_starts": 200, "eps_steps": 201, "batch_size": 4,
+            "steps": 600, "learning_starts": 200, "eps_ramp_start": 200, "eps_steps": 201,
+            "batch_size": 4,
             "channels": "16,32,16",
             "replay_capacity": 2_000, "max_episode_steps": 400,
             "mlr.seq_len": 4, "mlr.block_size": 2, "mlr.num_layers": 1,
             "run.eval_episodes": 2, "run.eval_every": 300, "run.log_every": 100,
             "run.checkpoint_every": 300,
+        },
+        # toy_catch (mlr_jax.envs.toy) learns in about a minute on 2 CPU cores
+        "toy": {
+            "steps": 3_000, "learning_starts": 500, "eps_ramp_start": 500, "eps_steps": 501,
+            "lr": 1e-3, "updates_per_step": 1, "image_size": 24, "channels": "16,16", "kernels": "4,3", "strides": "2,2",
+            "hidden_size": 64, "shift_pad": 2, "replay_capacity": 5_000,
+            "mlr.seq_len": 4, "mlr.block_size": 2, "mlr.patch_size": 6, "mlr.num_layers": 1,
+            "run.eval_episodes": 50, "run.eval_every": 1_000, "run.log_every": 250,
+            "run.checkpoint_every": 0,
         },
     },
     "dmc": {
@@ -235,6 +264,16 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "mlr.num_layers": 1, "aux_warmup_steps": 50,
             "run.eval_episodes": 2, "run.eval_every": 1_200, "run.log_every": 400,
             "run.checkpoint_every": 1_200,
+        },
+        # toy_reach (mlr_jax.envs.toy) learns in a few minutes on 2 CPU cores
+        "toy": {
+            "env_steps": 2_000, "action_repeat": 1, "seed_steps": 500, "image_size": 32,
+            "crop_size": 28, "num_filters": 16, "num_conv_layers": 2, "hidden_dim": 128,
+            "batch_size": 64, "aux_batch_size": 16, "replay_capacity": 10_000,
+            "mlr.seq_len": 4, "mlr.block_size": 2, "mlr.patch_size": 8, "mlr.num_layers": 1,
+            "aux_warmup_steps": 500,
+            "run.eval_episodes": 10, "run.eval_every": 1_000, "run.log_every": 500,
+            "run.checkpoint_every": 0,
         },
     },
 }
@@ -337,11 +376,37 @@ def from_dict(cls: type, data: Mapping[str, Any]) -> Any:
     return apply_overrides(cls(), dict(data))
 
 
+# Fields that take one of a few names: dotted key -> the names (checked by :func:`validate`).
+CHOICES: dict[str, tuple[str, ...]] = {
+    "aux": ("mlr", "none"),
+    "mlr.mask_count_rule": ("keep_floor", "mask_floor"),
+    "run.precision": ("fp32", "bf16"),
+    "run.conv_impl": ("auto", "xla", "im2col"),
+    "run.replay_frames": ("auto", "host", "device"),
+    "resize": ("bilinear", "area"),
+    "stack_reset": ("zero", "repeat"),
+    "done_n_rule": ("first_step", "any_step"),
+    "sac_crop_rule": ("exclusive", "inclusive"),
+}
+
+
+def _get(cfg: Any, key: str) -> Any:
+    """The value of dotted ``key`` in ``cfg``, or None when that config has no such field."""
+    for part in key.split("."):
+        if not hasattr(cfg, part):
+            return None
+        cfg = getattr(cfg, part)
+    return cfg
+
+
 def validate(cfg: Any) -> Any:
     """Raise :class:`ConfigError` naming the first inconsistent value; return cfg."""
     m = cfg.mlr
-    if cfg.aux not in ("mlr", "none"):
-        raise ConfigError(f"aux must be 'mlr' or 'none', got {cfg.aux!r}")
+    for key, names in CHOICES.items():
+        value = _get(cfg, key)
+        if value is not None and value not in names:
+            raise ConfigError(f"{key} must be one of {', '.join(names)}; got {value!r}"
+                              + close_matches(str(value), names))
     if m.seq_len < 1 or m.block_size < 1 or m.seq_len % m.block_size:
         raise ConfigError(
             f"mlr.seq_len={m.seq_len} must be a positive multiple of mlr.block_size={m.block_size}")
@@ -350,15 +415,6 @@ def validate(cfg: Any) -> Any:
             f"image_size={cfg.image_size} is not divisible by mlr.patch_size={m.patch_size}")
     if not 0.0 <= m.mask_ratio < 1.0:
         raise ConfigError(f"mlr.mask_ratio must be in [0, 1), got {m.mask_ratio}")
-    if m.mask_count_rule not in ("keep_floor", "mask_floor"):
-        raise ConfigError(f"mlr.mask_count_rule must be keep_floor or mask_floor, got {m.mask_count_rule!r}")
-    if cfg.run.precision not in ("fp32", "bf16"):
-        raise ConfigError(f"run.precision must be fp32 or bf16, got {cfg.run.precision!r}")
-    if cfg.run.conv_impl not in ("auto", "xla", "im2col"):
-        raise ConfigError(f"run.conv_impl must be auto, xla or im2col, got {cfg.run.conv_impl!r}")
-    if cfg.run.replay_frames not in ("auto", "host", "device"):
-        raise ConfigError(
-            f"run.replay_frames must be auto, host or device, got {cfg.run.replay_frames!r}")
     if cfg.run.eval_episodes < 1:
         raise ConfigError(f"run.eval_episodes must be >= 1, got {cfg.run.eval_episodes}")
     positive = ["batch_size", "replay_capacity", "num_envs"]
@@ -368,6 +424,9 @@ def validate(cfg: Any) -> Any:
     if isinstance(cfg, AtariConfig):
         if cfg.steps < 1:
             raise ConfigError(f"steps must be >= 1, got {cfg.steps}")
+        if not 0 <= cfg.eps_ramp_start < cfg.eps_steps:
+            raise ConfigError(f"eps_ramp_start={cfg.eps_ramp_start} must be in [0, eps_steps="
+                              f"{cfg.eps_steps})")
         if cfg.replay_capacity < m.seq_len + cfg.n_step + cfg.frame_stack + 1:
             raise ConfigError(
                 f"replay_capacity={cfg.replay_capacity} cannot hold one sequence of "
@@ -421,10 +480,7 @@ def check_name(cfg: AtariConfig | DMCConfig) -> None:
         return
 
     try:
-        if isinstance(cfg, AtariConfig):
-            envs.atari_task_id(cfg.game)
-        else:
-            envs.dmc_task_id(cfg.task)
+        envs.check_name(cfg)
     except ValueError as e:
         raise ConfigError(str(e)) from None
 

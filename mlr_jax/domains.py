@@ -33,7 +33,10 @@ class Domain:
       kind: ``"atari"`` or ``"dmc"``.
       name: game or task.
       total_steps: agent steps of the run.
-      learning_starts: first agent step at which updates happen.
+      learning_starts: updates happen once this many agent steps are stored (Atari:
+        rlpyt's first updates come at step index ``cfg.learning_starts``, after that step's
+        transition is stored, i.e. at ``cfg.learning_starts + 1`` stored steps; DMC: CURL's
+        loop updates at step ``seed_steps`` before that step's transition is stored).
       updates_per_step: gradient updates per agent step once learning.
       env_steps_per_step: environment frames / physics steps per agent step (reporting).
       unit: agent steps -> the unit of ``cfg.run.*_every`` (Atari 1: agent steps; DMC the
@@ -41,7 +44,10 @@ class Domain:
       budget: label of the benchmark the run belongs to (``"100k"``, ``"500k"``).
       agent: the agent's pure functions.
       make_replay: a new, empty replay buffer.
-      explore: ``(replicated_state, obs, key, step, rng) -> actions`` (numpy) for training.
+      explore: ``(replicated_state, obs, key, step, rng) -> actions`` (numpy) for training;
+        ``step`` is the 0-based index of the agent step about to be taken.
+      eval_act: ``(replicated_state, obs, key) -> actions``, the evaluation policy, jitted
+        once per run.
       store: ``(replay, obs, actions, step_record)`` stores one agent step.
       sample: ``(replay, step, rng) -> batch`` for the train step.
       after_update: ``(replay, batch, metrics)`` (Atari: priority update).
@@ -58,6 +64,7 @@ class Domain:
     agent: Agent
     make_replay: Callable[[], Any]
     explore: Callable[..., np.ndarray]
+    eval_act: Callable[..., Any]
     store: Callable[..., None]
     sample: Callable[..., Any]
     after_update: Callable[..., None]
@@ -77,23 +84,43 @@ def make_replay(cfg: AtariConfig | DMCConfig, action_dim: int = 1) -> AtariRepla
     keeping its frames where ``run.replay_frames`` says (:func:`mlr_jax.parallel.replay_frames`)."""
     on_device = parallel.replay_frames(cfg.run.replay_frames) == "device"
     if isinstance(cfg, AtariConfig):
+        zero = cfg.stack_reset == "zero"  # the stacks the env shows the agent (envs/atari.py)
         return AtariReplay(
             cfg.replay_capacity, cfg.frame_stack, cfg.mlr.seq_len, cfg.n_step, cfg.gamma,
             cfg.priority_exponent, frame_shape=frame_shape(cfg),
+            stack_fill="zero" if zero else "repeat", reset_stack_on_terminal=zero,
             initial_priority=1.0,  # rlpyt's default priority for new data, as the authors ran it
-            frames_on_device=on_device)
+            frames_on_device=on_device, done_n_rule=cfg.done_n_rule)
     return DMCReplay(cfg.replay_capacity, action_dim, cfg.frame_stack, cfg.mlr.seq_len,
                      frame_shape=frame_shape(cfg), frames_on_device=on_device)
 
 
+def epsilon(cfg: AtariConfig, step: int) -> float:
+    """Training epsilon for the action at 0-based agent step index ``step``, as rlpyt's
+    ``EpsilonGreedyAgentMixin.sample_mode(itr)``: ``eps_start`` up to and including
+    ``eps_ramp_start``, linear to ``eps_end`` at ``eps_steps``, ``eps_end`` after."""
+    frac = min(1.0, max(0, step - cfg.eps_ramp_start) / (cfg.eps_steps - cfg.eps_ramp_start))
+    return cfg.eps_start + frac * (cfg.eps_end - cfg.eps_start)
+
+
+def importance_beta(cfg: AtariConfig, step: int) -> float:
+    """The importance-sampling exponent of the updates made after ``step`` agent steps are
+    stored, as rlpyt's ``DQN.update_itr_hyperparams``: the updates at step index ``itr =
+    step - 1`` use the beta set after the updates of ``itr - 1``, linear from ``beta_start``
+    at ``learning_starts`` to ``beta_end`` at ``steps`` (the authors' ``pri_beta_steps`` is
+    the run length, 100k)."""
+    itr = step - 1
+    frac = min(1.0, max(0, itr - 1 - cfg.learning_starts) / max(1, cfg.steps - cfg.learning_starts))
+    return cfg.beta_start + frac * (cfg.beta_end - cfg.beta_start)
+
+
 def sample_batch(cfg: AtariConfig | DMCConfig, replay: AtariReplay | DMCReplay, step: int,
                  rng: np.random.Generator) -> Any:
-    """The train step's batch at agent step ``step``: Atari an ``AtariBatch`` (importance
-    exponent annealed linearly from ``beta_start`` to ``beta_end`` over the run), DMC a
-    ``DMCBatch`` (transitions, and sequences with MLR)."""
+    """The train step's batch once ``step`` agent steps are stored: Atari an ``AtariBatch``
+    (importance exponent :func:`importance_beta`), DMC a ``DMCBatch`` (transitions, and
+    sequences with MLR)."""
     if isinstance(cfg, AtariConfig):
-        frac = min(1.0, step / cfg.steps)
-        return replay.sample(cfg.batch_size, cfg.beta_start + frac * (cfg.beta_end - cfg.beta_start), rng)
+        return replay.sample(cfg.batch_size, importance_beta(cfg, step), rng)
     sac = replay.sample(cfg.batch_size, rng)
     seq = replay.sample_sequences(cfg.aux_batch_size, rng) if cfg.aux == "mlr" else None
     return dmc_agent.DMCBatch(sac=sac, seq=seq)
@@ -103,12 +130,8 @@ def _atari(cfg: AtariConfig, env: VecEnv) -> Domain:
     agent = atari_agent.make_agent(cfg, env.num_actions)
     act = parallel.on_first_replica(agent.act)
 
-    def epsilon(step: int) -> float:
-        frac = min(1.0, step / max(1, cfg.eps_steps - 1))
-        return cfg.eps_start + frac * (cfg.eps_end - cfg.eps_start)
-
     def explore(state, obs, key, step, rng):
-        return np.asarray(act(state, obs, key, epsilon(step)))
+        return np.asarray(act(state, obs, key, epsilon(cfg, step)))
 
     def store(replay, obs, actions, rec):
         replay.add(obs[0, -1], int(actions[0]), float(rec.reward[0]), bool(rec.terminal[0]),
@@ -118,12 +141,12 @@ def _atari(cfg: AtariConfig, env: VecEnv) -> Domain:
         replay.update_priorities(batch.indices, np.asarray(metrics["priorities"]))
 
     return Domain(
-        kind="atari", name=cfg.game, total_steps=cfg.steps, learning_starts=cfg.learning_starts,
+        kind="atari", name=cfg.game, total_steps=cfg.steps, learning_starts=cfg.learning_starts + 1,
         updates_per_step=cfg.updates_per_step, env_steps_per_step=cfg.frame_skip, unit=1,
         budget="100k" if cfg.steps == 100_000 else str(cfg.steps),
         agent=agent, make_replay=lambda: make_replay(cfg),
-        explore=explore, store=store, sample=functools.partial(sample_batch, cfg),
-        after_update=after_update)
+        explore=explore, eval_act=parallel.on_first_replica(agent.eval_act), store=store,
+        sample=functools.partial(sample_batch, cfg), after_update=after_update)
 
 
 def _dmc(cfg: DMCConfig, env: VecEnv) -> Domain:
@@ -148,8 +171,8 @@ def _dmc(cfg: DMCConfig, env: VecEnv) -> Domain:
         kind="dmc", name=cfg.task, total_steps=cfg.agent_steps, learning_starts=cfg.seed_steps,
         updates_per_step=1, env_steps_per_step=cfg.action_repeat, unit=cfg.action_repeat,
         budget=budget, agent=agent, make_replay=lambda: make_replay(cfg, env.action_dim),
-        explore=explore, store=store, sample=functools.partial(sample_batch, cfg),
-        after_update=lambda *_: None)
+        explore=explore, eval_act=parallel.on_first_replica(agent.eval_act), store=store,
+        sample=functools.partial(sample_batch, cfg), after_update=lambda *_: None)
 
 
 def make_domain(cfg: AtariConfig | DMCConfig, env: VecEnv) -> Domain:

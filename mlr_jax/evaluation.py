@@ -1,7 +1,9 @@
 """Scores: the paper's reference numbers, human normalisation and aggregate metrics.
 
 The reference numbers (human, random and every method of the paper's Tables 1 and 2) live in
-``experiments/reference_scores.json``; :func:`reference_scores` is the one loader of that file.
+``mlr_jax/data/reference_scores.json``, package data that installs with the library
+(``experiments/reference_scores.json`` links to it); :func:`reference_scores` is the one
+loader of that file.
 Aggregates follow rliable (Agarwal et al., 2021): the interquartile mean is the 25%-trimmed
 mean of all scores (``scipy.stats.trim_mean(x, 0.25)``) and the optimality gap is
 ``gamma - mean(min(x, gamma))``.
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import importlib.resources
 import json
 import pathlib
 from typing import Any, Sequence
@@ -19,8 +22,10 @@ import numpy as np
 
 from mlr_jax.config import close_matches
 
-REFERENCE_PATH = pathlib.Path(__file__).resolve().parent.parent / "experiments" / "reference_scores.json"
+REFERENCE_PATH = importlib.resources.files("mlr_jax") / "data" / "reference_scores.json"
 PAPER_METHODS = ("Baseline", "MLR")
+# The paper's name for the method each ``aux`` setting trains.
+AUX_METHODS = {"mlr": "MLR", "none": "Baseline"}
 _BENCHMARKS = {("atari", "100k"): "atari100k", ("dmc", "100k"): "dmc100k", ("dmc", "500k"): "dmc500k"}
 
 
@@ -28,10 +33,21 @@ _BENCHMARKS = {("atari", "100k"): "atari100k", ("dmc", "100k"): "dmc100k", ("dmc
 def _load_reference() -> dict[str, Any]:
     if not REFERENCE_PATH.is_file():
         raise FileNotFoundError(
-            f"reference scores not found at {REFERENCE_PATH}; the file ships in the repository's "
-            "experiments/ folder (run from a source checkout)")
-    with REFERENCE_PATH.open() as f:
-        return json.load(f)
+            f"reference scores not found at {REFERENCE_PATH}; they are package data of mlr_jax "
+            "(mlr_jax/data/reference_scores.json): reinstall the package")
+    return json.loads(REFERENCE_PATH.read_text())
+
+
+def paper_method(aux: str) -> str:
+    """The paper's name (``"MLR"``, ``"Baseline"``) for the method an ``aux`` setting trains.
+
+    Raises:
+      ValueError: an ``aux`` the paper has no numbers for, named with close matches.
+    """
+    if aux not in AUX_METHODS:
+        raise ValueError(f"aux={aux!r} has no paper method; known: {sorted(AUX_METHODS)}"
+                         + close_matches(aux, list(AUX_METHODS)))
+    return AUX_METHODS[aux]
 
 
 def reference_scores() -> dict[str, Any]:
@@ -161,7 +177,7 @@ def aggregate(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     rows = []
     for (domain, budget, name, aux), runs in sorted(groups.items()):
         means = np.array([r["mean"] for r in runs])
-        paper = (paper_reference(domain, name, budget)["MLR" if aux == "mlr" else "Baseline"]["mean"]
+        paper = (paper_reference(domain, name, budget)[paper_method(aux)]["mean"]
                  if has_reference(domain, name, budget) else None)
         rows.append({"domain": domain, "budget": budget, "name": name, "aux": aux,
                      "seeds": len(runs), "mean": float(means.mean()), "std": float(means.std()),
@@ -172,7 +188,7 @@ def aggregate(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
                 and r["paper"] is not None]
         if not mine:
             continue
-        method = "MLR" if aux == "mlr" else "Baseline"
+        method = paper_method(aux)
         entry: dict[str, Any] = {"domain": domain, "budget": budget, "aux": aux,
                                  "tasks": len(mine)}
         if domain == "atari":

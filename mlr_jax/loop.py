@@ -26,6 +26,7 @@ import numpy as np
 
 from mlr_jax import checkpoint, envs, evaluation, host, parallel
 from mlr_jax import logging as runlog
+from mlr_jax.agents.common import FINITE
 from mlr_jax.config import AtariConfig, DMCConfig, domain_of, from_dict, name_of, to_dict
 from mlr_jax.domains import Domain, make_domain
 from mlr_jax.replay import device_frames
@@ -50,6 +51,34 @@ class TrainingInterrupted(Exception):
                          f"{run_dir / 'checkpoints' / str(step)}; continue with --resume {run_dir}")
 
 
+class NonFiniteUpdate(RuntimeError):
+    """An update produced a non-finite loss or gradient norm; training stopped before any
+    state after it was saved. The message names the update, the agent step, the bad values
+    and the last checkpoint (all of whose updates were finite)."""
+
+    def __init__(self, update: int, step: int, metrics: dict[str, Any], run_dir: pathlib.Path):
+        values = {k: float(np.asarray(v)) for k, v in metrics.items()
+                  if k != FINITE and np.ndim(v) == 0}
+        bad = {k: v for k, v in values.items() if not np.isfinite(v)} or values
+        last = checkpoint.latest_step(run_dir / "checkpoints")
+        kept = (f"the last checkpoint, {run_dir / 'checkpoints' / str(last)}, holds only finite "
+                f"updates (--resume {run_dir} continues from it)" if last is not None
+                else "no checkpoint had been written yet")
+        self.update, self.step, self.bad = update, step, bad
+        super().__init__(
+            f"update {update} (at agent step {step}) produced non-finite values: "
+            + ", ".join(f"{k}={v}" for k, v in sorted(bad.items()))
+            + f"; training stopped and nothing after the last good update was saved; {kept}")
+
+
+def check_finite(update: int, step: int, metrics: dict[str, Any], run_dir: pathlib.Path) -> None:
+    """Raise :class:`NonFiniteUpdate` unless ``metrics[FINITE]`` of update number ``update``
+    (made at agent ``step``) holds. Checked right after every update: the next action reads
+    the updated parameters anyway, so this costs no extra wait for the device."""
+    if not bool(np.asarray(metrics[FINITE])):
+        raise NonFiniteUpdate(update, step, metrics, run_dir)
+
+
 @dataclasses.dataclass
 class RunResult:
     """What a finished :func:`train` returns."""
@@ -70,7 +99,7 @@ def evaluate(domain: Domain, cfg: AtariConfig | DMCConfig, state: Any, episodes:
     from the agent's evaluation policy (Atari: epsilon 0.001, no noise; DMC: the mean action).
     """
     env = envs.make_env(cfg, episodes, seed, evaluation=True)
-    act = parallel.on_first_replica(domain.agent.eval_act)
+    act = domain.eval_act
     channels = env.obs_shape[0] // cfg.frame_stack
     scores = np.full(episodes, np.nan, np.float32)
     obs = env.reset()
@@ -102,7 +131,7 @@ def _window_means(window: list[dict[str, Any]]) -> dict[str, float]:
     NaN entries (e.g. the DMC actor loss on updates without an actor step) are skipped."""
     if not window:
         return {}
-    stacked = jax.device_get({k: [m[k] for m in window] for k in window[0]})
+    stacked = jax.device_get({k: [m[k] for m in window] for k in window[0] if k != FINITE})
     means = {}
     for k, v in stacked.items():
         v = np.asarray(v, np.float64)
@@ -224,6 +253,7 @@ def train(cfg: AtariConfig | DMCConfig, resume: str | pathlib.Path | None = None
     log("[mlr-jax] parameters: " + ", ".join(f"{k}={v:,}" for k, v in counts.items()))
 
     train_step = device_frames.parallel_train_step(domain.agent.train_step, replay.device_frames)
+    updates = int(state.step)  # updates done (both agents' states count them)
     pstate = parallel.replicate(state)
     metrics_writer = (runlog.MetricsWriter(run, keep_until=step if resume is not None else None)
                       if primary else runlog.NoMetrics())
@@ -248,52 +278,59 @@ def train(cfg: AtariConfig | DMCConfig, resume: str | pathlib.Path | None = None
     # Ctrl-C / SIGTERM: finish the agent step, save a checkpoint, stop (one process;
     # several agree on the step through JAX's preemption service, which owns SIGTERM)
     stopped_by = None
-    with host.StopSignals(STOP_SIGNALS if parallel.process_count() == 1 else ()) as stop:
-        while step < domain.total_steps:
-            key, act_key = jax.random.split(key)
-            actions = parallel.from_primary(domain.explore(pstate, obs, act_key, step, rng))
-            rec = env.step(actions)
-            domain.store(replay, obs, actions, rec)
-            obs = rec.obs
-            step += 1
-            for score in rec.score[rec.episode_end]:
-                episodes += 1
-                latest_score = float(score)
-                metrics_writer.write(step, {runlog.EPISODE_SCORE: latest_score,
-                                            "episode/count": episodes})
-            if step >= domain.learning_starts:
-                for _ in range(domain.updates_per_step):
-                    key, update_key = jax.random.split(key)
-                    batch = domain.sample(replay, step, rng)
-                    pstate, metrics = train_step(pstate, batch, update_key)
-                    domain.after_update(replay, batch, metrics)
-                    window.append({k: v for k, v in metrics.items() if np.ndim(v) == 0})
-            if _due(step, domain.unit, cfg.run.log_every) or step == domain.total_steps:
-                elapsed = time.monotonic() - start_time
-                row = _window_means(window)
-                window = []
-                row["perf/sps"] = (step - start_step) / max(elapsed, 1e-9)
-                row["perf/env_steps"] = step * domain.env_steps_per_step
-                metrics_writer.write(step, row)
-                parallel.check_same_across_processes(
-                    {"step": step, "episodes": episodes, "latest_score": latest_score,
-                     "observation_sum": float(np.sum(obs, dtype=np.int64))},
-                    f"the environment at agent step {step}")
-            if _due(step, domain.unit, cfg.run.eval_every) and step < domain.total_steps:
-                key, eval_key = jax.random.split(key)
-                scores, _ = run_eval(eval_key)
-                metrics_writer.write(step, {runlog.EVAL_MEAN: float(scores.mean()),
-                                            runlog.EVAL_STD: float(scores.std())})
-            if _due(step, domain.unit, cfg.run.checkpoint_every):
-                save_checkpoint()
-            progress.update(step, score=latest_score, episodes=episodes)
-            if parallel.stop_agreed(step, stop.requested is not None) and step < domain.total_steps:
-                stopped_by = stop.requested or "SIGTERM"
-                break
-    progress.close()
-    env.close()
+    try:
+        with host.StopSignals(STOP_SIGNALS if parallel.process_count() == 1 else ()) as stop:
+            while step < domain.total_steps:
+                key, act_key = jax.random.split(key)
+                actions = parallel.from_primary(domain.explore(pstate, obs, act_key, step, rng))
+                rec = env.step(actions)
+                domain.store(replay, obs, actions, rec)
+                obs = rec.obs
+                step += 1
+                for score in rec.score[rec.episode_end]:
+                    episodes += 1
+                    latest_score = float(score)
+                    metrics_writer.write(step, {runlog.EPISODE_SCORE: latest_score,
+                                                "episode/count": episodes})
+                if step >= domain.learning_starts:
+                    for _ in range(domain.updates_per_step):
+                        key, update_key = jax.random.split(key)
+                        batch = domain.sample(replay, step, rng)
+                        pstate, metrics = train_step(pstate, batch, update_key)
+                        updates += 1
+                        check_finite(updates, step, metrics, run.root)
+                        domain.after_update(replay, batch, metrics)
+                        window.append({k: v for k, v in metrics.items() if np.ndim(v) == 0})
+                if _due(step, domain.unit, cfg.run.log_every) or step == domain.total_steps:
+                    elapsed = time.monotonic() - start_time
+                    row = _window_means(window)
+                    window = []
+                    row["perf/sps"] = (step - start_step) / max(elapsed, 1e-9)
+                    row["perf/env_steps"] = step * domain.env_steps_per_step
+                    metrics_writer.write(step, row)
+                    parallel.check_same_across_processes(
+                        {"step": step, "episodes": episodes, "latest_score": latest_score,
+                         "observation_sum": float(np.sum(obs, dtype=np.int64))},
+                        f"the environment at agent step {step}")
+                if _due(step, domain.unit, cfg.run.eval_every) and step < domain.total_steps:
+                    key, eval_key = jax.random.split(key)
+                    scores, _ = run_eval(eval_key)
+                    metrics_writer.write(step, {runlog.EVAL_MEAN: float(scores.mean()),
+                                                runlog.EVAL_STD: float(scores.std())})
+                if _due(step, domain.unit, cfg.run.checkpoint_every):
+                    save_checkpoint()
+                progress.update(step, score=latest_score, episodes=episodes)
+                if parallel.stop_agreed(step, stop.requested is not None) and step < domain.total_steps:
+                    stopped_by = stop.requested or "SIGTERM"
+                    break
+        save_checkpoint()
+    except NonFiniteUpdate:
+        metrics_writer.close()  # every row up to the bad update stays on disk
+        raise
+    finally:
+        progress.close()
+        env.close()
 
-    save_checkpoint()
     if stopped_by is not None:
         metrics_writer.close()
         raise TrainingInterrupted(step, run.root, stopped_by)

@@ -178,3 +178,12 @@ def test_collect_runs_reads_run_directories(tmp_path):
     (run / "final_eval.json").write_text(json.dumps(_record("atari", "pong", "x", 0, 1.0)))
     (rec,) = evaluation.collect_runs(tmp_path)
     assert (rec["aux"], rec["seed"], rec["run_dir"]) == ("none", 3, str(run))
+
+
+def test_aux_settings_map_to_the_papers_methods_explicitly():
+    assert evaluation.paper_method("mlr") == "MLR"
+    assert evaluation.paper_method("none") == "Baseline"
+    with pytest.raises(ValueError, match="aux='spr' has no paper method"):
+        evaluation.paper_method("spr")
+    with pytest.raises(ValueError, match="did you mean 'mlr'"):
+        evaluation.aggregate([_record("atari", "pong", "mlrr", 1, 3.0)])

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import optax
 
 from mlr_jax import parallel
-from mlr_jax.agents.common import Agent, clip_by_global_norm, count_params
+from mlr_jax.agents.common import FINITE, Agent, all_finite, clip_by_global_norm, count_params
 from mlr_jax.config import AtariConfig
 from mlr_jax.ema import ema_update
 from mlr_jax.mlr.augment import intensity, random_shift
@@ -255,6 +255,7 @@ def make_agent(cfg: AtariConfig, num_actions: int) -> Agent:
         new_state = refresh_targets(state.replace(opt_state=opt_state),
                                     optax.apply_updates(state.params, updates), noise_key)
         metrics = parallel.pmean(metrics, axis_name)
+        metrics[FINITE] = all_finite(metrics)
         metrics["priorities"] = kl_priority(aux["chosen_log_probs"], rl_target)
         return new_state, metrics
 

@@ -15,7 +15,8 @@ class Agent(NamedTuple):
     """The pure functions the loop drives (see docs/design.md "Agents").
 
     ``init(key) -> state``; ``train_step(state, batch, key, axis_name=None) ->
-    (state, metrics)``; ``act(state, obs, key, ...) -> actions`` (training behaviour);
+    (state, metrics)``, where ``metrics[FINITE]`` is a bool scalar: every loss and gradient
+    norm of the update was finite (the loop stops the run when it is not); ``act(state, obs, key, ...) -> actions`` (training behaviour);
     ``eval_act(state, obs, key) -> actions`` (evaluation behaviour);
     ``param_counts(state) -> {component: count}``.
     """
@@ -25,6 +26,14 @@ class Agent(NamedTuple):
     act: Callable[..., Any]
     eval_act: Callable[..., Any]
     param_counts: Callable[..., dict[str, int]]
+
+
+FINITE = "finite"  # the metrics key of the update's all-finite flag
+
+
+def all_finite(tree: chex.ArrayTree) -> jax.Array:
+    """bool[]: every element of every leaf of ``tree`` is finite."""
+    return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
 def count_params(tree: chex.ArrayTree) -> int:

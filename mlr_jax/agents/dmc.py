@@ -2,7 +2,8 @@
 
 One update (:func:`train_step`) reproduces the order of the authors' ``MTMSacAgent.update``:
 
-1. critic: random 100 -> 84 crops of ``obs`` and ``next_obs`` (independent), soft Bellman
+1. critic: random 100 -> 84 crops of ``obs`` and ``next_obs`` (independent; offsets 0..15 as
+   the code's numpy crop, ``cfg.sac_crop_rule``), soft Bellman
    target from the current actor, target critic and temperature; critic Adam step (trains
    the encoder's convs, Linear and LayerNorm and both Q MLPs);
 2. MLR (``cfg.aux == "mlr"``): cube mask on the 100x100 sequence frames (all 9 channels),
@@ -50,7 +51,7 @@ import jax.numpy as jnp
 import optax
 
 from mlr_jax import ema, parallel
-from mlr_jax.agents.common import Agent, clip_by_global_norm, count_params
+from mlr_jax.agents.common import FINITE, Agent, all_finite, clip_by_global_norm, count_params
 from mlr_jax.config import DMCConfig
 from mlr_jax.mlr import augment, loss as mlr_loss_lib, masking
 from mlr_jax.nets import dmc as nets_lib
@@ -247,7 +248,8 @@ def update_critic(nets: DMCNetworks, state: DMCState, obs: jax.Array, action: ja
     updates, critic_opt = nets.critic_tx.update(grads, state.critic_opt, state.critic)
     state = state.replace(critic=optax.apply_updates(state.critic, updates), critic_opt=critic_opt)
     metrics = {"critic_loss": loss, "q1": jnp.mean(q1), "batch_reward": jnp.mean(reward), "alpha": alpha}
-    return state, parallel.pmean(metrics, axis_name)
+    metrics = parallel.pmean(metrics, axis_name)
+    return state, metrics | {"critic_grad_norm": optax.tree.norm(grads)}
 
 
 def update_mlr(nets: DMCNetworks, state: DMCState, online_frames: jax.Array, target_frames: jax.Array,
@@ -356,10 +358,13 @@ def _global_normal(key: chex.PRNGKey, shape: tuple[int, ...], axis_name: str | N
     return parallel.shard_slice(jax.random.normal(key, (rows,) + shape[1:]), axis_name)
 
 
-def _random_crops(key: chex.PRNGKey, obs: jax.Array, size: int, axis_name: str | None) -> jax.Array:
-    """Independent random crop of every ``obs[i] [C, H, W]`` to ``size``."""
+def _random_crops(key: chex.PRNGKey, obs: jax.Array, cfg: DMCConfig, axis_name: str | None) -> jax.Array:
+    """Independent random crop of every ``obs[i] [C, H, W]`` to ``cfg.crop_size``, with
+    offsets by ``cfg.sac_crop_rule``."""
     keys = parallel.sample_keys(key, obs.shape[0], axis_name)
-    return jax.vmap(lambda k, x: augment.random_crop(k, x[None], size)[0])(keys, obs)
+    inclusive = cfg.sac_crop_rule == "inclusive"
+    return jax.vmap(lambda k, x: augment.random_crop(k, x[None], cfg.crop_size, inclusive)[0])(
+        keys, obs)
 
 
 def mlr_views(nets: DMCNetworks, key: chex.PRNGKey, frames: jax.Array,
@@ -427,15 +432,16 @@ def train_step(nets: DMCNetworks, state: DMCState, batch: Any, key: chex.PRNGKey
 
     Returns:
       ``(state, metrics)``: scalar metrics averaged over devices; ``actor_loss``,
-      ``alpha_loss`` and ``entropy`` are NaN on updates without an actor step.
+      ``alpha_loss`` and ``entropy`` are NaN on updates without an actor step;
+      ``metrics[FINITE]``: every loss and gradient norm of this update was finite.
     """
     cfg = nets.cfg
     sac_batch, seq = batch
     _check_batch(nets, sac_batch, seq)
     chex.assert_rank([sac_batch.reward, sac_batch.discount], 1)
     keys = jax.random.split(key, 5)
-    obs = _random_crops(keys[0], sac_batch.obs, cfg.crop_size, axis_name)
-    next_obs = _random_crops(keys[1], sac_batch.next_obs, cfg.crop_size, axis_name)
+    obs = _random_crops(keys[0], sac_batch.obs, cfg, axis_name)
+    next_obs = _random_crops(keys[1], sac_batch.next_obs, cfg, axis_name)
     noise_shape = sac_batch.action.shape
     state, metrics = update_critic(nets, state, obs, sac_batch.action, sac_batch.reward,
                                    sac_batch.discount, next_obs,
@@ -447,10 +453,11 @@ def train_step(nets: DMCNetworks, state: DMCState, batch: Any, key: chex.PRNGKey
 
     actor_noise = _global_normal(keys[4], noise_shape, axis_name)
     skipped = {name: jnp.full((), jnp.nan, jnp.float32) for name in ACTOR_METRICS}
+    actor_step = state.step % cfg.actor_update_freq == 0
     state, actor_metrics = jax.lax.cond(
-        state.step % cfg.actor_update_freq == 0,
-        lambda s: update_actor_and_alpha(nets, s, obs, actor_noise, axis_name),
+        actor_step, lambda s: update_actor_and_alpha(nets, s, obs, actor_noise, axis_name),
         lambda s: (s, skipped), state)
+    metrics[FINITE] = all_finite(metrics) & (all_finite(actor_metrics) | ~actor_step)
     metrics.update(actor_metrics)
     state = jax.lax.cond(state.step % cfg.target_update_freq == 0,
                          functools.partial(update_targets, nets), lambda s: s, state)

@@ -103,11 +103,13 @@ def crop_at(x: torch.Tensor, tops: torch.Tensor, lefts: torch.Tensor, size: int)
     return x[index, :, rows, cols].permute(0, 3, 1, 2)  # [N, size, size, C] -> [N, C, size, size]
 
 
-def random_crop(x: torch.Tensor, size: int) -> torch.Tensor:
-    """Random ``size`` crop of ``x[N, C, H, W]``, offsets uniform in [0, H - size] per image."""
+def random_crop(x: torch.Tensor, size: int, inclusive: bool = True) -> torch.Tensor:
+    """Random ``size`` crop of ``x[N, C, H, W]``, offsets uniform in [0, H - size] per image
+    (``inclusive=False``: [0, H - size), the DMC code's numpy crop of the SAC batch)."""
     n, _, height, width = x.shape
-    tops = torch.randint(0, height - size + 1, (n,), device=x.device)
-    lefts = torch.randint(0, width - size + 1, (n,), device=x.device)
+    last = 1 if inclusive else 0
+    tops = torch.randint(0, max(1, height - size + last), (n,), device=x.device)
+    lefts = torch.randint(0, max(1, width - size + last), (n,), device=x.device)
     return crop_at(x, tops, lefts, size)
 
 

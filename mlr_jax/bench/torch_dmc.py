@@ -243,7 +243,7 @@ class DMCUpdate:
           mask: f32[T, H, W] / f32[B, T, H, W] (1 = kept); None draws one.
         """
         sac, seq = batch
-        size = self.cfg.crop_size
+        size, inclusive = self.cfg.crop_size, self.cfg.sac_crop_rule == "inclusive"
         masked_seq = target_seq = seq_action = None
         if self.use_mlr:
             seq_obs = to_tensor(seq.obs, self.device).float()
@@ -253,8 +253,8 @@ class DMCUpdate:
             target_seq = self._augment_seq(seq_obs)
             seq_action = to_tensor(seq.action, self.device, torch.float32)
         return DMCInputs(
-            obs=random_crop(to_tensor(sac.obs, self.device).float(), size),
-            next_obs=random_crop(to_tensor(sac.next_obs, self.device).float(), size),
+            obs=random_crop(to_tensor(sac.obs, self.device).float(), size, inclusive),
+            next_obs=random_crop(to_tensor(sac.next_obs, self.device).float(), size, inclusive),
             action=to_tensor(sac.action, self.device, torch.float32),
             reward=to_tensor(sac.reward, self.device, torch.float32)[:, None],
             discount=to_tensor(sac.discount, self.device, torch.float32)[:, None],

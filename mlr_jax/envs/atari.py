@@ -7,15 +7,20 @@ settings from :class:`~mlr_jax.config.AtariConfig`; this wrapper derives the lea
 * ``terminal``: training -- a life was lost (``info["lives"]`` decreased) or the game is over;
   evaluation -- only game over. Reaching the time limit is not a terminal.
 * ``episode_end``: game over or the time limit.
+* the frame stack ``[N, frame_stack, 84, 84]`` (oldest -> newest) is built here from
+  envpool's single frames. With ``stack_reset="zero"`` (the authors' env) a new stack of
+  zeros and the newest frame starts at every game start and, in training, at every life
+  loss; with ``"repeat"`` (envpool's own stacking) a game starts with its first frame
+  repeated and a life loss does not break the stack.
 
 Facts about envpool 1.2.5 this relies on (read from ``envpool/atari/atari_env.h`` and
 checked by ``tests/envs/test_atari_env.py``):
 
 * one step = ``frame_skip`` emulator frames with the action repeated; the observation is
-  the pixel-wise max of the last two frames, resized to 84x84 gray (INTER_AREA);
+  the pixel-wise max of the last two frames, resized to 84x84 gray with ``cv::resize``:
+  bilinear (its default, as the authors' ``cv2.resize``) when
+  ``use_inter_area_resize=False``, INTER_AREA otherwise (envpool's default);
 * ``max_episode_steps`` counts agent steps (27,000 = 108,000 frames);
-* the frame stack ``[N, stack, 84, 84]`` is ordered oldest -> newest, and right after a
-  reset all its frames are copies of the first frame (no zero padding);
 * reset performs 1..``noop_max`` no-ops (then FIRE if ``use_fire_reset``);
 * in sync mode ``reset(env_ids)`` resets just those environments, and their next ``step``
   is an ordinary step (``elapsed_step`` 1), so this wrapper resets finished games itself in
@@ -31,7 +36,8 @@ import numpy as np
 from envpool.registration import registry
 
 from mlr_jax.config import AtariConfig
-from mlr_jax.envs.base import ScoreTracker, Step, VecEnv, check_num_envs, resolve_task, scatter
+from mlr_jax.envs.base import (FrameStack, ScoreTracker, Step, VecEnv, check_num_envs,
+                               resolve_task, scatter)
 
 
 @functools.cache
@@ -66,7 +72,8 @@ class AtariVecEnv(VecEnv):
             use_fire_reset=bool(cfg.fire_reset),
             noop_max=int(cfg.noop_max),
             frame_skip=int(cfg.frame_skip),
-            stack_num=int(cfg.frame_stack),
+            stack_num=1,  # stacked here, by cfg.stack_reset
+            use_inter_area_resize=cfg.resize == "area",
             img_height=int(cfg.image_size),
             img_width=int(cfg.image_size),
             max_episode_steps=int(cfg.max_episode_steps),
@@ -76,7 +83,10 @@ class AtariVecEnv(VecEnv):
         self._obs_shape = (int(cfg.frame_stack), int(cfg.image_size), int(cfg.image_size))
         self._num_actions = int(self._pool.action_space.n)
         self._lives = np.zeros(self._num_envs, np.int64)
-        self._obs = np.zeros((self._num_envs, *self._obs_shape), np.uint8)
+        self._stack = FrameStack(self._num_envs, int(cfg.frame_stack),
+                                 (1, int(cfg.image_size), int(cfg.image_size)),
+                                 "zero" if cfg.stack_reset == "zero" else "repeat")
+        self._break_at_life_loss = cfg.stack_reset == "zero" and not self._evaluation
         self._scores = ScoreTracker(self._num_envs)
         self._started = False
 
@@ -93,10 +103,10 @@ class AtariVecEnv(VecEnv):
     def reset(self) -> np.ndarray:
         """Start new games in every environment; returns uint8[N, stack, H, W]."""
         obs, info = self._pool.reset()
-        self._store(info["env_id"], obs, info["lives"])
+        self._store(info["env_id"], obs, info["lives"], np.ones(len(obs), bool))
         self._scores.reset()
         self._started = True
-        return self._obs.copy()
+        return self._stack.stacks
 
     def step(self, actions: np.ndarray) -> Step:
         """Act with ``actions`` int[N] (indices into the minimal action set)."""
@@ -109,22 +119,25 @@ class AtariVecEnv(VecEnv):
         # game ends on the time-limit step.
         game_over = scatter(ids, info["terminated"].astype(bool), np.zeros(n, bool))
         episode_end = scatter(ids, terminated | truncated, np.zeros(n, bool))
-        previous_lives = self._lives.copy()
-        self._store(ids, obs, info["lives"])
-        life_lost = self._lives < previous_lives
+        life_lost = scatter(ids, info["lives"] < self._lives[ids], np.zeros(n, bool))
+        self._store(ids, obs, info["lives"], life_lost[ids] & self._break_at_life_loss)
         terminal = game_over if self._evaluation else game_over | life_lost
         score = self._scores.update(raw, episode_end)
         if episode_end.any():
             new_obs, new_info = self._pool.reset(np.flatnonzero(episode_end).astype(np.int32))
-            self._store(new_info["env_id"], new_obs, new_info["lives"])
-        return Step(obs=self._obs.copy(), reward=np.sign(raw).astype(np.float32),
+            self._store(new_info["env_id"], new_obs, new_info["lives"],
+                        np.ones(len(new_obs), bool))
+        return Step(obs=self._stack.stacks, reward=np.sign(raw).astype(np.float32),
                     terminal=terminal, episode_end=episode_end, score=score)
 
     def close(self) -> None:
         self._pool.close()
 
-    def _store(self, env_ids: np.ndarray, obs: np.ndarray, lives: np.ndarray) -> None:
-        scatter(env_ids, obs, self._obs)
+    def _store(self, env_ids: np.ndarray, obs: np.ndarray, lives: np.ndarray,
+               fresh: np.ndarray) -> None:
+        """Push envpool's frames ``obs[M, 1, H, W]`` of ``env_ids``; ``fresh[M]`` start new
+        stacks (a game start, or a life loss in training with ``stack_reset="zero"``)."""
+        self._stack.push(env_ids, obs, fresh)
         scatter(env_ids, lives, self._lives)
 
     def _check_actions(self, actions: np.ndarray) -> np.ndarray:

@@ -66,6 +66,45 @@ class VecEnv(abc.ABC):
     def close(self) -> None: ...
 
 
+class FrameStack:
+    """The last ``F`` frames of every environment, oldest first along the channel axis.
+
+    Args:
+      num_envs: ``N``.
+      frame_stack: ``F``.
+      frame_shape: ``(C, H, W)`` of one frame (Atari ``(1, 84, 84)``, DMC ``(3, 100, 100)``).
+      fill: what a new stack holds before its first frame: ``"zero"`` (zeros; the authors'
+        Atari env) or ``"repeat"`` (the first frame again; CURL's ``FrameStack``, envpool).
+    """
+
+    def __init__(self, num_envs: int, frame_stack: int, frame_shape: tuple[int, int, int],
+                 fill: str):
+        if fill not in ("zero", "repeat"):
+            raise ValueError(f"fill must be 'zero' or 'repeat', got {fill!r}")
+        self._channels = int(frame_shape[0])
+        self._fill = fill
+        self._stacks = np.zeros((num_envs, frame_stack * self._channels, *frame_shape[1:]),
+                                np.uint8)
+
+    def push(self, env_ids: np.ndarray, frames: np.ndarray, fresh: np.ndarray) -> None:
+        """Append ``frames[M, C, H, W]`` to the stacks of ``env_ids[M]``; where ``fresh[M]``
+        a new stack starts with that frame (the older slots filled by the ``fill`` rule)."""
+        env_ids, fresh, c = np.asarray(env_ids), np.asarray(fresh, bool), self._channels
+        stacks = self._stacks[env_ids]
+        stacks[:, :-c] = stacks[:, c:]
+        stacks[:, -c:] = frames
+        if fresh.any():
+            older = (np.zeros_like(stacks[fresh, :-c]) if self._fill == "zero" else
+                     np.tile(frames[fresh], (1, stacks.shape[1] // c - 1, 1, 1)))
+            stacks[fresh, :-c] = older
+        self._stacks[env_ids] = stacks
+
+    @property
+    def stacks(self) -> np.ndarray:
+        """A copy of the stacks, uint8[N, F * C, H, W]."""
+        return self._stacks.copy()
+
+
 class ScoreTracker:
     """Running raw return of each environment's current episode."""
 

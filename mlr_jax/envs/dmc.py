@@ -31,7 +31,7 @@ import numpy as np
 from envpool.registration import registry
 
 from mlr_jax.config import DMCConfig
-from mlr_jax.envs.base import ScoreTracker, Step, VecEnv, check_num_envs, resolve_task
+from mlr_jax.envs.base import FrameStack, ScoreTracker, Step, VecEnv, check_num_envs, resolve_task
 from mlr_jax.envs.gl import ensure_gl
 
 
@@ -86,7 +86,8 @@ class DMCVecEnv(VecEnv):
         self._low = np.asarray(space.low, np.float32)
         self._high = np.asarray(space.high, np.float32)
         self._obs_shape = (3 * int(cfg.frame_stack), int(cfg.image_size), int(cfg.image_size))
-        self._frames = np.zeros((self._num_envs, *self._obs_shape), np.uint8)
+        self._stack = FrameStack(self._num_envs, int(cfg.frame_stack),
+                                 (3, int(cfg.image_size), int(cfg.image_size)), "repeat")
         self._all_ids = np.arange(self._num_envs, dtype=np.int32)
         self._scores = ScoreTracker(self._num_envs)
         self._started = False
@@ -116,7 +117,7 @@ class DMCVecEnv(VecEnv):
         self._push(np.ones(self._num_envs, bool))
         self._scores.reset()
         self._started = True
-        return self._frames.copy()
+        return self._stack.stacks
 
     def step(self, actions: np.ndarray) -> Step:
         """Repeat ``actions`` float[N, A] for ``action_repeat`` control steps."""
@@ -139,7 +140,7 @@ class DMCVecEnv(VecEnv):
         if episode_end.any():
             self._pool.reset(np.flatnonzero(episode_end).astype(np.int32))
         self._push(episode_end)
-        return Step(obs=self._frames.copy(), reward=reward.astype(np.float32),
+        return Step(obs=self._stack.stacks, reward=reward.astype(np.float32),
                     terminal=terminal, episode_end=episode_end, score=score)
 
     def close(self) -> None:
@@ -148,11 +149,8 @@ class DMCVecEnv(VecEnv):
     def _push(self, fresh: np.ndarray) -> None:
         """Render every env; shift the new frame into the stacks; environments with
         ``fresh[N]`` (new episodes) get the frame in every stack slot."""
-        frame = self._pool.render(env_ids=self._all_ids).transpose(0, 3, 1, 2)
-        stack = self._obs_shape[0] // 3
-        self._frames[:, :-3] = self._frames[:, 3:]
-        self._frames[:, -3:] = frame
-        self._frames[fresh] = np.tile(frame[fresh], (1, stack, 1, 1))
+        frames = self._pool.render(env_ids=self._all_ids).transpose(0, 3, 1, 2)
+        self._stack.push(self._all_ids, frames, fresh)
 
     def _check_actions(self, actions: np.ndarray) -> np.ndarray:
         if not self._started:

@@ -57,20 +57,24 @@ def _check_crop(x: jax.Array, size: int) -> None:
         raise ValueError(f"crop size={size} must be in [1, min(H, W)] for images of {height}x{width}")
 
 
-def random_crop(key: chex.PRNGKey, x: jax.Array, size: int) -> jax.Array:
+def random_crop(key: chex.PRNGKey, x: jax.Array, size: int, inclusive: bool = True) -> jax.Array:
     """Random ``size x size`` crop with offsets uniform in [0, H - size] x [0, W - size].
 
     Args:
       key: PRNG key.
       x: [N, C, H, W] images.
       size: side of the crop (static int), e.g. 84 from 100.
+      inclusive: False leaves out the last offset, ``H - size`` (``W - size``), as the DMC
+        code's ``np.random.randint(0, H - size)`` does for the SAC batch (0..15 for 100 -> 84;
+        kornia's crop in the MLR branch draws 0..16). Offsets are 0 when ``H == size``.
 
     Returns:
       [N, C, size, size], same dtype as ``x``.
     """
     _check_crop(x, size)
     n, _, height, width = x.shape
-    tops, lefts = _random_offsets(key, n, height - size, width - size)
+    last = 0 if inclusive else 1
+    tops, lefts = _random_offsets(key, n, max(0, height - size - last), max(0, width - size - last))
     return _crop_at(x, tops, lefts, (size, size))
 
 

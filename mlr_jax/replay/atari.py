@@ -15,13 +15,13 @@ there, the clipped reward ``r_t`` and the flags of the transition ``s_t -> s_{t+
 time limit: the next step starts a new game). Frames are kept once; stacks are rebuilt on
 sample from the newest frames of the previous ``F - 1`` steps.
 
-Stack positions before the first frame of a game repeat that first frame by default, which
-is exactly what ``mlr_jax.envs.atari`` (envpool, full games) shows the agent at a reset; and
-the stack continues across a life loss, as envpool's does. So the replay rebuilds the very
-stacks the agent acted on. The authors' rlpyt env and frame buffer instead zero the older
-frames, at a game start and at every life loss: ``stack_fill="zero"`` and
-``reset_stack_on_terminal=True`` reproduce that (the env must then zero them too, or
-acting and training see different stacks for the first ``F - 1`` steps of each life).
+Stack positions before the first frame of a game are zeros with ``stack_fill="zero"``, and
+``reset_stack_on_terminal=True`` also starts a new stack at every life loss: the authors'
+rlpyt env and frame buffer, and what ``mlr_jax.envs.atari`` shows the agent with
+``stack_reset="zero"``. ``stack_fill="repeat"`` without the reset at terminals rebuilds
+envpool's own stacks (the first frame repeated, no break at a life loss). Either way the
+replay rebuilds the very stacks the agent acted on, when the env and the replay are built
+from the same config (:func:`mlr_jax.domains.make_replay`).
 
 Sampling follows rlpyt's prioritized sequence replay as the authors used it: a start index
 ``t`` is drawn with probability ``p_t / sum p`` where ``p_t = priority_t ** priority_exponent``
@@ -33,6 +33,13 @@ history has been overwritten, have probability 0. Like the authors' ``sanitize_b
 observations after the first ``done`` (terminal or episode end) in the window repeat the
 observation of that done step (the last state before the reset); actions are NOT sanitized
 (the authors' code leaves them as stored).
+
+Which dones stop the bootstrap (``done_n_rule``): the return is always cut at the first done,
+but rlpyt at the authors' pinned commit stored ``done_n[t] = done[t]`` only (its
+``discount_return_n_step`` rebinds ``done_n`` in its loop instead of writing into the
+buffer), so a done 1..n-1 steps after ``t`` still bootstraps ``gamma^n Z(s_{t+n})`` from the
+sanitized ``s_{t+n}`` (the observation at the done): ``"first_step"``. The textbook cut
+(discount 0 when any of ``t..t+n-1`` is done, rlpyt after its fix) is ``"any_step"``.
 """
 from __future__ import annotations
 
@@ -44,6 +51,8 @@ from mlr_jax.replay.device_frames import DeviceFrames
 from mlr_jax.replay.frames import FrameRing, check_state
 from mlr_jax.replay.sum_tree import SumTree
 
+DONE_N_RULES = ("first_step", "any_step")
+
 
 class AtariBatch(NamedTuple):
     """A batch of prioritized sequences (``B`` sequences, ``L`` steps, ``F`` frames).
@@ -53,7 +62,8 @@ class AtariBatch(NamedTuple):
       ``FrameRows`` (int32[B, L, F]) of the same stacks.
     actions: int32[B, L], the action taken at each state.
     returns: float32[B], ``sum_{k<n} gamma^k r_{t+k}`` truncated after the first done.
-    discounts: float32[B], ``gamma^n``, or 0 if a done falls within ``r_t .. r_{t+n-1}``.
+    discounts: float32[B], ``gamma^n``, or 0 if step ``t`` is done (``done_n_rule="first_step"``)
+      or a done falls within ``r_t .. r_{t+n-1}`` (``"any_step"``).
     weights: float32[B], importance weights ``(1 / (p + 1e-5))^beta / max`` over the batch.
     indices: int64[B], absolute step indices of the starts (for :meth:`update_priorities`).
     """
@@ -80,6 +90,8 @@ class AtariReplay:
       stack_fill: ``"repeat"`` (envpool at a game reset, as ``envs/atari.py`` returns it)
         or ``"zero"`` (the authors' rlpyt env and frame buffer).
       reset_stack_on_terminal: also start a new stack at every terminal (life loss).
+      done_n_rule: ``"first_step"`` (rlpyt as the authors ran it) or ``"any_step"`` (the
+        textbook n-step cut); see the module docstring.
       initial_priority: priority of new steps; None = the largest priority seen so far
         (1 before any update), 1.0 = the authors' rlpyt buffer (a fixed default).
       frames_on_device: keep a copy of the frames on every local device
@@ -91,9 +103,13 @@ class AtariReplay:
                  n_step: int = 10, gamma: float = 0.99, priority_exponent: float = 0.5,
                  frame_shape: tuple[int, int] = (84, 84), stack_fill: str = "repeat",
                  reset_stack_on_terminal: bool = False, initial_priority: float | None = None,
-                 frames_on_device: bool = False):
+                 frames_on_device: bool = False, done_n_rule: str = "any_step"):
         if n_step < 1 or seq_len < 1:
             raise ValueError(f"n_step={n_step} and seq_len={seq_len} must be >= 1")
+        if done_n_rule not in DONE_N_RULES:
+            raise ValueError(f"done_n_rule must be one of {DONE_N_RULES}, got {done_n_rule!r}")
+        # the first offset in the window whose done still stops the bootstrap
+        self._bootstrap_cut = 1 if done_n_rule == "first_step" else int(n_step)
         self.seq_len = int(seq_len)
         self.n_step = int(n_step)
         self.window = max(self.seq_len, self.n_step + 1)  # L
@@ -167,7 +183,7 @@ class AtariReplay:
         first_done = np.where(done.any(axis=1), done.argmax(axis=1), L)  # [B]
         alive = np.arange(n) <= first_done[:, None]  # rewards up to and including the done
         returns = (ring.data["reward"][rows[:, :n]] * alive * self.gamma ** np.arange(n)).sum(1)
-        discounts = np.where(first_done < n, 0.0, self.gamma ** n)
+        discounts = np.where(first_done < self._bootstrap_cut, 0.0, self.gamma ** n)
         obs = ring.observations(np.minimum(steps, (start + first_done)[:, None]))
         weights = (1.0 / (p + 1e-5)) ** beta
         return AtariBatch(

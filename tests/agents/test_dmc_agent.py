@@ -15,6 +15,7 @@ from mlr_jax import parallel
 from mlr_jax.agents import dmc
 from mlr_jax.config import make_config
 from mlr_jax.replay.dmc import SACBatch, SeqBatch
+from tolerances import assert_adam_step_close
 
 ACTION_DIM = 2
 SMALL = {"image_size": 30, "crop_size": 24}
@@ -201,15 +202,22 @@ def test_actor_and_soft_updates_only_on_even_updates(trajectory, cfg):
 
 
 def test_two_devices_match_one_device(nets, state, cfg, trajectory):
-    """Same global batch and key: the pmapped update equals the single-device one."""
+    """Same global batch and key: the pmapped update equals the single-device one. Losses and
+    gradient norms agree to float32 rounding; parameters within what Adam (eps 1e-8) makes of
+    rounding-level gradient differences (``tests/tolerances.py``)."""
     assert jax.local_device_count() >= 2, "tests/conftest.py should provide 2 CPU devices"
-    states, _ = trajectory
+    states, single_metrics = trajectory
     step = parallel.data_parallel(functools.partial(dmc.train_step, nets), num_devices=2, donate_state=False)
     replicated = parallel.replicate(state, 2)
+    lr = max(cfg.critic_lr, cfg.actor_lr, cfg.alpha_lr, cfg.aux_lr)
     for i in range(2):  # an update with and one without the actor step
         replicated, metrics = step(replicated, _batch(cfg, i), jax.random.key(100 + i))
+        for name, value in single_metrics[i].items():
+            np.testing.assert_allclose(metrics[name], value, rtol=1e-5, atol=1e-7, err_msg=name)
         single = jax.device_get(parallel.unreplicate(replicated))
-        chex.assert_trees_all_close(single, jax.device_get(states[i + 1]), rtol=2e-4, atol=2e-6)
+        paths = jax.tree_util.tree_flatten_with_path(single)[0]
+        for (path, got), want in zip(paths, jax.tree.leaves(jax.device_get(states[i + 1]))):
+            assert_adam_step_close(got, want, lr, jax.tree_util.keystr(path), steps=i + 1)
     assert np.isnan(metrics["actor_loss"])
 
 
@@ -238,3 +246,16 @@ def test_batch_shape_errors_name_the_field(nets, state, cfg):
                        jax.random.key(0))
     with pytest.raises(ValueError, match="action_dim"):
         dmc.make_agent(cfg, 0)
+
+
+@pytest.mark.parametrize("rule,last", [("exclusive", 0), ("inclusive", 1)])
+def test_sac_crops_draw_the_codes_offsets(rule, last):
+    """The SAC batch's crops: offsets 0..H-size-1 by default (the code's numpy randint)."""
+    cfg = _config(sac_crop_rule=rule)
+    rows, cols = np.meshgrid(np.arange(cfg.image_size), np.arange(cfg.image_size), indexing="ij")
+    obs = np.zeros((400, 3 * cfg.frame_stack, cfg.image_size, cfg.image_size), np.uint8)
+    obs[:, 0], obs[:, 1] = rows, cols  # every pixel names its own position
+    crops = np.asarray(dmc._random_crops(jax.random.key(0), jnp.asarray(obs), cfg, None))
+    chex.assert_shape(crops, (400, obs.shape[1], cfg.crop_size, cfg.crop_size))
+    offsets = set(range(cfg.image_size - cfg.crop_size + last))
+    assert set(crops[:, 0, 0, 0].tolist()) == offsets and set(crops[:, 1, 0, 0].tolist()) == offsets

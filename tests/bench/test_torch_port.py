@@ -25,6 +25,7 @@ torch = pytest.importorskip("torch")
 from mlr_jax.bench import runner, torch_atari, torch_dmc  # noqa: E402  (after importorskip)
 from mlr_jax.config import make_config  # noqa: E402
 from mlr_jax.replay import device_frames  # noqa: E402
+from tolerances import assert_adam_step_close
 
 NO_RANDOMNESS = ["shift_pad=0", "intensity_scale=0", "mlr.mask_ratio=0",
                  "mlr.mask_count_rule=mask_floor"]
@@ -147,16 +148,6 @@ def test_crop_at_is_a_replicate_padded_window():
 # ------------------------------------------------------------------ DMC
 
 
-def _assert_adam_step_close(actual, desired, lr, name):
-    """Parameters after one Adam step (eps 1e-8): the step is about ``lr * sign(grad)``, so a
-    gradient within rounding of zero may flip sign between frameworks; allow 1 in 10^4 such
-    elements (bounded by the step size), all others within 1e-5."""
-    diff = np.abs(actual - desired)
-    far = diff > 1e-5 + 1e-4 * np.abs(desired)
-    assert far.mean() <= 1e-4, f"{name}: {far.sum()} of {far.size} differ, max {diff.max()}"
-    assert diff.max() <= 2.5 * lr, f"{name}: max difference {diff.max()} exceeds one step"
-
-
 def test_dmc_update_matches_jax_agent_functions():
     """Critic, MLR, actor/alpha steps and the EMAs on the same randomly cropped, masked and
     intensity-scaled inputs and the same policy noise."""
@@ -195,7 +186,7 @@ def test_dmc_update_matches_jax_agent_functions():
     for module in ("actor", "critic", "critic_target", "mlr"):
         want = getattr(expected, module).state_dict()
         for k, v in getattr(update, module).state_dict().items():
-            _assert_adam_step_close(v.numpy(), want[k].numpy(), max(cfg.critic_lr, cfg.actor_lr),
+            assert_adam_step_close(v.numpy(), want[k].numpy(), max(cfg.critic_lr, cfg.actor_lr),
                                     f"{module}.{k}")
     np.testing.assert_allclose(update.log_alpha.item(), expected.log_alpha.item(), atol=1e-7)
 

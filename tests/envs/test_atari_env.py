@@ -13,9 +13,9 @@ from mlr_jax.envs import atari_task_id, make_env
 # The spec's Atari-100k settings, written out independently of the wrapper: the reference
 # pool plays the same full games, so the wrapper's signals can be derived from its output.
 RAW_SETTINGS = dict(episodic_life=False, reward_clip=False, repeat_action_probability=0.0,
-                    use_fire_reset=False, noop_max=30, frame_skip=4, stack_num=4,
+                    use_fire_reset=False, noop_max=30, frame_skip=4, stack_num=1,
                     img_height=84, img_width=84, max_episode_steps=27_000,
-                    full_action_space=False)
+                    full_action_space=False, use_inter_area_resize=False)
 BREAKOUT_LIVES = 5
 
 
@@ -35,8 +35,10 @@ def test_pong_starts_and_steps():
     assert step.obs.dtype == np.uint8 and step.reward.dtype == np.float32
     assert step.terminal.dtype == bool and step.episode_end.dtype == bool
     assert np.isnan(step.score).all()  # no game ended
-    # The stack is oldest -> newest: the previous newest frame moved one slot back.
+    # The stack is oldest -> newest: the previous newest frame moved one slot back; a game
+    # starts with zeros in the older slots (the authors' env)
     np.testing.assert_array_equal(step.obs[:, :3], obs[:, 1:])
+    assert not obs[:, :3].any() and obs[:, 3].any()
     env.close()
 
 
@@ -49,9 +51,10 @@ def test_envpool_runs_the_spec_settings():
     env.close()
     # The settings come from the config, not constants.
     changed = dataclasses.replace(AtariConfig(game="pong"), repeat_action_probability=0.25,
-                                  fire_reset=True, noop_max=5, max_episode_steps=100)
+                                  fire_reset=True, noop_max=5, max_episode_steps=100, resize="area")
     config = make_env(changed, num_envs=1, seed=3).envpool_config
     assert config["repeat_action_probability"] == pytest.approx(0.25)
+    assert config["use_inter_area_resize"]
     assert config["use_fire_reset"] and config["noop_max"] == 5
     assert config["max_episode_steps"] == 100 and config["seed"] == 3
 
@@ -65,7 +68,7 @@ def test_signals_match_the_raw_game_without_reset_steps():
     raw = envpool.make_gymnasium("Breakout-v5", num_envs=1, seed=7, **RAW_SETTINGS)
     obs = env.reset()
     raw_obs, info = raw.reset()
-    np.testing.assert_array_equal(obs, raw_obs)
+    np.testing.assert_array_equal(obs[:, -1], raw_obs[:, 0])
     lives, total, games, terminals = info["lives"][0], 0.0, 0, 0
     for action in _random_actions(0, env.num_actions, 1, 3000):
         step = env.step(action)
@@ -83,11 +86,9 @@ def test_signals_match_the_raw_game_without_reset_steps():
             raw_obs, r, terminated, truncated, info = raw.step(np.zeros(1, np.int32))
             assert info["elapsed_step"][0] == 0 and r[0] == 0  # the raw pool's reset step
             lives, total, terminals, games = info["lives"][0], 0.0, 0, games + 1
-            # envpool fills a fresh stack with copies of the first frame
-            assert all(np.array_equal(step.obs[0, k], step.obs[0, 3]) for k in range(3))
         else:
             assert np.isnan(step.score[0])
-        np.testing.assert_array_equal(step.obs, raw_obs)
+        np.testing.assert_array_equal(step.obs[:, -1], raw_obs[:, 0])
         if games == 2:
             break
     assert games == 2
@@ -95,14 +96,19 @@ def test_signals_match_the_raw_game_without_reset_steps():
 
 def test_evaluation_has_no_life_loss_terminals():
     """Same seed and actions in training and evaluation mode: identical games, but in
-    evaluation a terminal only comes with the game over."""
+    evaluation a terminal only comes with the game over, and a life loss does not restart
+    the frame stack (the authors' env zeroes it only with episodic lives)."""
     cfg = AtariConfig(game="breakout")
     train, evaluation = make_env(cfg, 2, seed=1), make_env(cfg, 2, seed=1, evaluation=True)
-    np.testing.assert_array_equal(train.reset(), evaluation.reset())
+    np.testing.assert_array_equal(train.reset(), previous := evaluation.reset())
     train_terminals, eval_terminals, games = np.zeros(2, int), np.zeros(2, int), np.zeros(2, int)
     for actions in _random_actions(1, train.num_actions, 2, 3000):
         a, b = train.step(actions), evaluation.step(actions)
-        np.testing.assert_array_equal(a.obs, b.obs)
+        np.testing.assert_array_equal(a.obs[:, -1], b.obs[:, -1])
+        life_lost = a.terminal & ~a.episode_end
+        assert not a.obs[life_lost, :3].any()  # training: a new stack after a life loss
+        np.testing.assert_array_equal(b.obs[life_lost, :3], previous[life_lost, 1:])
+        previous = b.obs
         np.testing.assert_array_equal(a.reward, b.reward)
         np.testing.assert_array_equal(a.episode_end, b.episode_end)
         np.testing.assert_array_equal(b.terminal, b.episode_end)  # no time limit reached
@@ -118,6 +124,63 @@ def test_evaluation_has_no_life_loss_terminals():
     assert np.all(train_terminals >= BREAKOUT_LIVES * games)
 
 
+def bilinear_resize(frame, size):
+    """Float reference of ``cv2.resize(frame, (size, size))`` with its default INTER_LINEAR:
+    pixel centres aligned (``x = (i + 0.5) * scale - 0.5``), edges clamped."""
+
+    def weights(out, inp):
+        x = np.clip((np.arange(out) + 0.5) * inp / out - 0.5, 0, inp - 1)
+        lo = np.floor(x).astype(int)
+        return lo, np.minimum(lo + 1, inp - 1), x - lo
+
+    (r0, r1, fr), (c0, c1, fc) = weights(size, frame.shape[0]), weights(size, frame.shape[1])
+    f = frame.astype(np.float64)
+    rows = f[r0] * (1 - fr)[:, None] + f[r1] * fr[:, None]
+    return rows[:, c0] * (1 - fc) + rows[:, c1] * fc
+
+
+@pytest.mark.parametrize("resize", ["bilinear", "area"])
+def test_frames_are_resized_as_configured(resize):
+    """Against envpool's unresized 210x160 max-pooled screens of the same game: bilinear
+    (the default, the authors' cv2.resize) matches the float reference to cv2's fixed-point
+    rounding (1 gray level); INTER_AREA ("area", envpool's default) does not."""
+    cfg = dataclasses.replace(AtariConfig(game="breakout"), resize=resize)
+    env = make_env(cfg, 1, seed=4)
+    raw = envpool.make_gymnasium("Breakout-v5", num_envs=1, seed=4,
+                                 **{**RAW_SETTINGS, "img_height": 210, "img_width": 160})
+    obs, (screen, _) = env.reset(), raw.reset()
+    diffs = []
+    for action in _random_actions(3, env.num_actions, 1, 40):
+        obs, screen = env.step(action).obs, raw.step(action.astype(np.int32))[0]
+        diffs.append(np.abs(obs[0, -1] - bilinear_resize(screen[0, 0], 84)))
+    diffs = np.stack(diffs)
+    if resize == "bilinear":
+        assert diffs.max() <= 1.0
+    else:
+        assert diffs.max() > 20 and (diffs > 1).mean() > 0.01
+
+
+@pytest.mark.parametrize("stack_reset", ["zero", "repeat"])
+def test_replay_rebuilds_the_stacks_the_agent_acted_on(stack_reset):
+    """Breakout with life losses and a game over: every stack the replay built by the loop's
+    config rebuilds is exactly the observation the agent acted on, in both stack modes."""
+    from mlr_jax.domains import make_replay
+
+    cfg = dataclasses.replace(AtariConfig(game="breakout", replay_capacity=3000),
+                              stack_reset=stack_reset)
+    env, replay = make_env(cfg, 1, seed=2), make_replay(cfg)
+    obs, seen, ends, life_losses = env.reset(), [], 0, 0
+    for action in _random_actions(4, env.num_actions, 1, 2500):
+        step = env.step(action)
+        replay.add(obs[0, -1], int(action[0]), step.reward[0], step.terminal[0], step.episode_end[0])
+        seen.append(obs[0])
+        obs, ends = step.obs, ends + int(step.episode_end[0])
+        life_losses += int(step.terminal[0] and not step.episode_end[0])
+    assert ends >= 1 and life_losses >= 4
+    rebuilt = replay._ring.stacks(np.arange(len(seen)))
+    np.testing.assert_array_equal(rebuilt, np.stack(seen))
+
+
 def test_time_limit_counts_agent_steps_and_is_not_terminal():
     cfg = dataclasses.replace(AtariConfig(game="pong"), max_episode_steps=50)
     env = make_env(cfg, 2, seed=0)
@@ -127,7 +190,7 @@ def test_time_limit_counts_agent_steps_and_is_not_terminal():
         step = env.step(action)
         assert step.episode_end.all() == (t == 49) and not step.terminal.any()
     assert np.all(np.isfinite(step.score)) and np.all(step.score <= 0)  # Pong: -21..21
-    assert all(np.array_equal(step.obs[i, k], step.obs[i, 3]) for i in range(2) for k in range(3))
+    assert not step.obs[:, :3].any() and step.obs[:, 3].any()  # a new game's stack
 
 
 @pytest.mark.parametrize("name, task_id", [

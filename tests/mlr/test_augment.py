@@ -44,10 +44,13 @@ def test_random_shift_zero_pad_is_identity_and_dtype_kept():
     chex.assert_type(random_shift(jax.random.key(1), u8, 1), jnp.uint8)
 
 
-def test_random_crop_inside_image_and_covers_offsets():
+@pytest.mark.parametrize("inclusive", [True, False])
+def test_random_crop_inside_image_and_covers_offsets(inclusive):
+    """Every offset in [0, H - size] (kornia's crop, the MLR branch), or in [0, H - size)
+    (``inclusive=False``: the DMC code's ``np.random.randint(0, H - size)``, the SAC batch)."""
     x = _images(n=64, h=12, w=11)
     size = 8
-    out = np.asarray(random_crop(jax.random.key(2), jnp.asarray(x), size))
+    out = np.asarray(random_crop(jax.random.key(2), jnp.asarray(x), size, inclusive))
     chex.assert_shape(out, (64, 2, size, size))
     tops, lefts = set(), set()
     for i in range(len(x)):
@@ -55,7 +58,8 @@ def test_random_crop_inside_image_and_covers_offsets():
         assert len(offsets) == 1  # random float pixels: the window is unique
         tops.add(offsets[0][0])
         lefts.add(offsets[0][1])
-    assert tops == set(range(12 - size + 1)) and lefts == set(range(11 - size + 1))
+    last = 1 if inclusive else 0
+    assert tops == set(range(12 - size + last)) and lefts == set(range(11 - size + last))
 
 
 def test_different_keys_give_different_crops():

@@ -72,15 +72,16 @@ class Stream:
                 valid.append(s)
         return set(valid)
 
-    def window(self, s, fill, reset_on_terminal):
+    def window(self, s, fill, reset_on_terminal, done_n_rule="any_step"):
         """Reference obs[L], actions[L], n-step return and discount of start s."""
         ret, discount, first_done = 0.0, GAMMA ** N, None
+        cut = 1 if done_n_rule == "first_step" else N  # dones at offsets < cut stop the bootstrap
         for k in range(L):
             if first_done is None and k < N:
                 ret += GAMMA ** k * self.reward[s + k]
             if first_done is None and (self.terminal[s + k] or self.episode_end[s + k]):
                 first_done = k
-                if k < N:
+                if k < cut:
                     discount = 0.0
         obs = [self.stack(s + (k if first_done is None else min(k, first_done)), fill,
                           reset_on_terminal) for k in range(L)]
@@ -107,12 +108,13 @@ def test_batch_shapes_and_dtypes():
     assert len(replay) == 40
 
 
-@pytest.mark.parametrize("fill,reset_on_terminal", [("zero", False), ("repeat", False),
-                                                    ("zero", True)])
-def test_samples_match_slow_reference_while_wrapping(fill, reset_on_terminal):
+@pytest.mark.parametrize("fill,reset_on_terminal,rule", [
+    ("zero", False, "any_step"), ("repeat", False, "any_step"), ("zero", True, "first_step")])
+def test_samples_match_slow_reference_while_wrapping(fill, reset_on_terminal, rule):
     capacity, n = 60, 250
     stream = Stream(n, seed=1)
-    replay = make_replay(capacity, stack_fill=fill, reset_stack_on_terminal=reset_on_terminal)
+    replay = make_replay(capacity, stack_fill=fill, reset_stack_on_terminal=reset_on_terminal,
+                         done_n_rule=rule)
     rng = np.random.default_rng(0)
     count = 0
     for stop in (20, 59, 60, 61, 97, 143, 200, 250):
@@ -123,7 +125,8 @@ def test_samples_match_slow_reference_while_wrapping(fill, reset_on_terminal):
         # every valid start is drawn and nothing else: nothing crosses the write head
         assert set(batch.indices.tolist()) == valid
         for i in range(0, 1500, 25):
-            obs, actions, ret, discount = stream.window(batch.indices[i], fill, reset_on_terminal)
+            obs, actions, ret, discount = stream.window(batch.indices[i], fill, reset_on_terminal,
+                                                        rule)
             np.testing.assert_array_equal(batch.obs[i], obs)
             np.testing.assert_array_equal(batch.actions[i], actions)
             np.testing.assert_allclose(batch.returns[i], ret, rtol=1e-6, atol=1e-6)
@@ -155,6 +158,48 @@ def test_no_stacked_observation_mixes_games(fill):
     else:
         assert np.all(real)
         np.testing.assert_array_equal(step, np.maximum(wanted, game_start[:, None]))
+
+
+def rlpyt_discount_return_n_step(reward, done, n_step, discount, return_dest, done_n_dest):
+    """``rlpyt/algos/utils.py:discount_return_n_step`` at the commit the authors' code pins,
+    as rlpyt's n-step buffer calls it on its numpy storage: ``done_n`` is rebound in the loop,
+    so the destination keeps ``done[t]`` alone while the returns are cut at the first done."""
+    rlen = reward.shape[0] - (n_step - 1)
+    return_, done_n = return_dest, done_n_dest
+    return_[:] = reward[:rlen]
+    done_n[:] = done[:rlen]
+    for n in range(1, n_step):
+        return_ += (discount ** n) * reward[n:n + rlen] * (1 - done_n)
+        done_n = np.maximum(done_n, done[n:n + rlen])
+    return return_, done_n
+
+
+def test_first_step_rule_reproduces_rlpyts_stored_done_n():
+    """The authors' targets: return and bootstrap discount ``gamma^n (1 - done_n[t])`` as
+    rlpyt's buffer stored them, for every start, including the ones 1..n-1 steps before a
+    done, which still bootstrap."""
+    n = 400
+    stream = Stream(n, seed=5)
+    replay = make_replay(n, done_n_rule="first_step")
+    stream.add_to(replay, 0, n)
+    done = stream.terminal | stream.episode_end
+    returns = np.zeros(n - N + 1, np.float32)
+    done_n = np.zeros(n - N + 1, bool)
+    rlpyt_discount_return_n_step(stream.reward, done, N, GAMMA, returns, done_n)
+    np.testing.assert_array_equal(done_n, done[:n - N + 1])  # what the buffer kept
+    batch = replay.sample(4000, beta=0.4, rng=np.random.default_rng(3))
+    s = batch.indices
+    np.testing.assert_allclose(batch.returns, returns[s], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(batch.discounts, GAMMA ** N * (1 - done_n[s]), rtol=1e-6)
+    later_done = np.array([done[i + 1:i + N].any() and not done[i] for i in s])
+    assert later_done.sum() > 100 and np.all(batch.discounts[later_done] > 0)
+    # the textbook cut gives those starts no bootstrap
+    textbook = make_replay(n, done_n_rule="any_step")
+    stream.add_to(textbook, 0, n)
+    cut = textbook.sample(4000, beta=0.4, rng=np.random.default_rng(3))
+    np.testing.assert_array_equal(cut.indices, s)
+    np.testing.assert_array_equal(cut.discounts[later_done], 0.0)
+    np.testing.assert_array_equal(cut.returns, batch.returns)
 
 
 def test_sanitize_repeats_the_terminal_step_observation():

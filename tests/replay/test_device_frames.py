@@ -130,5 +130,5 @@ def test_replay_frames_setting():
     assert parallel.replay_frames("device") == "device"
     cfg = make_config("atari", "pong", "smoke", ["run.replay_frames=device"])
     assert cfg.run.replay_frames == "device"
-    with pytest.raises(ConfigError, match="run.replay_frames must be auto, host or device, got 'gpu'"):
+    with pytest.raises(ConfigError, match="run.replay_frames must be one of auto, host, device; got 'gpu'"):
         make_config("atari", "pong", "smoke", ["run.replay_frames=gpu"])

@@ -1,0 +1,77 @@
+"""The Atari schedules of the loop against transcriptions of rlpyt (the commit the authors'
+code pins), which drove their runs: epsilon per agent step, the first update, and the
+importance-sampling exponent of every update."""
+import dataclasses
+
+import numpy as np
+import pytest
+
+from mlr_jax import domains, envs
+from mlr_jax.config import AtariConfig, make_config
+
+
+class RlpytEpsilon:
+    """``EpsilonGreedyAgentMixin.sample_mode``: the epsilon is only recomputed while
+    ``itr <= itr_max`` and otherwise keeps its last value."""
+
+    def __init__(self, itr_min, itr_max, eps_init, eps_final):
+        self.itr_min, self.itr_max = itr_min, itr_max
+        self.eps_init, self.eps_final = eps_init, eps_final
+        self.eps = eps_init
+
+    def sample_mode(self, itr):
+        if itr <= self.itr_max:
+            prog = min(1, max(0, itr - self.itr_min) / (self.itr_max - self.itr_min))
+            self.eps = prog * self.eps_final + (1 - prog) * self.eps_init
+        return self.eps
+
+
+def rlpyt_run(n_itr, min_itr_learn, beta_itr, beta_init, beta_final):
+    """rlpyt's runner with the DQN algo: ``{itr: beta used by that itr's updates}`` for the
+    itrs that update (``optimize_agent`` returns early below ``min_itr_learn``, and
+    ``update_itr_hyperparams`` runs after the updates)."""
+    beta, used = beta_init, {}
+    for itr in range(n_itr):
+        if itr < min_itr_learn:
+            continue
+        used[itr] = beta
+        if itr <= beta_itr:
+            prog = min(1, max(0, itr - min_itr_learn) / (beta_itr - min_itr_learn))
+            beta = prog * beta_final + (1 - prog) * beta_init
+    return used
+
+
+def test_epsilon_is_one_for_2001_steps_then_zero():
+    cfg = AtariConfig()
+    eps = [domains.epsilon(cfg, step) for step in range(3000)]
+    np.testing.assert_array_equal(eps[:2001], 1.0)  # step indices 0..2000: uniform random
+    np.testing.assert_array_equal(eps[2001:], 0.0)  # then the noisy nets explore
+
+
+@pytest.mark.parametrize("ramp_start,eps_steps,eps_end", [(2000, 2001, 0.0), (100, 400, 0.1),
+                                                          (0, 250, 0.01)])
+def test_epsilon_matches_rlpyt(ramp_start, eps_steps, eps_end):
+    cfg = dataclasses.replace(AtariConfig(), eps_ramp_start=ramp_start, eps_steps=eps_steps,
+                              eps_end=eps_end)
+    reference = RlpytEpsilon(ramp_start, eps_steps, 1.0, eps_end)
+    for itr in range(eps_steps + 300):
+        assert domains.epsilon(cfg, itr) == pytest.approx(reference.sample_mode(itr), abs=1e-12)
+
+
+def test_first_update_and_importance_beta_match_rlpyt():
+    """The paper's schedule scaled down (the same formulas at any length): the loop updates
+    once ``step`` transitions are stored, i.e. at step index ``itr = step - 1``."""
+    cfg = make_config("atari", "toy_catch", "toy", ["steps=5000", "learning_starts=500"])
+    used = rlpyt_run(cfg.steps, cfg.learning_starts, cfg.steps, cfg.beta_start, cfg.beta_end)
+    domain = domains.make_domain(cfg, envs.make_env(cfg, 1, seed=0))
+    first_itr = min(used)
+    assert first_itr + 1 == domain.learning_starts  # the first updates once 501 steps are stored
+    for itr, beta in used.items():
+        assert domains.importance_beta(cfg, itr + 1) == pytest.approx(beta, abs=1e-12), itr
+    assert used[first_itr] == used[first_itr + 1] == 0.4 and 0.99 < used[cfg.steps - 1] < 1.0
+
+
+def test_paper_config_starts_learning_at_step_index_2000():
+    cfg = make_config("atari", "pong")
+    assert (cfg.learning_starts, cfg.eps_ramp_start, cfg.eps_steps) == (2000, 2000, 2001)
+    assert domains.importance_beta(cfg, 2001) == 0.4
