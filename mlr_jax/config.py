@@ -245,14 +245,14 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "run.eval_episodes": 2, "run.eval_every": 300, "run.log_every": 100,
             "run.checkpoint_every": 300,
         },
-        # toy_catch (mlr_jax.envs.toy) learns in about a minute on 2 CPU cores
+        # toy_catch (mlr_jax.envs.toy): learns in about a minute on 2 CPU cores
         "toy": {
-            "steps": 3_000, "learning_starts": 500, "eps_ramp_start": 500, "eps_steps": 501,
-            "lr": 1e-3, "updates_per_step": 1, "image_size": 24, "channels": "16,16", "kernels": "4,3", "strides": "2,2",
-            "hidden_size": 64, "shift_pad": 2, "replay_capacity": 5_000,
-            "mlr.seq_len": 4, "mlr.block_size": 2, "mlr.patch_size": 6, "mlr.num_layers": 1,
-            "run.eval_episodes": 50, "run.eval_every": 1_000, "run.log_every": 250,
-            "run.checkpoint_every": 0,
+            "steps": 2_000, "learning_starts": 300, "eps_ramp_start": 300, "eps_steps": 301,
+            "lr": 1e-3, "updates_per_step": 1, "image_size": 20, "channels": "16,16",
+            "kernels": "4,3", "strides": "2,2", "hidden_size": 64, "shift_pad": 2,
+            "replay_capacity": 5_000, "mlr.seq_len": 4, "mlr.block_size": 2,
+            "mlr.patch_size": 5, "mlr.num_layers": 1, "run.eval_episodes": 200,
+            "run.eval_every": 500, "run.log_every": 250, "run.checkpoint_every": 0,
         },
     },
     "dmc": {
@@ -267,12 +267,12 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         },
         # toy_reach (mlr_jax.envs.toy) learns in a few minutes on 2 CPU cores
         "toy": {
-            "env_steps": 2_000, "action_repeat": 1, "seed_steps": 500, "image_size": 32,
+            "env_steps": 1_500, "action_repeat": 1, "seed_steps": 300, "image_size": 32,
             "crop_size": 28, "num_filters": 16, "num_conv_layers": 2, "hidden_dim": 128,
             "batch_size": 64, "aux_batch_size": 16, "replay_capacity": 10_000,
             "mlr.seq_len": 4, "mlr.block_size": 2, "mlr.patch_size": 8, "mlr.num_layers": 1,
             "aux_warmup_steps": 500,
-            "run.eval_episodes": 10, "run.eval_every": 1_000, "run.log_every": 500,
+            "run.eval_episodes": 10, "run.eval_every": 500, "run.log_every": 250,
             "run.checkpoint_every": 0,
         },
     },

@@ -18,15 +18,15 @@ pytestmark = pytest.mark.learning
 
 # (domain, task, aux, the final evaluation's mean must reach, random play's mean)
 CASES = [
-    ("atari", "toy_catch", "none", 0.3, -0.7),
-    ("atari", "toy_catch", "mlr", 0.3, -0.7),
+    ("atari", "toy_catch", "none", 0.3, -0.6),
+    ("atari", "toy_catch", "mlr", 0.3, -0.6),
     ("dmc", "toy_reach", "none", -15.0, -38.0),
     ("dmc", "toy_reach", "mlr", -15.0, -38.0),
 ]
 
 
-def random_score(cfg, episodes=200):
-    """The random policy's mean score on the evaluation environments."""
+def random_score(cfg, episodes):
+    """The random policy's mean score over ``episodes`` of the evaluation environments."""
     env = envs.make_env(cfg, 8, seed=123, evaluation=True)
     rng, scores = np.random.default_rng(0), []
     env.reset()
@@ -45,9 +45,10 @@ def random_score(cfg, episodes=200):
 def test_agent_learns_far_above_random(domain, task, aux, threshold, random_mean, tmp_path):
     cfg = make_config(domain, task, "toy", [f"aux={aux}", f"run.outdir={tmp_path}",
                                             "run.progress=false"])
-    random_mean_now = random_score(cfg)
+    random_mean_now = random_score(cfg, 1000 if domain == "atari" else 200)
     assert random_mean_now == pytest.approx(random_mean, abs=0.15 * abs(random_mean))
     result = loop.train(cfg, log=lambda *_: None)
     final = result.final_eval["mean"]
+    print(f"{task} {aux}: final evaluation {final:.2f} (random {random_mean_now:.2f})")
     assert final >= threshold, (f"{task} {aux}: final evaluation {final:.2f} < {threshold} "
                                 f"(random {random_mean_now:.2f})")

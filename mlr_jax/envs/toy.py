@@ -8,7 +8,7 @@ real games use (``mlr-jax train atari --game toy_catch --preset toy``).
   ``GRID x GRID`` board from a random column of the top row; a paddle on the bottom row moves
   left, stays or moves right. When the ball reaches the bottom row the episode ends with
   reward +1 if the paddle is under it, else -1. Grayscale frames, stacked like Atari's
-  (``cfg.stack_reset``). Random play scores about -0.7; the best policy scores +1.
+  (``cfg.stack_reset``). Random play scores about -0.6; the best policy scores +1.
 * ``toy_reach`` (DMC agent, 2-D actions in [-1, 1]): a dot starts at a random point of the
   square ``[-1, 1]^2`` and moves by ``STEP * action`` per control step (clipped to the
   square); the reward of a control step is ``-|position|`` (the target is the centre, drawn
@@ -29,7 +29,7 @@ import numpy as np
 from mlr_jax.config import AtariConfig, DMCConfig
 from mlr_jax.envs.base import FrameStack, ScoreTracker, Step, VecEnv, check_num_envs
 
-GRID = 6  # toy_catch board side, in cells
+GRID = 5  # toy_catch board side, in cells
 STEP = 0.15  # toy_reach: distance moved per control step at |action| = 1
 REACH_STEPS = 50  # toy_reach: control steps per episode
 DOT = 0.06  # toy_reach: half side of the drawn dot, as a fraction of the image
@@ -43,40 +43,68 @@ def _check_side(image_size: int, cells: int, name: str) -> int:
     return image_size // cells
 
 
-class CatchVecEnv(VecEnv):
+class _ToyVecEnv(VecEnv):
+    """What both toy tasks share: a generator per environment, frame stacks, scores, resets.
+
+    Subclasses set their state in ``__init__`` and define ``_start(ids)`` (new episodes) and
+    ``_render(ids) -> uint8[len(ids), C, H, W]``; their ``step`` ends with :meth:`_finish`.
+    """
+
+    def __init__(self, num_envs: int, seed: int, frame_stack: int,
+                 frame_shape: tuple[int, int, int], fill: str):
+        self._num_envs = check_num_envs(num_envs)
+        self._obs_shape = (frame_stack * frame_shape[0], *frame_shape[1:])
+        self._stack = FrameStack(self._num_envs, frame_stack, frame_shape, fill)
+        self._rngs = [np.random.default_rng(seed + i) for i in range(self._num_envs)]
+        self._scores = ScoreTracker(self._num_envs)
+        self._started = False
+
+    def reset(self) -> np.ndarray:
+        everyone = np.arange(self._num_envs)
+        self._start(everyone)
+        self._stack.push(everyone, self._render(everyone), np.ones(self._num_envs, bool))
+        self._scores.reset()
+        self._started = True
+        return self._stack.stacks
+
+    def close(self) -> None:
+        pass
+
+    def _check_started(self) -> None:
+        if not self._started:
+            raise RuntimeError("call reset() before step()")
+
+    def _finish(self, reward: np.ndarray, terminal: np.ndarray, episode_end: np.ndarray) -> Step:
+        """Score the step, start new episodes where ``episode_end``, and return the frames
+        (a new episode's first stack where one started)."""
+        score = self._scores.update(reward, episode_end)
+        self._start(np.flatnonzero(episode_end))
+        everyone = np.arange(self._num_envs)
+        self._stack.push(everyone, self._render(everyone), episode_end)
+        return Step(obs=self._stack.stacks, reward=reward.astype(np.float32), terminal=terminal,
+                    episode_end=episode_end, score=score)
+
+
+class CatchVecEnv(_ToyVecEnv):
     """``num_envs`` games of ``toy_catch`` in lock-step (see the module docstring)."""
 
     def __init__(self, cfg: AtariConfig, num_envs: int, seed: int, evaluation: bool = False):
         del evaluation  # no lives: training and evaluation episodes are the same
-        self._num_envs = check_num_envs(num_envs)
         self._cell = _check_side(int(cfg.image_size), GRID, "toy_catch")
-        self._obs_shape = (int(cfg.frame_stack), int(cfg.image_size), int(cfg.image_size))
-        self._stack = FrameStack(self._num_envs, int(cfg.frame_stack),
-                                 (1, int(cfg.image_size), int(cfg.image_size)),
-                                 "zero" if cfg.stack_reset == "zero" else "repeat")
-        self._rngs = [np.random.default_rng(seed + i) for i in range(self._num_envs)]
+        super().__init__(num_envs, seed, int(cfg.frame_stack),
+                         (1, int(cfg.image_size), int(cfg.image_size)),
+                         "zero" if cfg.stack_reset == "zero" else "repeat")
         self._ball = np.zeros((self._num_envs, 2), np.int64)  # (row, column)
         self._paddle = np.zeros(self._num_envs, np.int64)
-        self._scores = ScoreTracker(self._num_envs)
-        self._started = False
 
     @property
     def num_actions(self) -> int:
         """Left, stay, right."""
         return 3
 
-    def reset(self) -> np.ndarray:
-        everyone = np.arange(self._num_envs)
-        self._new_games(everyone)
-        self._stack.push(everyone, self._render(everyone), np.ones(self._num_envs, bool))
-        self._scores.reset()
-        self._started = True
-        return self._stack.stacks
-
     def step(self, actions: np.ndarray) -> Step:
+        self._check_started()
         actions = np.asarray(actions)
-        if not self._started:
-            raise RuntimeError("call reset() before step()")
         if actions.shape != (self._num_envs,) or actions.min() < 0 or actions.max() > 2:
             raise ValueError(f"actions must be ints in [0, 3) of shape ({self._num_envs},), "
                              f"got {actions.tolist()}")
@@ -84,20 +112,9 @@ class CatchVecEnv(VecEnv):
         self._ball[:, 0] += 1
         done = self._ball[:, 0] == GRID - 1
         reward = np.where(done, np.where(self._paddle == self._ball[:, 1], 1.0, -1.0), 0.0)
-        score = self._scores.update(reward, done)
-        everyone = np.arange(self._num_envs)
-        self._stack.push(everyone, self._render(everyone), np.zeros(self._num_envs, bool))
-        if done.any():
-            ended = np.flatnonzero(done)
-            self._new_games(ended)
-            self._stack.push(ended, self._render(ended), np.ones(ended.size, bool))
-        return Step(obs=self._stack.stacks, reward=reward.astype(np.float32), terminal=done,
-                    episode_end=done.copy(), score=score)
+        return self._finish(reward, done, done.copy())
 
-    def close(self) -> None:
-        pass
-
-    def _new_games(self, ids: np.ndarray) -> None:
+    def _start(self, ids: np.ndarray) -> None:
         for i in ids:
             self._ball[i] = (0, self._rngs[i].integers(GRID))
             self._paddle[i] = self._rngs[i].integers(GRID)
@@ -111,22 +128,17 @@ class CatchVecEnv(VecEnv):
         return np.kron(board, np.ones((self._cell, self._cell), np.uint8))[:, None]
 
 
-class ReachVecEnv(VecEnv):
+class ReachVecEnv(_ToyVecEnv):
     """``num_envs`` episodes of ``toy_reach`` in lock-step (see the module docstring)."""
 
     def __init__(self, cfg: DMCConfig, num_envs: int, seed: int, evaluation: bool = False):
         del evaluation
-        self._num_envs = check_num_envs(num_envs)
         self._size = int(cfg.image_size)
         self._repeat = int(cfg.action_repeat)
-        self._obs_shape = (3 * int(cfg.frame_stack), self._size, self._size)
-        self._stack = FrameStack(self._num_envs, int(cfg.frame_stack), (3, self._size, self._size),
-                                 "repeat")
-        self._rngs = [np.random.default_rng(seed + i) for i in range(self._num_envs)]
+        super().__init__(num_envs, seed, int(cfg.frame_stack), (3, self._size, self._size),
+                         "repeat")
         self._position = np.zeros((self._num_envs, 2))
         self._elapsed = np.zeros(self._num_envs, np.int64)
-        self._scores = ScoreTracker(self._num_envs)
-        self._started = False
 
     @property
     def action_dim(self) -> int:
@@ -137,18 +149,9 @@ class ReachVecEnv(VecEnv):
         """Agent steps per episode."""
         return math.ceil(REACH_STEPS / self._repeat)
 
-    def reset(self) -> np.ndarray:
-        everyone = np.arange(self._num_envs)
-        self._new_episodes(everyone)
-        self._stack.push(everyone, self._render(everyone), np.ones(self._num_envs, bool))
-        self._scores.reset()
-        self._started = True
-        return self._stack.stacks
-
     def step(self, actions: np.ndarray) -> Step:
+        self._check_started()
         actions = np.asarray(actions, np.float64)
-        if not self._started:
-            raise RuntimeError("call reset() before step()")
         if actions.shape != (self._num_envs, 2) or not np.all(np.abs(actions) <= 1 + 1e-6):
             raise ValueError(f"actions must lie in [-1, 1] with shape ({self._num_envs}, 2), "
                              f"got {actions.tolist()}")
@@ -160,18 +163,9 @@ class ReachVecEnv(VecEnv):
             reward += np.where(active, -np.linalg.norm(self._position, axis=1), 0.0)
             self._elapsed += active
         episode_end = self._elapsed >= REACH_STEPS
-        score = self._scores.update(reward, episode_end)
-        if episode_end.any():
-            self._new_episodes(np.flatnonzero(episode_end))
-        everyone = np.arange(self._num_envs)
-        self._stack.push(everyone, self._render(everyone), episode_end)
-        return Step(obs=self._stack.stacks, reward=reward.astype(np.float32),
-                    terminal=np.zeros(self._num_envs, bool), episode_end=episode_end, score=score)
+        return self._finish(reward, np.zeros(self._num_envs, bool), episode_end)
 
-    def close(self) -> None:
-        pass
-
-    def _new_episodes(self, ids: np.ndarray) -> None:
+    def _start(self, ids: np.ndarray) -> None:
         for i in ids:
             self._position[i] = self._rngs[i].uniform(-1.0, 1.0, 2)
             self._elapsed[i] = 0

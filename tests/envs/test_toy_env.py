@@ -50,7 +50,7 @@ def test_random_play_and_seeds():
     cfg = make_config("atari", "toy_catch", "toy")
     rng = np.random.default_rng(0)
     scores, _ = _play(make_env(cfg, 8, seed=1), rng.integers(0, 3, (3000, 8)))
-    assert len(scores) > 3000 and -0.85 < scores.mean() < -0.55  # a catch about 1 in 6
+    assert len(scores) > 3000 and -0.7 < scores.mean() < -0.48  # a catch about 1 in 5
     a, b = make_env(cfg, 2, seed=5).reset(), make_env(cfg, 2, seed=5).reset()
     np.testing.assert_array_equal(a, b)
 
@@ -94,6 +94,6 @@ def test_reach_random_and_steering_scores():
 def test_toy_names_are_known_and_image_sizes_checked():
     with pytest.raises(ConfigError, match="toy_catch"):
         make_config("atari", "toy_cach", "toy")
-    with pytest.raises(ValueError, match="multiple of 6"):
-        make_env(make_config("atari", "toy_catch", "toy", ["image_size=25", "mlr.patch_size=5"]),
+    with pytest.raises(ValueError, match="multiple of 5"):
+        make_env(make_config("atari", "toy_catch", "toy", ["image_size=24", "mlr.patch_size=6"]),
                  1, seed=0)
