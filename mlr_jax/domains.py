@@ -95,12 +95,17 @@ def make_replay(cfg: AtariConfig | DMCConfig, action_dim: int = 1) -> AtariRepla
                      frame_shape=frame_shape(cfg), frames_on_device=on_device)
 
 
+def _linear(x: int, x0: int, x1: int, y0: float, y1: float) -> float:
+    """``y0`` up to ``x0``, linear to ``y1`` at ``x1``, ``y1`` after (rlpyt's schedules)."""
+    frac = min(1.0, max(0, x - x0) / max(1, x1 - x0))
+    return y0 + frac * (y1 - y0)
+
+
 def epsilon(cfg: AtariConfig, step: int) -> float:
     """Training epsilon for the action at 0-based agent step index ``step``, as rlpyt's
     ``EpsilonGreedyAgentMixin.sample_mode(itr)``: ``eps_start`` up to and including
     ``eps_ramp_start``, linear to ``eps_end`` at ``eps_steps``, ``eps_end`` after."""
-    frac = min(1.0, max(0, step - cfg.eps_ramp_start) / (cfg.eps_steps - cfg.eps_ramp_start))
-    return cfg.eps_start + frac * (cfg.eps_end - cfg.eps_start)
+    return _linear(step, cfg.eps_ramp_start, cfg.eps_steps, cfg.eps_start, cfg.eps_end)
 
 
 def importance_beta(cfg: AtariConfig, step: int) -> float:
@@ -110,8 +115,7 @@ def importance_beta(cfg: AtariConfig, step: int) -> float:
     at ``learning_starts`` to ``beta_end`` at ``steps`` (the authors' ``pri_beta_steps`` is
     the run length, 100k)."""
     itr = step - 1
-    frac = min(1.0, max(0, itr - 1 - cfg.learning_starts) / max(1, cfg.steps - cfg.learning_starts))
-    return cfg.beta_start + frac * (cfg.beta_end - cfg.beta_start)
+    return _linear(itr - 1, cfg.learning_starts, cfg.steps, cfg.beta_start, cfg.beta_end)
 
 
 def sample_batch(cfg: AtariConfig | DMCConfig, replay: AtariReplay | DMCReplay, step: int,
