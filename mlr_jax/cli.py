@@ -53,7 +53,9 @@ def _add_run_options(p: argparse.ArgumentParser, domain: str) -> None:
                             "budget / action repeat of the task")
         p.add_argument("--env-steps", type=int, default=None,
                        help="ENVIRONMENT steps (overrides --budget); agent steps = env steps / action repeat")
-    p.add_argument("--preset", default="paper", help="paper (default) or smoke (tiny, same code path)")
+    p.add_argument("--preset", default="paper",
+                   help="paper (default), smoke (tiny, same code path), toy (the learning tests' "
+                        "toy tasks) or cpu (reduced sizes for real tasks on a CPU)")
     p.add_argument("--aux", choices=("mlr", "none"), default=None,
                    help="auxiliary loss: mlr (default) or none (the paper's Baseline)")
     p.add_argument("--seed", type=int, default=None)

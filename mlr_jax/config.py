@@ -254,6 +254,15 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "mlr.patch_size": 5, "mlr.num_layers": 1, "run.eval_episodes": 200,
             "run.eval_every": 500, "run.log_every": 250, "run.checkpoint_every": 0,
         },
+        # A real game on a 2-core CPU in under an hour (experiments/cpu_learning.sh): 64x64
+        # frames, a narrow encoder (latent 16x4x4 = 256, so a small decoder), MLR on K=4
+        # sequences, one update per step. Not the paper's setting.
+        "cpu": {
+            "steps": 15_000, "image_size": 64, "channels": "16,32,16", "hidden_size": 128,
+            "updates_per_step": 1, "mlr.seq_len": 4, "mlr.block_size": 2, "mlr.patch_size": 8,
+            "mlr.num_layers": 1, "run.eval_episodes": 8, "run.eval_every": 5_000,
+            "run.log_every": 1_000, "run.checkpoint_every": 5_000,
+        },
     },
     "dmc": {
         "paper": {},
@@ -274,6 +283,16 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "aux_warmup_steps": 500,
             "run.eval_episodes": 10, "run.eval_every": 500, "run.log_every": 250,
             "run.checkpoint_every": 0,
+        },
+        # A real task on a 2-core CPU in about an hour (experiments/cpu_learning.sh): 64x64
+        # renders cropped to 56, 16 filters x 2 layers, batch 64, MLR on 16 sequences of K=8.
+        # Not the paper's setting.
+        "cpu": {
+            "env_steps": 50_000, "image_size": 64, "crop_size": 56, "num_filters": 16,
+            "num_conv_layers": 2, "hidden_dim": 256, "batch_size": 64, "aux_batch_size": 16,
+            "mlr.seq_len": 8, "mlr.block_size": 4, "mlr.patch_size": 8, "mlr.num_layers": 1,
+            "run.eval_episodes": 10, "run.eval_every": 10_000, "run.log_every": 2_000,
+            "run.checkpoint_every": 20_000,
         },
     },
 }
@@ -446,7 +465,8 @@ def make_config(domain: str, name: str | None = None, preset: str = "paper",
     Args:
       domain: ``"atari"`` or ``"dmc"``.
       name: Atari game (``"pong"``) or DMC task (``"cartpole_swingup"``); None keeps the default.
-      preset: ``"paper"`` (defaults) or ``"smoke"`` (tiny, same code path).
+      preset: a key of :data:`PRESETS`: ``"paper"`` (defaults), ``"smoke"`` (tiny, same code
+        path), ``"toy"`` (the toy tasks of the learning tests) or ``"cpu"`` (reduced real runs).
       overrides: dotted-key overrides applied last.
     """
     if domain not in PRESETS:

@@ -1,4 +1,5 @@
-"""Process-wide host settings: glibc's allocator tuned for XLA:CPU, and stop signals.
+"""Process-wide host settings: glibc's allocator tuned for XLA:CPU, stop signals, and the
+facts about this host that every benchmark record carries (:func:`describe`).
 
 :class:`StopSignals` turns SIGINT / SIGTERM (Ctrl-C, a scheduler's preemption notice) into a
 request the training loop answers by saving a checkpoint and stopping.
@@ -23,14 +24,49 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import importlib.metadata
 import os
+import platform
 import signal
 import threading
+from typing import Any, Sequence
 
 ENV_VAR = "MLR_JAX_MALLOC"
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8
 _INT_MAX = 2**31 - 1
 _state: dict[str, str] = {}
+PACKAGES = ("jax", "jaxlib", "flax", "optax", "torch", "envpool", "numpy")
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``; ``platform.processor()`` elsewhere), e.g.
+    ``"AMD EPYC 7B13"``: timings on the same commit differ by 2x between CPU models."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def versions(packages: Sequence[str] = PACKAGES) -> dict[str, str | None]:
+    """Python's and each installed package's version (None: not installed)."""
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for name in packages:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def describe() -> dict[str, Any]:
+    """What a result record needs to say about this host: CPU model and count, machine,
+    allocator setting."""
+    return {"cpu_model": cpu_model(), "machine": platform.machine(), "cpus": os.cpu_count(),
+            "malloc": tune_malloc()}
 
 
 def tune_malloc() -> str:

@@ -273,6 +273,7 @@ def train(cfg: AtariConfig | DMCConfig, resume: str | pathlib.Path | None = None
         return evaluate(domain, cfg, pstate, cfg.run.eval_episodes, seed + EVAL_SEED_OFFSET,
                         eval_key, record)
 
+    parallel.barrier(f"mlr_jax_loop_start_{step}")  # hosts restore and compile at their own pace
     obs = env.reset()
     start_time, start_step, window = time.monotonic(), step, []
     # Ctrl-C / SIGTERM: finish the agent step, save a checkpoint, stop (one process;

@@ -85,6 +85,19 @@ def from_primary(x: Any) -> Any:
     return jax.tree_util.tree_map(np.asarray, multihost_utils.broadcast_one_to_all(x))
 
 
+def barrier(name: str, timeout_s: int = 900) -> None:
+    """Wait until every process reaches the barrier ``name`` (no-op with one process).
+
+    Goes through JAX's coordination service, not a collective: gloo gives a process 30 s to
+    join a new collective context, so a host still restoring a checkpoint or compiling while
+    another already broadcasts would fail the run. ``name`` must be new to the service."""
+    if jax.process_count() == 1:
+        return
+    from jax._src import distributed  # the coordination client has no public barrier
+
+    distributed.global_state.client.wait_at_barrier(name, timeout_s * 1000)
+
+
 def share_text(text: str) -> str:
     """The primary process's ``text`` (at most :data:`TEXT_BYTES` bytes of UTF-8) in every
     process."""

@@ -113,3 +113,21 @@ def test_configs_build_without_envpool(monkeypatch):
         import mlr_jax.envs  # noqa: F401
     assert make_config("atari", "pong", "paper").game == "pong"
     assert make_config("dmc", "cartpole_swingup", "smoke").task == "cartpole_swingup"
+
+
+@pytest.mark.parametrize("domain, names", [
+    ("atari", ("road_runner", "pong", "toy_catch")),
+    ("dmc", ("cartpole_swingup", "walker_walk", "toy_reach")),
+])
+def test_every_preset_builds_a_valid_config_for_every_kind_of_name(domain, names):
+    """Every preset passes validation (e.g. an Atari image size divisible by the mask patch)
+    here, not an hour into a run; `cpu` keeps the paper's update rules and shrinks sizes."""
+    from mlr_jax.config import PRESETS
+    for preset in PRESETS[domain]:
+        for name in names:
+            assert make_config(domain, name, preset).aux == "mlr"
+    paper, cpu = make_config(domain, names[0]), make_config(domain, names[0], "cpu")
+    same = ("n_step", "gamma", "lr", "batch_size", "target_update_period") if domain == "atari" else \
+        ("gamma", "critic_lr", "actor_lr", "critic_tau", "encoder_tau", "action_repeat", "frame_stack")
+    assert all(getattr(paper, k) == getattr(cpu, k) for k in same)
+    assert cpu.image_size == 64 and cpu.mlr.num_layers == 1

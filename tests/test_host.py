@@ -43,3 +43,17 @@ def test_stop_signals_turn_signals_into_a_request():
     assert signal.getsignal(signal.SIGTERM) is previous
     with host.StopSignals(()) as none:  # no signals: the handlers stay as they are
         assert signal.getsignal(signal.SIGTERM) is previous and none.requested is None
+
+
+def test_describe_names_the_cpu_model_and_versions():
+    info = host.describe()
+    assert info["cpus"] == os.cpu_count() and info["malloc"] in ("tuned", "default", "unavailable")
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            models = {line.split(":", 1)[1].strip() for line in f if line.startswith("model name")}
+        if models:
+            assert info["cpu_model"] in models
+    assert info["cpu_model"]
+    import jax
+    v = host.versions(("jax", "surely-not-installed-pkg"))
+    assert v["jax"] == jax.__version__ and v["surely-not-installed-pkg"] is None and v["python"]

@@ -8,7 +8,6 @@ lists them) with a wide margin, and each test was checked to fail when learning 
 (actions shifted by one step in the batch, rewards zeroed, the target network's output used
 with gradients flowing the wrong way).
 """
-import numpy as np
 import pytest
 
 from mlr_jax import envs, loop
@@ -25,27 +24,12 @@ CASES = [
 ]
 
 
-def random_score(cfg, episodes):
-    """The random policy's mean score over ``episodes`` of the evaluation environments."""
-    env = envs.make_env(cfg, 8, seed=123, evaluation=True)
-    rng, scores = np.random.default_rng(0), []
-    env.reset()
-    while len(scores) < episodes:
-        if hasattr(env, "num_actions"):
-            actions = rng.integers(0, env.num_actions, env.num_envs)
-        else:
-            actions = rng.uniform(-1, 1, (env.num_envs, env.action_dim))
-        step = env.step(actions)
-        scores += step.score[step.episode_end].tolist()
-    return float(np.mean(scores))
-
-
 @pytest.mark.parametrize("domain,task,aux,threshold,random_mean", CASES,
                          ids=[f"{c[1]}-{c[2]}" for c in CASES])
 def test_agent_learns_far_above_random(domain, task, aux, threshold, random_mean, tmp_path):
     cfg = make_config(domain, task, "toy", [f"aux={aux}", f"run.outdir={tmp_path}",
                                             "run.progress=false"])
-    random_mean_now = random_score(cfg, 1000 if domain == "atari" else 200)
+    random_mean_now = float(envs.random_policy_scores(cfg, 1000 if domain == "atari" else 200).mean())
     assert random_mean_now == pytest.approx(random_mean, abs=0.15 * abs(random_mean))
     result = loop.train(cfg, log=lambda *_: None)
     final = result.final_eval["mean"]

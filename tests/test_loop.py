@@ -13,8 +13,8 @@ from mlr_jax.agents import atari as atari_agent
 from mlr_jax.config import make_config
 from mlr_jax.logging import RunDir
 
-BAD_STEP = 545  # the agent step whose first update gets a NaN in its batch
-SHORT = ["run.checkpoint_every=530", "run.log_every=10", "run.progress=false", "aux=none"]
+BAD_STEP = 345  # the agent step whose first update gets a NaN in its batch
+SHORT = ["run.checkpoint_every=330", "run.log_every=10", "run.progress=false", "aux=none"]
 
 
 def _poison_batches(monkeypatch):
@@ -35,12 +35,12 @@ def _poison_batches(monkeypatch):
 def _check_stopped_run(run_dir, cfg):
     """Only finite updates were saved or logged, and the run did not finish."""
     run = RunDir.open(run_dir)
-    assert checkpoint.latest_step(run.checkpoints) == 530
+    assert checkpoint.latest_step(run.checkpoints) == 330
     agent = domains.make_domain(cfg, envs.make_env(cfg, 1, seed=0)).agent
     state, _, loop_state, _ = checkpoint.restore(run.checkpoints, agent.init(jax.random.key(0)),
                                                  json.loads(run.config.read_text()),
                                                  with_replay=False)
-    assert loop_state["step"] == 530
+    assert loop_state["step"] == 330
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state)
                if jnp.issubdtype(x.dtype, jnp.floating))
     rows = [json.loads(line) for line in run.metrics_jsonl.read_text().splitlines()]
@@ -53,9 +53,9 @@ def _check_stopped_run(run_dir, cfg):
 
 def test_cli_stops_a_non_finite_atari_run_and_compiles_the_eval_policy_once(tmp_path, monkeypatch,
                                                                              capsys):
-    """``mlr-jax train`` on toy_catch, 5 evaluations (every 100 steps) before a NaN reaches
-    update 45 (agent step 545): exit status 3, one line naming the update, step and loss;
-    checkpoint 530 kept; the evaluation policy traced once for all evaluations."""
+    """``mlr-jax train`` on toy_catch, 5 evaluations (every 60 steps) before a NaN reaches
+    update 45 (agent step 345): exit status 3, one line naming the update, step and loss;
+    checkpoint 330 kept; the evaluation policy traced once for all evaluations."""
     traces = []
     real = atari_agent.make_agent
 
@@ -70,7 +70,7 @@ def test_cli_stops_a_non_finite_atari_run_and_compiles_the_eval_policy_once(tmp_
 
     monkeypatch.setattr(domains.atari_agent, "make_agent", counting)
     _poison_batches(monkeypatch)
-    overrides = ["steps=560", "run.eval_every=100", "run.eval_episodes=3", *SHORT]
+    overrides = ["steps=360", "run.eval_every=60", "run.eval_episodes=3", *SHORT]
     argv = ["train", "atari", "--game", "toy_catch", "--preset", "toy", "--outdir", str(tmp_path),
             *overrides]
     assert cli.main(argv) == cli.NON_FINITE_EXIT == 3
@@ -81,7 +81,7 @@ def test_cli_stops_a_non_finite_atari_run_and_compiles_the_eval_policy_once(tmp_
                            "produced non-finite values")
     (run_dir,) = tmp_path.iterdir()
     assert "rl_loss=nan" in last and f"--resume {run_dir}" in last
-    assert str(run_dir / "checkpoints" / "530") in last
+    assert str(run_dir / "checkpoints" / "330") in last
     rows = _check_stopped_run(run_dir, cfg)
     assert sum("eval/mean" in r for r in rows) == 5 and len(traces) == 1
 
@@ -89,7 +89,7 @@ def test_cli_stops_a_non_finite_atari_run_and_compiles_the_eval_policy_once(tmp_
 def test_a_non_finite_dmc_update_stops_the_loop(tmp_path, monkeypatch):
     """The same in the other domain, whose loop reads no result of the update itself."""
     _poison_batches(monkeypatch)
-    cfg = make_config("dmc", "toy_reach", "toy", ["env_steps=560", f"run.outdir={tmp_path}", *SHORT])
+    cfg = make_config("dmc", "toy_reach", "toy", ["env_steps=360", f"run.outdir={tmp_path}", *SHORT])
     with pytest.raises(loop.NonFiniteUpdate) as info:
         loop.train(cfg, log=lambda *_: None)
     err = info.value

@@ -90,39 +90,31 @@ def test_processes_that_disagree_stop_with_an_error(tmp_path):
         assert "process 0: score=0, step=7" in message and "process 1: score=1, step=7" in message
 
 
-def test_two_process_training_run_then_resume(tmp_path):
-    """Atari smoke run, frames on the devices, in 2 processes: one run directory, written by
-    process 0 alone, then ``--resume`` in both processes."""
-    def train(extra: list[str]) -> list[str]:
-        return run_processes(train_commands(["train", "atari", "--no-progress", *extra]), 1)
-
-    outputs = train(["--game", "pong", "--preset", "smoke", "--outdir", str(tmp_path),
-                     "steps=300", "run.eval_every=0", "run.checkpoint_every=0",
-                     "run.replay_frames=device"])
-    run = only_run_dir(tmp_path)
-    check_run_dir(run, 300, 2)
-    assert "[mlr-jax] 2 processes, 2 devices" in outputs[0]
-    assert "final evaluation" in outputs[0] and "[mlr-jax]" not in outputs[1]
-    assert "| processes | 2 |" in (run / "summary.md").read_text()
-
-    outputs = train(["--resume", str(run), "steps=400"])
-    assert f"resuming {run} from step 300" in outputs[0]
-    check_run_dir(run, 400, 2)
-
-
-def test_sigterm_to_one_process_stops_all_at_one_step_with_a_checkpoint(tmp_path):
-    """A preemption notice (SIGTERM) reaching one host: through JAX's preemption service
-    every process stops after the same agent step, and process 0 saves that step."""
-    procs = start_processes(train_commands([*LONG_SMOKE_RUN, "--outdir", str(tmp_path)]), 1)
+def test_a_two_process_run_stops_together_on_sigterm_to_one_process_then_resumes(tmp_path):
+    """An Atari smoke run, frames on the devices, in 2 processes writes one run directory
+    (process 0 alone). A preemption notice (SIGTERM) reaching one host stops every process
+    after the same agent step (JAX's preemption service) and process 0 saves that step; then
+    ``--resume`` in both processes finishes the run."""
+    procs = start_processes(train_commands([*LONG_SMOKE_RUN, "run.replay_frames=device",
+                                            "--outdir", str(tmp_path)]), 1)
     try:
-        run = wait_for_metrics_step(tmp_path, 150, procs)
+        run = wait_for_metrics_step(tmp_path, 210, procs)  # updates start at 200
     except BaseException:
         for proc in procs:
             proc.kill()
         raise
     procs[1].send_signal(signal.SIGTERM)
     outputs = finish(procs, returncode=128 + signal.SIGTERM)
+    assert "[mlr-jax] 2 processes, 2 devices" in outputs[0]
     steps = {int(out.split("stopped by SIGTERM at agent step ")[1].split(";")[0]) for out in outputs}
     assert len(steps) == 1, outputs
     step = steps.pop()
-    assert (run / "checkpoints" / str(step)).is_dir() and step >= 150
+    assert (run / "checkpoints" / str(step)).is_dir() and step >= 210
+    assert [p.name for p in tmp_path.iterdir()] == [run.name]
+
+    outputs = run_processes(train_commands(["train", "atari", "--no-progress", "--resume", str(run),
+                                            f"steps={step + 20}"]), 1)
+    assert f"resuming {run} from step {step}" in outputs[0]
+    assert "final evaluation" in outputs[0] and "[mlr-jax]" not in outputs[1]
+    check_run_dir(run, step + 20, 2)
+    assert "| processes | 2 |" in (run / "summary.md").read_text()

@@ -40,13 +40,19 @@ def check_run_dir(run: pathlib.Path, steps: int, episodes: int) -> dict:
     return final
 
 
+XLA_CONVS = "run.conv_impl=xla"
 # (domain, name, first run, resumed run, agent steps of each); DMC counts environment steps.
 # The Atari run keeps its replay frames on the (CPU) devices, the DMC run on the host (the
 # CPU default), so both batch paths train and resume end to end.
+# Updates start at agent step 200 (Atari) / 100 (DMC) in the smoke preset; each run makes a
+# few of them and logs every 20 steps, so the run directory holds update metrics. These runs
+# use XLA's convolutions (the CPU default is im2col, tests/nets/test_conv.py): compiling the
+# update, not running it, is what costs time here, and XLA's convs compile in about half.
 CASES = [
-    ("atari", "pong", ["steps=300", "run.eval_every=0", "run.replay_frames=device"], ["steps=400"],
-     300, 400),
-    ("dmc", "cartpole_swingup", ["env_steps=1600", "run.eval_every=800"], ["env_steps=2000"], 200, 250),
+    ("atari", "pong", ["steps=220", "run.eval_every=0", "run.replay_frames=device", XLA_CONVS],
+     ["steps=240"], 220, 240),
+    ("dmc", "cartpole_swingup", ["env_steps=1200", "run.eval_every=600", XLA_CONVS],
+     ["env_steps=1400"], 150, 175),
 ]
 
 
@@ -54,14 +60,14 @@ CASES = [
 def test_smoke_run_then_resume(tmp_path, capsys, domain, name, first, more, steps, more_steps):
     flag = "--game" if domain == "atari" else "--task"
     base = ["train", domain, flag, name, "--preset", "smoke", "--outdir", str(tmp_path),
-            "--no-progress", "run.checkpoint_every=0"]
+            "--no-progress", "run.checkpoint_every=0", "run.log_every=20"]
     assert cli.main(base + first) == 0
     run = only_run_dir(tmp_path)
     first_final = check_run_dir(run, steps, 2)
     counts = json.loads((run / "param_counts.json").read_text())
     assert counts["decoder"] > 0
     if domain == "dmc":  # the periodic evaluation ran too
-        assert any("eval/mean" in r and r["step"] == 100 for r in read_metrics(run / "metrics.jsonl"))
+        assert any("eval/mean" in r and r["step"] == 75 for r in read_metrics(run / "metrics.jsonl"))
 
     # resume to a later step: the count continues, nothing is restarted
     assert cli.main(["train", domain, "--resume", str(run), "--no-progress"] + more) == 0
@@ -106,7 +112,7 @@ def wait_for_metrics_step(outdir: pathlib.Path, step: int, procs: list[subproces
 
 
 LONG_SMOKE_RUN = ["train", "atari", "--game", "pong", "--preset", "smoke", "--no-progress",
-                  "steps=100000", "run.log_every=50", "run.checkpoint_every=0"]
+                  "steps=100000", "run.log_every=10", "run.checkpoint_every=0", XLA_CONVS]
 
 
 def test_ctrl_c_saves_a_checkpoint_then_resume(tmp_path):
@@ -114,7 +120,7 @@ def test_ctrl_c_saves_a_checkpoint_then_resume(tmp_path):
                             env=dict(os.environ, JAX_PLATFORMS="cpu"), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     try:
-        run = wait_for_metrics_step(tmp_path, 250, [proc])  # updates start at 200
+        run = wait_for_metrics_step(tmp_path, 210, [proc])  # updates start at 200
         proc.send_signal(signal.SIGINT)
         out = proc.communicate(timeout=300)[0]
     finally:
@@ -123,7 +129,7 @@ def test_ctrl_c_saves_a_checkpoint_then_resume(tmp_path):
     stopped = re.search(r"stopped by SIGINT at agent step (\d+); checkpoint saved in (\S+);", out)
     assert stopped, out[-2000:]
     step = int(stopped.group(1))
-    assert pathlib.Path(stopped.group(2)) == run / "checkpoints" / str(step) and step >= 250
+    assert pathlib.Path(stopped.group(2)) == run / "checkpoints" / str(step) and step >= 210
     assert max(r["step"] for r in read_metrics(run / "metrics.jsonl")) <= step
 
     assert cli.main(["train", "atari", "--resume", str(run), "--no-progress", f"steps={step + 20}"]) == 0

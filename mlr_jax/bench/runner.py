@@ -17,11 +17,9 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import importlib.metadata
 import json
 import os
 import pathlib
-import platform
 import statistics
 import subprocess
 import sys
@@ -32,9 +30,8 @@ from typing import Any, Callable, Sequence
 import jax
 import numpy as np
 
-from mlr_jax import domains, parallel
+from mlr_jax import domains, host, parallel
 from mlr_jax.bench.profile import trace_units
-from mlr_jax.host import tune_malloc
 from mlr_jax.replay import device_frames
 from mlr_jax.replay.frames import FrameRows
 from mlr_jax.config import AtariConfig, DMCConfig, make_config, to_dict
@@ -45,7 +42,6 @@ DEVICES = ("cpu", "gpu")
 # (MLR_JAX_MALLOC=default), i.e. as the authors' code runs; "torch" shares this process and
 # therefore the allocator settings of mlr_jax.host.
 FRAMEWORKS = ("jax", "torch", "torch-glibc")
-PACKAGES = ("jax", "jaxlib", "flax", "optax", "torch", "envpool", "numpy")
 DEFAULT_ACTIONS = {"atari": 6, "dmc": 1}  # Pong's minimal action set, cartpole's action size
 
 
@@ -332,16 +328,6 @@ def _bench_env(cfg, steps: int, seed: int) -> dict[str, Any]:
 # ------------------------------------------------------------------ driver
 
 
-def _versions() -> dict[str, str | None]:
-    out: dict[str, str | None] = {"python": platform.python_version()}
-    for name in PACKAGES:
-        try:
-            out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            out[name] = None
-    return out
-
-
 def _check_args(domain: str, device: str, frameworks: Sequence[str], repeats: int, warmup: int) -> None:
     if domain not in DOMAINS:
         raise BenchmarkError(f"domain must be one of {DOMAINS}, got {domain!r}")
@@ -406,9 +392,8 @@ def run_benchmark(domain: str = "atari", device: str = "cpu", preset: str = "pap
     record: dict[str, Any] = {
         "domain": domain, "preset": preset, "device_kind": device,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "host": {"machine": platform.machine(), "processor": platform.processor(), "cpus": os.cpu_count(),
-                 "malloc": tune_malloc()},
-        "versions": _versions(), "config": to_dict(cfg), "overrides": list(overrides),
+        "host": host.describe(),
+        "versions": host.versions(), "config": to_dict(cfg), "overrides": list(overrides),
         "repeats": repeats, "warmup": warmup, "seed": seed,
         "updates_per_unit": 1 if domain == "atari" else 2,
     }

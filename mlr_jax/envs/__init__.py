@@ -8,6 +8,8 @@ records.
 
 from __future__ import annotations
 
+import numpy as np
+
 from mlr_jax.config import AtariConfig, DMCConfig
 from mlr_jax.envs.atari import AtariVecEnv, atari_task_id, atari_tasks
 from mlr_jax.envs.base import Step, VecEnv, resolve_task
@@ -18,7 +20,7 @@ from mlr_jax.envs.toy import TOY_GAMES, TOY_TASKS, CatchVecEnv, ReachVecEnv
 __all__ = [
     "AtariVecEnv", "CatchVecEnv", "DMCVecEnv", "ReachVecEnv", "Step", "TOY_GAMES", "TOY_TASKS",
     "VecEnv", "atari_task_id", "atari_tasks", "check_name", "dmc_task_id", "dmc_tasks",
-    "ensure_gl", "make_env",
+    "ensure_gl", "make_env", "random_policy_scores",
 ]
 
 
@@ -49,3 +51,31 @@ def make_env(cfg: AtariConfig | DMCConfig, num_envs: int, seed: int,
         toy = cfg.task in TOY_TASKS
         return (ReachVecEnv if toy else DMCVecEnv)(cfg, num_envs, seed, evaluation)
     raise TypeError(f"make_env expects an AtariConfig or DMCConfig, got {type(cfg).__name__}")
+
+
+def random_policy_scores(cfg: AtariConfig | DMCConfig, episodes: int, num_envs: int = 8,
+                         seed: int = 123) -> np.ndarray:
+    """float64[episodes]: scores of the uniform random policy on ``cfg``'s evaluation env.
+
+    Uniform over the actions (Atari) or over ``[-1, 1]^A`` (DMC). Each of the ``num_envs``
+    environments contributes its first ``ceil(episodes / num_envs)`` episodes, so short
+    episodes are not over-represented; the first ``episodes`` of those are returned."""
+    if episodes < 1 or num_envs < 1:
+        raise ValueError(f"episodes and num_envs must be >= 1, got {episodes} and {num_envs}")
+    per_env = -(-episodes // num_envs)
+    env = make_env(cfg, num_envs, seed=seed, evaluation=True)
+    rng = np.random.default_rng(seed)
+    scores: list[list[float]] = [[] for _ in range(num_envs)]
+    try:
+        env.reset()
+        while min(len(s) for s in scores) < per_env:
+            if hasattr(env, "num_actions"):
+                actions = rng.integers(0, env.num_actions, num_envs)
+            else:
+                actions = rng.uniform(-1.0, 1.0, (num_envs, env.action_dim))
+            step = env.step(actions)
+            for i in np.flatnonzero(step.episode_end):
+                scores[i].append(float(step.score[i]))
+    finally:
+        env.close()
+    return np.array([s for env_scores in scores for s in env_scores[:per_env]][:episodes])

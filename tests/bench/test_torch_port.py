@@ -22,6 +22,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from mlr_jax import host  # noqa: E402
 from mlr_jax.bench import runner, torch_atari, torch_dmc  # noqa: E402  (after importorskip)
 from mlr_jax.config import make_config  # noqa: E402
 from mlr_jax.replay import device_frames  # noqa: E402
@@ -224,6 +225,7 @@ def test_runner_writes_a_complete_record(tmp_path):
     assert record["config"]["batch_size"] == 8 and record["updates_per_unit"] == 2
     # "torch" shares this process's allocator settings, "torch-glibc" ran with glibc's defaults
     assert record["host"]["malloc"] == "tuned" and record["torch-glibc"]["malloc"] == "default"
+    assert record["host"]["cpu_model"] == host.cpu_model() != ""
     assert record["jax_speedup_vs_torch_glibc"] > 0 and "torch-glibc" in record["summary"]
     for fw in ("jax", "torch", "torch-glibc"):
         r = record[fw]
