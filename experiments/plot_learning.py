@@ -1,7 +1,8 @@
 """Collect finished training runs into a learning-curve report beside the random policy.
 
 For every (domain, game/task) among the runs below RUNS_DIR: measure the uniform random
-policy on the same evaluation environment, plot each run's evaluations (mean +- std) and its
+policy on the same evaluation environment (and, for Atari, every action held for whole
+episodes: the best of them is what "learned to press one good button" scores), plot each run's evaluations (mean +- std) and its
 training episodes against environment steps with the random policy's mean as a line, and copy
 each run's metrics. Writes to RESULTS_DIR:
 
@@ -32,7 +33,7 @@ from mlr_jax import envs, host, logging as runlog
 from mlr_jax.config import AtariConfig
 from mlr_jax.loop import load_run_config
 
-AUX_STYLE = {"mlr": ("MLR", "tab:blue"), "none": ("Baseline (aux=none)", "tab:orange")}
+AUX_STYLE = {"mlr": ("MLR", "tab:blue", "o-", 7), "none": ("Baseline (aux=none)", "tab:orange", "s--", 5)}
 
 
 def _git_commit() -> str | None:
@@ -73,24 +74,29 @@ def load_run(run_dir: pathlib.Path) -> dict:
     }
 
 
-def plot_task(runs: list[dict], random_scores: np.ndarray, path: pathlib.Path) -> None:
+def plot_task(runs: list[dict], random_scores: np.ndarray, path: pathlib.Path,
+              best_constant: tuple[int, float] | None = None) -> None:
     fig = Figure(figsize=(7.5, 4.8), dpi=110)
     ax = fig.subplots()
-    for run in sorted(runs, key=lambda r: r["aux"]):
-        label, color = AUX_STYLE.get(run["aux"], (run["aux"], None))
+    for run in sorted(runs, key=lambda r: r["aux"]):  # mlr under none: equal values stay visible
+        label, color, style, size = AUX_STYLE.get(run["aux"], (run["aux"], None, "o-", 6))
         ep = np.array(run["episodes"], dtype=float).reshape(-1, 2)
-        ax.plot(ep[:, 0], ep[:, 1], ".", ms=2, alpha=0.35, color=color)
+        ax.plot(ep[:, 0], ep[:, 1], ".", ms=3, alpha=0.45, color=color)
         ev = np.array([(e["x"], e["mean"], e["std"]) for e in run["evaluations"]]).reshape(-1, 3)
-        ax.plot(ev[:, 0], ev[:, 1], "o-", color=color, label=f"{label}: evaluation mean")
+        ax.plot(ev[:, 0], ev[:, 1], style, ms=size, color=color, label=f"{label}: evaluation mean")
         ax.fill_between(ev[:, 0], ev[:, 1] - ev[:, 2], ev[:, 1] + ev[:, 2], color=color, alpha=0.15)
     mean, std = float(random_scores.mean()), float(random_scores.std())
     ax.axhline(mean, ls="--", color="k", lw=1,
                label=f"random policy: {mean:.1f} ± {std:.1f} ({len(random_scores)} episodes)")
+    if best_constant is not None:
+        action, score = best_constant
+        ax.axhline(score, ls=":", color="tab:red", lw=1.2,
+                   label=f"best single action, held (action {action}): {score:.1f}")
     first = runs[0]
     ax.set(xlabel=first["x_label"], ylabel="episode score",
            title=f"{first['domain']} {first['name']}, preset cpu (reduced, not the paper's setting)")
     ax.grid(alpha=0.3)
-    ax.legend(loc="upper left", fontsize="small")
+    ax.legend(loc="center right", fontsize="small")
     ax.text(0.99, 0.01, "dots: training episodes; bands: evaluation ± std", transform=ax.transAxes,
             ha="right", va="bottom", fontsize="x-small", alpha=0.7)
     fig.tight_layout()
@@ -102,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("runs_dir", type=pathlib.Path)
     parser.add_argument("results_dir", type=pathlib.Path)
     parser.add_argument("--random-episodes", type=int, default=100)
+    parser.add_argument("--constant-episodes", type=int, default=8,
+                        help="episodes per action of each held action (Atari)")
     args = parser.parse_args(argv)
     run_dirs = sorted(p.parent for p in args.runs_dir.glob("*/config.json"))
     if not run_dirs:
@@ -115,16 +123,25 @@ def main(argv: list[str] | None = None) -> int:
     record = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "git_commit": _git_commit(), "host": host.describe(), "versions": host.versions(),
               "driver": "bash experiments/cpu_learning.sh", "tasks": {}, "runs": []}
-    lines = ["| task | agent | final evaluation | random policy | agent steps | env steps | wall time (shared CPU) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| task | agent | final evaluation | random policy | best held action | agent steps | env steps | wall time (shared CPU) |",
+             "|---|---|---|---|---|---|---|---|"]
     for (domain, name), task_runs in sorted(tasks.items()):
-        random_scores = envs.random_policy_scores(task_runs[0]["cfg"], args.random_episodes)
+        cfg = task_runs[0]["cfg"]
+        random_scores = envs.random_policy_scores(cfg, args.random_episodes)
         stem = f"{domain}_{name}"
-        plot_task(task_runs, random_scores, args.results_dir / f"{stem}.png")
         record["tasks"][stem] = {"random_policy": {"mean": float(random_scores.mean()),
                                                    "std": float(random_scores.std()),
                                                    "n": len(random_scores),
                                                    "scores": random_scores.tolist()}}
+        best = None
+        if isinstance(cfg, AtariConfig):  # the bar above "found one good button"
+            constant = {a: float(v.mean()) for a, v in
+                        envs.constant_action_scores(cfg, args.constant_episodes).items()}
+            best = max(constant.items(), key=lambda kv: kv[1])
+            record["tasks"][stem]["constant_actions"] = {
+                "episodes_per_action": args.constant_episodes, "means": constant,
+                "best_action": best[0], "best_mean": best[1]}
+        plot_task(task_runs, random_scores, args.results_dir / f"{stem}.png", best)
         for run in sorted(task_runs, key=lambda r: r["aux"]):
             shutil.copyfile(pathlib.Path(run["run_dir"]) / "metrics.jsonl",
                             args.results_dir / f"{stem}_{run['aux']}.metrics.jsonl")
@@ -133,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
             lines.append(f"| {domain} {name} | {AUX_STYLE.get(run['aux'], (run['aux'],))[0]} | "
                          f"{f['mean']:.1f} ± {f['std']:.1f} (n={f['n']}) | "
                          f"{random_scores.mean():.1f} ± {random_scores.std():.1f} | "
+                         f"{'-' if best is None else f'{best[1]:.1f} (action {best[0]})'} | "
                          f"{f['agent_steps']:,} | {f['env_steps']:,} | {minutes} |")
             record["runs"].append({k: v for k, v in run.items() if k not in ("cfg", "episodes")}
                                   | {"config": json.loads((pathlib.Path(run["run_dir"]) / "config.json").read_text())})

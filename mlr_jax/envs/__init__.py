@@ -20,7 +20,7 @@ from mlr_jax.envs.toy import TOY_GAMES, TOY_TASKS, CatchVecEnv, ReachVecEnv
 __all__ = [
     "AtariVecEnv", "CatchVecEnv", "DMCVecEnv", "ReachVecEnv", "Step", "TOY_GAMES", "TOY_TASKS",
     "VecEnv", "atari_task_id", "atari_tasks", "check_name", "dmc_task_id", "dmc_tasks",
-    "ensure_gl", "make_env", "random_policy_scores",
+    "constant_action_scores", "ensure_gl", "make_env", "random_policy_scores",
 ]
 
 
@@ -53,13 +53,11 @@ def make_env(cfg: AtariConfig | DMCConfig, num_envs: int, seed: int,
     raise TypeError(f"make_env expects an AtariConfig or DMCConfig, got {type(cfg).__name__}")
 
 
-def random_policy_scores(cfg: AtariConfig | DMCConfig, episodes: int, num_envs: int = 8,
-                         seed: int = 123) -> np.ndarray:
-    """float64[episodes]: scores of the uniform random policy on ``cfg``'s evaluation env.
-
-    Uniform over the actions (Atari) or over ``[-1, 1]^A`` (DMC). Each of the ``num_envs``
-    environments contributes its first ``ceil(episodes / num_envs)`` episodes, so short
-    episodes are not over-represented; the first ``episodes`` of those are returned."""
+def _policy_scores(cfg: AtariConfig | DMCConfig, episodes: int, num_envs: int, seed: int,
+                   choose) -> np.ndarray:
+    """Scores of ``episodes`` evaluation episodes of ``choose(rng, env) -> actions``. Each of
+    the ``num_envs`` environments contributes its first ``ceil(episodes / num_envs)``
+    episodes, so short episodes are not over-represented."""
     if episodes < 1 or num_envs < 1:
         raise ValueError(f"episodes and num_envs must be >= 1, got {episodes} and {num_envs}")
     per_env = -(-episodes // num_envs)
@@ -69,13 +67,37 @@ def random_policy_scores(cfg: AtariConfig | DMCConfig, episodes: int, num_envs: 
     try:
         env.reset()
         while min(len(s) for s in scores) < per_env:
-            if hasattr(env, "num_actions"):
-                actions = rng.integers(0, env.num_actions, num_envs)
-            else:
-                actions = rng.uniform(-1.0, 1.0, (num_envs, env.action_dim))
-            step = env.step(actions)
+            step = env.step(choose(rng, env))
             for i in np.flatnonzero(step.episode_end):
                 scores[i].append(float(step.score[i]))
     finally:
         env.close()
     return np.array([s for env_scores in scores for s in env_scores[:per_env]][:episodes])
+
+
+def random_policy_scores(cfg: AtariConfig | DMCConfig, episodes: int, num_envs: int = 8,
+                         seed: int = 123) -> np.ndarray:
+    """float64[episodes]: the uniform random policy's scores on ``cfg``'s evaluation env,
+    uniform over the actions (Atari) or over ``[-1, 1]^A`` (DMC)."""
+    def choose(rng, env):
+        if hasattr(env, "num_actions"):
+            return rng.integers(0, env.num_actions, env.num_envs)
+        return rng.uniform(-1.0, 1.0, (env.num_envs, env.action_dim))
+
+    return _policy_scores(cfg, episodes, num_envs, seed, choose)
+
+
+def constant_action_scores(cfg: AtariConfig, episodes: int, num_envs: int = 8,
+                           seed: int = 123) -> dict[int, np.ndarray]:
+    """``{action: float64[episodes]}``: the scores of pressing one action for whole episodes,
+    for every action of ``cfg``'s game. The best of them is the bar a learned Atari policy
+    must clear to show more than the choice of one good button (in Road Runner, UPLEFT
+    alone scores about 1,000)."""
+    if not isinstance(cfg, AtariConfig):
+        raise TypeError("constant_action_scores needs a discrete-action (Atari) config")
+    probe = make_env(cfg, 1, seed=seed, evaluation=True)
+    num_actions = probe.num_actions
+    probe.close()
+    return {a: _policy_scores(cfg, episodes, num_envs, seed,
+                              lambda rng, env, a=a: np.full(env.num_envs, a))
+            for a in range(num_actions)}

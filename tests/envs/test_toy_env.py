@@ -97,3 +97,15 @@ def test_toy_names_are_known_and_image_sizes_checked():
     with pytest.raises(ValueError, match="multiple of 5"):
         make_env(make_config("atari", "toy_catch", "toy", ["image_size=24", "mlr.patch_size=6"]),
                  1, seed=0)
+
+
+def test_policy_scores_count_episodes_and_no_constant_action_wins_catch():
+    from mlr_jax import envs
+    cfg = make_config("atari", "toy_catch", "toy")
+    scores = envs.random_policy_scores(cfg, 50, num_envs=4)
+    assert scores.shape == (50,) and set(np.unique(scores).tolist()) <= {-1.0, 1.0}
+    constant = envs.constant_action_scores(cfg, 40)
+    assert sorted(constant) == [0, 1, 2]
+    assert all(v.shape == (40,) and v.mean() < 0 for v in constant.values())
+    with pytest.raises(TypeError, match="discrete-action"):
+        envs.constant_action_scores(make_config("dmc", "toy_reach", "toy"), 4)
