@@ -6,6 +6,7 @@ single-process update, a training run writes one run directory (the primary's) a
 resumes, processes that disagree stop with an error, and a SIGTERM to one process stops all
 of them at the same step with a checkpoint.
 """
+import contextlib
 import os
 import pathlib
 import signal
@@ -16,6 +17,7 @@ import sys
 import numpy as np
 
 import multiprocess_worker as worker
+from conftest import FAST_COMPILE_FLAG
 from mlr_jax import parallel
 from test_train_end_to_end import LONG_SMOKE_RUN, check_run_dir, only_run_dir, wait_for_metrics_step
 
@@ -31,7 +33,8 @@ def free_port() -> int:
 
 def start_processes(commands: list[list[str]], devices_per_process: int) -> list[subprocess.Popen]:
     env = dict(os.environ, JAX_PLATFORMS="cpu",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_per_process}")
+               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_per_process} "
+                         f"{FAST_COMPILE_FLAG}")
     return [subprocess.Popen(c, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                              text=True) for c in commands]
 
@@ -48,6 +51,17 @@ def finish(procs: list[subprocess.Popen], returncode: int = 0) -> list[str]:
     for i, (proc, out) in enumerate(zip(procs, outputs)):
         assert proc.returncode == returncode, f"process {i} exited with {proc.returncode}:\n{out[-3000:]}"
     return outputs
+
+
+@contextlib.contextmanager
+def killed_on_error(procs: list[subprocess.Popen]):
+    """Kill the processes if the body raises (a failing test leaves none running)."""
+    try:
+        yield
+    except BaseException:
+        for proc in procs:
+            proc.kill()
+        raise
 
 
 def run_processes(commands: list[list[str]], devices_per_process: int) -> list[str]:
@@ -71,9 +85,11 @@ def worker_commands(mode: str, outs: list[pathlib.Path]) -> list[list[str]]:
 def test_two_processes_compute_the_single_process_update(tmp_path):
     """2 processes x 2 devices: each process feeds 2 of the 4 shards of the global batch."""
     outs = [tmp_path / f"process{i}.npz" for i in range(2)]
-    run_processes(worker_commands("update", outs), devices_per_process=2)
-    agent, state, batch = worker.setup()
-    expected = worker.two_updates(parallel.data_parallel(agent.train_step, num_devices=2), state, batch)
+    procs = start_processes(worker_commands("update", outs), devices_per_process=2)
+    with killed_on_error(procs):  # the single-process reference compiles while they do
+        agent, state, batch = worker.setup()
+        expected = worker.two_updates(parallel.data_parallel(agent.train_step, num_devices=2), state, batch)
+    finish(procs)
     for out in outs:  # every process ends with the same state and sees every priority
         got = np.load(out)
         assert sorted(got.files) == sorted(expected)
@@ -97,12 +113,8 @@ def test_a_two_process_run_stops_together_on_sigterm_to_one_process_then_resumes
     ``--resume`` in both processes finishes the run."""
     procs = start_processes(train_commands([*LONG_SMOKE_RUN, "run.replay_frames=device",
                                             "--outdir", str(tmp_path)]), 1)
-    try:
+    with killed_on_error(procs):
         run = wait_for_metrics_step(tmp_path, 210, procs)  # updates start at 200
-    except BaseException:
-        for proc in procs:
-            proc.kill()
-        raise
     procs[1].send_signal(signal.SIGTERM)
     outputs = finish(procs, returncode=128 + signal.SIGTERM)
     assert "[mlr-jax] 2 processes, 2 devices" in outputs[0]

@@ -303,19 +303,15 @@ def _bench_torch_glibc(domain: str, device: str, preset: str, name: str | None,
 
 def _bench_env(cfg, steps: int, seed: int) -> dict[str, Any]:
     """Steps per second of one environment with random actions (no agent)."""
-    from mlr_jax.envs import make_env
+    from mlr_jax.envs import make_env, random_actions
 
     env = make_env(cfg, num_envs=1, seed=seed)
     rng = np.random.default_rng(seed)
     env.reset()
     is_atari = isinstance(cfg, AtariConfig)
-    if is_atari:
-        sample = lambda: rng.integers(0, env.num_actions, (1,)).astype(np.int32)  # noqa: E731
-    else:
-        sample = lambda: rng.uniform(-1, 1, (1, env.action_dim)).astype(np.float32)  # noqa: E731
     start = time.perf_counter()
     for _ in range(steps):
-        env.step(sample())
+        env.step(random_actions(rng, env))
     elapsed = time.perf_counter() - start
     repeat = cfg.frame_skip if is_atari else cfg.action_repeat
     out = {"agent_steps": steps, "agent_steps_per_s": steps / elapsed,

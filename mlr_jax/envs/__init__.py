@@ -75,16 +75,19 @@ def _policy_scores(cfg: AtariConfig | DMCConfig, episodes: int, num_envs: int, s
     return np.array([s for env_scores in scores for s in env_scores[:per_env]][:episodes])
 
 
+def random_actions(rng: np.random.Generator, env) -> np.ndarray:
+    """One uniform random action per environment of ``env``: int32[num_envs] over the
+    actions (Atari) or float32[num_envs, A] over ``[-1, 1]^A`` (DMC)."""
+    if hasattr(env, "num_actions"):
+        return rng.integers(0, env.num_actions, env.num_envs).astype(np.int32)
+    return rng.uniform(-1.0, 1.0, (env.num_envs, env.action_dim)).astype(np.float32)
+
+
 def random_policy_scores(cfg: AtariConfig | DMCConfig, episodes: int, num_envs: int = 8,
                          seed: int = 123) -> np.ndarray:
-    """float64[episodes]: the uniform random policy's scores on ``cfg``'s evaluation env,
-    uniform over the actions (Atari) or over ``[-1, 1]^A`` (DMC)."""
-    def choose(rng, env):
-        if hasattr(env, "num_actions"):
-            return rng.integers(0, env.num_actions, env.num_envs)
-        return rng.uniform(-1.0, 1.0, (env.num_envs, env.action_dim))
-
-    return _policy_scores(cfg, episodes, num_envs, seed, choose)
+    """float64[episodes]: the uniform random policy's (:func:`random_actions`) scores on
+    ``cfg``'s evaluation env."""
+    return _policy_scores(cfg, episodes, num_envs, seed, random_actions)
 
 
 def constant_action_scores(cfg: AtariConfig, episodes: int, num_envs: int = 8,
