@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import typing
 from typing import Any, Mapping, Sequence
 
@@ -409,6 +410,140 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 
+@dataclasses.dataclass(frozen=True)
+class Bounds:
+    """The values a number or flag field accepts: its type (``int``, ``float``, ``bool``,
+    ``str`` or ``tuple`` of ints) and a range ``lo``..``hi``, each end open or closed. Float
+    fields must be finite; ``bool`` is not an ``int``. For a tuple the range holds for every
+    element (and it must not be empty)."""
+
+    typ: type
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+
+    def describe(self) -> str:
+        if self.lo is not None and self.hi is not None:
+            return f"in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}{')' if self.hi_open else ']'}"
+        if self.lo is not None:
+            return f"{'>' if self.lo_open else '>='} {self.lo:g}"
+        if self.hi is not None:
+            return f"{'<' if self.hi_open else '<='} {self.hi:g}"
+        return "set"
+
+    def _number_ok(self, value: Any, typ: type) -> bool:
+        if isinstance(value, bool) or not isinstance(value, (int, float) if typ is float else int):
+            return False
+        if not math.isfinite(value):
+            return False
+        if self.lo is not None and (value < self.lo or (self.lo_open and value == self.lo)):
+            return False
+        return self.hi is None or not (value > self.hi or (self.hi_open and value == self.hi))
+
+    def error(self, key: str, value: Any) -> str | None:
+        """Why ``value`` is not accepted for ``key``, or None."""
+        if self.typ is bool:
+            return None if isinstance(value, bool) else f"{key} must be true or false, got {value!r}"
+        if self.typ is str:
+            return None if isinstance(value, str) and value else f"{key} must be a non-empty string, got {value!r}"
+        if self.typ is tuple:
+            if isinstance(value, tuple) and value and all(self._number_ok(v, int) for v in value):
+                return None
+            return f"{key} must be a non-empty list of integers {self.describe()}, got {value!r}"
+        if self._number_ok(value, self.typ):
+            return None
+        kind = "an integer" if self.typ is int else "a finite number"
+        return f"{key} must be {kind} {self.describe()}, got {value!r}"
+
+    def bad_values(self) -> list[Any]:
+        """Values this field must refuse (the validation test walks them for every field)."""
+        if self.typ is bool:
+            return [1, "yes"]
+        if self.typ is str:
+            return ["", 3]
+        if self.typ is tuple:
+            return [(), (0,) if self.lo is not None and self.lo > 0 else (1.5,)]
+        bad: list[Any] = [True, "1"]
+        if self.typ is float:
+            bad += [float("nan"), float("inf")]
+        else:
+            bad += [1.5]
+        if self.lo is not None:
+            bad.append(self.lo if self.lo_open else self.lo - 1)
+        if self.hi is not None:
+            bad.append(self.hi if self.hi_open else self.hi + 1)
+        return bad
+
+
+def _ints(lo: int = 1) -> Bounds:
+    return Bounds(int, lo)
+
+
+def _reals(lo: float | None = 0.0, hi: float | None = None, lo_open: bool = True,
+           hi_open: bool = False) -> Bounds:
+    return Bounds(float, lo, hi, lo_open, hi_open)
+
+
+_FLAG, _NAME = Bounds(bool), Bounds(str)
+_UNIT = _reals(0.0, 1.0, lo_open=False)  # a probability / fraction in [0, 1]
+_RATE = _reals(0.0, 1.0)  # an EMA / soft-update coefficient in (0, 1]
+_BETA1 = _reals(0.0, 1.0, lo_open=False, hi_open=True)  # Adam's beta1 in [0, 1)
+
+# Every number, flag and free-text field of every config, by dotted key (fields with one of a
+# few names are in CHOICES). A field with the same name means the same in both domains.
+# tests/test_config.py checks that every field has an entry and that each refuses a bad value.
+BOUNDS: dict[str, Bounds] = {
+    # MLRConfig
+    "mlr.seq_len": _ints(), "mlr.patch_size": _ints(), "mlr.block_size": _ints(),
+    "mlr.mask_ratio": _reals(0.0, 1.0, lo_open=False, hi_open=True),
+    "mlr.mask_per_sample": _FLAG, "mlr.num_layers": _ints(), "mlr.num_heads": _ints(),
+    "mlr.mlp_ratio": _reals(), "mlr.weight": _reals(lo_open=False),
+    # RunConfig
+    "run.seed": _ints(0), "run.outdir": _NAME, "run.eval_episodes": _ints(),
+    "run.eval_every": _ints(0), "run.log_every": _ints(), "run.checkpoint_every": _ints(0),
+    "run.progress": _FLAG,
+    # both domains
+    "game": _NAME, "task": _NAME, "image_size": _ints(), "frame_stack": _ints(),
+    "num_envs": _ints(), "gamma": _reals(0.0, 1.0), "batch_size": _ints(),
+    "replay_capacity": _ints(), "intensity_scale": _reals(lo_open=False),
+    "momentum_tau": _RATE,
+    # AtariConfig
+    "steps": _ints(), "frame_skip": _ints(), "noop_max": _ints(0), "max_episode_steps": _ints(),
+    "repeat_action_probability": _UNIT, "fire_reset": _FLAG, "channels": Bounds(tuple, 1),
+    "kernels": Bounds(tuple, 1), "strides": Bounds(tuple, 1), "hidden_size": _ints(),
+    "num_atoms": _ints(2), "v_min": _reals(None), "v_max": _reals(None),
+    "noisy_std": _reals(lo_open=False), "head_grad_scale": _reals(), "renormalize": _FLAG,
+    "n_step": _ints(), "lr": _reals(), "adam_eps": _reals(), "clip_norm": _reals(),
+    "updates_per_step": _ints(), "learning_starts": _ints(0), "eps_start": _UNIT,
+    "eps_end": _UNIT, "eps_ramp_start": _ints(0), "eps_steps": _ints(), "eval_epsilon": _UNIT,
+    "target_update_period": _ints(), "target_tau": _RATE, "priority_exponent": _reals(lo_open=False),
+    "beta_start": _UNIT, "beta_end": _UNIT, "shift_pad": _ints(0), "scale_masked_input": _FLAG,
+    # DMCConfig
+    "env_steps": _ints(), "action_repeat": _ints(), "crop_size": _ints(), "camera_id": _ints(0),
+    "num_filters": _ints(), "num_conv_layers": _ints(), "feature_dim": _ints(),
+    "hidden_dim": _ints(), "log_std_min": _reals(None), "log_std_max": _reals(None),
+    "critic_lr": _reals(), "actor_lr": _reals(), "critic_beta1": _BETA1, "actor_beta1": _BETA1,
+    "alpha_lr": _reals(), "alpha_beta1": _BETA1, "init_temperature": _reals(),
+    "actor_update_freq": _ints(), "target_update_freq": _ints(), "critic_tau": _RATE,
+    "encoder_tau": _RATE, "seed_steps": _ints(0), "aux_lr": _reals(), "aux_lr_scale": _reals(),
+    "aux_warmup_steps": _ints(), "aux_batch_size": _ints(), "aux_clip_norm": _reals(),
+    "reinit_encoder_linear": _FLAG,
+}
+
+
+def field_keys(cfg: Any, prefix: str = "") -> list[str]:
+    """Dotted keys of every leaf field of a config (``["game", ..., "mlr.seq_len", ...]``)."""
+    keys = []
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            keys += field_keys(value, f"{prefix}{f.name}.")
+        else:
+            keys.append(prefix + f.name)
+    return keys
+
+
 def _get(cfg: Any, key: str) -> Any:
     """The value of dotted ``key`` in ``cfg``, or None when that config has no such field."""
     for part in key.split("."):
@@ -421,28 +556,32 @@ def _get(cfg: Any, key: str) -> Any:
 def validate(cfg: Any) -> Any:
     """Raise :class:`ConfigError` naming the first inconsistent value; return cfg."""
     m = cfg.mlr
-    for key, names in CHOICES.items():
+    for key in field_keys(cfg):  # each field on its own: type and range, or one of its names
         value = _get(cfg, key)
-        if value is not None and value not in names:
-            raise ConfigError(f"{key} must be one of {', '.join(names)}; got {value!r}"
-                              + close_matches(str(value), names))
-    if m.seq_len < 1 or m.block_size < 1 or m.seq_len % m.block_size:
+        if key in CHOICES:
+            if value not in CHOICES[key]:
+                raise ConfigError(f"{key} must be one of {', '.join(CHOICES[key])}; got {value!r}"
+                                  + close_matches(str(value), CHOICES[key]))
+        elif (problem := BOUNDS[key].error(key, value)) is not None:
+            raise ConfigError(problem)
+    # relations between fields
+    if m.seq_len % m.block_size:
         raise ConfigError(
             f"mlr.seq_len={m.seq_len} must be a positive multiple of mlr.block_size={m.block_size}")
     if cfg.image_size % m.patch_size:
         raise ConfigError(
             f"image_size={cfg.image_size} is not divisible by mlr.patch_size={m.patch_size}")
-    if not 0.0 <= m.mask_ratio < 1.0:
-        raise ConfigError(f"mlr.mask_ratio must be in [0, 1), got {m.mask_ratio}")
-    if cfg.run.eval_episodes < 1:
-        raise ConfigError(f"run.eval_episodes must be >= 1, got {cfg.run.eval_episodes}")
-    positive = ["batch_size", "replay_capacity", "num_envs"]
-    for name in positive:
-        if getattr(cfg, name) < 1:
-            raise ConfigError(f"{name} must be >= 1, got {getattr(cfg, name)}")
     if isinstance(cfg, AtariConfig):
-        if cfg.steps < 1:
-            raise ConfigError(f"steps must be >= 1, got {cfg.steps}")
+        if not len(cfg.channels) == len(cfg.kernels) == len(cfg.strides):
+            raise ConfigError(f"channels={cfg.channels}, kernels={cfg.kernels} and strides="
+                              f"{cfg.strides} must have one entry per convolution each")
+        from mlr_jax.nets.atari import nature_cnn_output_dim  # the encoder's own arithmetic
+        try:
+            width = nature_cnn_output_dim(cfg.image_size, cfg.channels, cfg.kernels, cfg.strides)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        if cfg.v_min >= cfg.v_max:
+            raise ConfigError(f"v_min={cfg.v_min} must be less than v_max={cfg.v_max}")
         if not 0 <= cfg.eps_ramp_start < cfg.eps_steps:
             raise ConfigError(f"eps_ramp_start={cfg.eps_ramp_start} must be in [0, eps_steps="
                               f"{cfg.eps_steps})")
@@ -451,10 +590,17 @@ def validate(cfg: Any) -> Any:
                 f"replay_capacity={cfg.replay_capacity} cannot hold one sequence of "
                 f"{m.seq_len}+{cfg.n_step} steps")
     else:
+        width = cfg.feature_dim
         if cfg.env_steps < cfg.action_repeat:
             raise ConfigError(f"env_steps={cfg.env_steps} is less than action_repeat={cfg.action_repeat}")
         if cfg.crop_size > cfg.image_size:
             raise ConfigError(f"crop_size={cfg.crop_size} exceeds image_size={cfg.image_size}")
+        if cfg.log_std_min >= cfg.log_std_max:
+            raise ConfigError(f"log_std_min={cfg.log_std_min} must be less than "
+                              f"log_std_max={cfg.log_std_max}")
+    if width % m.num_heads:
+        raise ConfigError(f"mlr.num_heads={m.num_heads} does not divide the decoder's width "
+                          f"{width} (the encoder's output)")
     return cfg
 
 

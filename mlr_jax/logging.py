@@ -20,6 +20,7 @@ import math
 import os
 import pathlib
 import sys
+import tempfile
 import time
 from typing import Any, Mapping, TextIO
 
@@ -27,6 +28,8 @@ import numpy as np
 import tqdm
 from matplotlib.figure import Figure
 from tensorboardX import SummaryWriter
+
+from mlr_jax.config import ConfigError
 
 EPISODE_SCORE = "episode/score"
 EVAL_MEAN = "eval/mean"
@@ -67,6 +70,19 @@ class RunDir:
             except FileExistsError:
                 n += 1
                 root = pathlib.Path(outdir) / f"{stem}-{n}"
+
+    @staticmethod
+    def check_outdir(outdir: str | pathlib.Path) -> None:
+        """Raise :class:`~mlr_jax.config.ConfigError` naming ``outdir`` unless run directories
+        can be written in it (it is made if missing): checked before anything slow is built."""
+        path = pathlib.Path(outdir)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=path, prefix=".mlr-jax-write-check-"):
+                pass
+        except OSError as e:
+            raise ConfigError(f"run.outdir={str(outdir)!r} is not a writable directory "
+                              f"({e.strerror or e})") from None
 
     @classmethod
     def open(cls, path: str | pathlib.Path) -> "RunDir":

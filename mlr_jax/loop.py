@@ -223,6 +223,8 @@ def train(cfg: AtariConfig | DMCConfig, resume: str | pathlib.Path | None = None
     for field in ("batch_size", "aux_batch_size"):  # fail before anything is built
         if hasattr(cfg, field):
             parallel.check_divisible(getattr(cfg, field), parallel.device_count(), field)
+    if resume is None and primary:
+        runlog.RunDir.check_outdir(cfg.run.outdir)
     env = envs.make_env(cfg, cfg.num_envs, seed, evaluation=False)
     domain = make_domain(cfg, env)
     replay = domain.make_replay()

@@ -1,6 +1,7 @@
 """The ``mlr-jax`` command line: config resolution, help, and clear errors for bad input."""
 
 import json
+import re
 
 import pytest
 
@@ -72,6 +73,17 @@ def test_batch_not_divisible_by_devices_fails_before_training(capsys, tmp_path):
     assert not any(tmp_path.iterdir()), "nothing may be created for a run that cannot start"
 
 
+def test_an_unwritable_outdir_fails_before_training(capsys, tmp_path):
+    blocker = tmp_path / "a_file"  # a file where the directory should be (root may write anywhere)
+    blocker.write_text("")
+    for outdir in (blocker, blocker / "runs"):
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main(["train", "atari", "--preset", "smoke", "--outdir", str(outdir)])
+        assert exit_info.value.code == 2
+        assert f"run.outdir={str(outdir)!r} is not a writable directory" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir()] == ["a_file"]
+
+
 def test_unknown_subcommand_and_option(capsys):
     for argv in (["frobnicate"], ["train", "atari", "--bogus"], ["train"]):
         with pytest.raises(SystemExit) as exit_info:
@@ -131,3 +143,59 @@ def test_every_preset_builds_a_valid_config_for_every_kind_of_name(domain, names
         ("gamma", "critic_lr", "actor_lr", "critic_tau", "encoder_tau", "action_repeat", "frame_stack")
     assert all(getattr(paper, k) == getattr(cpu, k) for k in same)
     assert cpu.image_size == 64 and cpu.mlr.num_layers == 1
+
+
+@pytest.mark.parametrize("cfg", [AtariConfig(), DMCConfig()], ids=["atari", "dmc"])
+def test_every_field_refuses_a_bad_value_naming_it(cfg):
+    """Table-driven validation: every field of every config has a rule (a type and range, or
+    its names), and each value a rule refuses (wrong type, NaN, out of range) fails at once
+    with the field's key in the message, before anything is built."""
+    from mlr_jax.config import BOUNDS, CHOICES, field_keys, validate
+    keys = field_keys(cfg)
+    assert [k for k in keys if k not in BOUNDS and k not in CHOICES] == []
+    validate(cfg)
+    for key in keys:
+        bad_values = ["nonsense", 3] if key in CHOICES else BOUNDS[key].bad_values()
+        assert len(bad_values) >= 2, key
+        for bad in bad_values:
+            # set the raw value (no coercion), as a JSON config or a dataclass could carry it
+            broken = _replace(cfg, key.split("."), bad)
+            with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+                validate(broken)
+
+
+def _replace(cfg, path, value):
+    import dataclasses
+    if len(path) == 1:
+        return dataclasses.replace(cfg, **{path[0]: value})
+    return dataclasses.replace(cfg, **{path[0]: _replace(getattr(cfg, path[0]), path[1:], value)})
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["lr=nan"], "lr must be a finite number > 0, got nan"),
+    (["lr=-1"], "lr must be a finite number > 0, got -1.0"),
+    (["v_min=10"], "v_min=10.0 must be less than v_max=10.0"),
+    (["run.log_every=0"], "run.log_every must be an integer >= 1, got 0"),
+    (["target_update_period=0"], "target_update_period must be an integer >= 1"),
+    (["updates_per_step=0"], "updates_per_step must be an integer >= 1"),
+    (["mlr.patch_size=0"], "mlr.patch_size must be an integer >= 1, got 0"),
+    (["mlr.num_heads=3"], "mlr.num_heads=3 does not divide the decoder's width 3136"),
+    (["frame_stack=0"], "frame_stack must be an integer >= 1"),
+    (["image_size=0"], "image_size must be an integer >= 1"),
+    (["image_size=24"], "image_size=24 is too small for kernels=(8, 4, 3)"),
+    (["n_step=0"], "n_step must be an integer >= 1"),
+    (["run.seed=-1"], "run.seed must be an integer >= 0, got -1"),
+    (["channels=32,64"], "must have one entry per convolution each"),
+])
+def test_values_that_used_to_fail_late_fail_in_validation(overrides, message):
+    with pytest.raises(ConfigError) as error:
+        make_config("atari", "pong", "paper", overrides)
+    assert message in str(error.value)
+
+
+def test_dmc_relations_are_checked():
+    for overrides, message in ((["log_std_min=3"], "log_std_min=3.0 must be less than log_std_max=2.0"),
+                               (["mlr.num_heads=3"], "does not divide the decoder's width 50"),
+                               (["critic_beta1=1"], "critic_beta1 must be a finite number in [0, 1)")):
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            make_config("dmc", "cartpole_swingup", "paper", overrides)
