@@ -10,13 +10,21 @@ One checkpoint is one step directory ``<ckpt_dir>/<step>/`` with four orbax item
 
 Orbax writes a step into a temporary directory and renames it when every item is complete, so
 a crash never leaves a half-written checkpoint that :func:`latest_step` would pick up. Saving
-is synchronous; the last ``keep`` steps are kept.
+is synchronous; the last ``keep`` steps are kept. A complete step that was damaged later (a
+file truncated or deleted) is set aside by :func:`restore`, which falls back to the
+previous step.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import pathlib
-from typing import Any, Mapping
+import shutil
+import sys
+import tempfile
+import time
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -188,7 +196,7 @@ def save(ckpt_dir: str | pathlib.Path, step: int, state: Any, replay_state: Mapp
 
 def restore(ckpt_dir: str | pathlib.Path, target_state: Any,
             config_dict: Mapping[str, Any] | None = None, step: int | None = None,
-            with_replay: bool = True
+            with_replay: bool = True, on_skip: Callable[[str], None] | None = None
             ) -> tuple[Any, dict[str, Any] | None, dict[str, Any], dict[str, Any]]:
     """Read a checkpoint written by :func:`save`.
 
@@ -199,8 +207,12 @@ def restore(ckpt_dir: str | pathlib.Path, target_state: Any,
         must hold concrete arrays; otherwise ``jax.ShapeDtypeStruct`` leaves also work.
       config_dict: the current run's config dict; if given, the checkpoint must agree with
         it on :data:`COMPATIBILITY_KEYS` (else :class:`CheckpointMismatch`).
-      step: which step to read; None = the latest.
+      step: which step to read; None = the newest readable one. A newer checkpoint that
+        cannot be read (a file truncated or deleted) is moved aside to
+        ``<ckpt_dir>.unreadable/<step>`` (by the primary process), never deleted, and the
+        next older one is tried; ``on_skip`` gets one line per checkpoint skipped.
       with_replay: False skips the replay (e.g. to evaluate the agent), returned as None.
+      on_skip: where to report a skipped checkpoint (e.g. the loop's ``log``).
 
     Returns:
       ``(state, replay_state, loop_state, saved_config)``: state as jax arrays shaped like
@@ -211,17 +223,78 @@ def restore(ckpt_dir: str | pathlib.Path, target_state: Any,
         raise CheckpointError(f"checkpoint directory {path} does not exist")
     with _manager(path) as mngr:
         saved_steps = sorted(mngr.all_steps())
-        if not saved_steps:
-            raise CheckpointError(f"no complete checkpoint in {path}")
-        step = saved_steps[-1] if step is None else step
+    if not saved_steps:
+        raise CheckpointError(f"no complete checkpoint in {path}")
+    if step is not None:
         if step not in saved_steps:
             raise CheckpointError(f"no checkpoint of step {step}: {path / str(step)} does not "
                                   f"exist; saved steps: {saved_steps}")
-        where = path / str(step)
+        return _read_step(path, step, target_state, config_dict, with_replay)
+    problems = []
+    for candidate in reversed(saved_steps):
+        try:
+            return _read_step(path, candidate, target_state, config_dict, with_replay)
+        except CheckpointMismatch:
+            raise
+        except CheckpointError as e:
+            aside = _set_aside(path, candidate)
+            problems.append(str(e))
+            if on_skip is not None:
+                on_skip(f"[mlr-jax] skipped checkpoint {candidate}: {e}"
+                        + (f"; moved to {aside}" if aside else ""))
+    raise CheckpointError(f"no readable checkpoint in {path}: " + " | ".join(problems))
 
+
+def _set_aside(path: pathlib.Path, step: int) -> pathlib.Path | None:
+    """Move the unreadable step directory out of orbax's sight (primary process only)."""
+    if not parallel.is_primary():
+        return None
+    aside = path.with_name(path.name + ".unreadable") / str(step)
+    if aside.exists():
+        aside = aside.with_name(f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
+    aside.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(path / str(step)), str(aside))
+    return aside
+
+
+@contextlib.contextmanager
+def _stderr_held_back(settle_s: float = 1.0):
+    """Run the body with the process's stderr (fd 2) held in a temporary file, passed on
+    when the body succeeds. When a read of a broken checkpoint fails, orbax closes its event
+    loop while other reads are still in flight, and each late tensorstore callback prints a
+    ``RuntimeError: Event loop is closed`` traceback (hundreds for one truncated file),
+    burying the one line that says what happened: wait ``settle_s`` for them and drop what
+    they printed (the raised error names the checkpoint and the cause)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        except Exception:
+            time.sleep(settle_s)
+            raise
+        else:
+            sys.stderr.flush()
+            held.seek(0)
+            text = held.read()
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+    if text:
+        os.write(2, text)
+
+
+def _read_step(path: pathlib.Path, step: int, target_state: Any,
+               config_dict: Mapping[str, Any] | None, with_replay: bool
+               ) -> tuple[Any, dict[str, Any] | None, dict[str, Any], dict[str, Any]]:
+    where = path / str(step)
+    with _manager(path) as mngr:
         def read(**items):
             try:
-                return mngr.restore(step, args=ocp.args.Composite(**items))
+                with _stderr_held_back():
+                    return mngr.restore(step, args=ocp.args.Composite(**items))
             except Exception as e:  # orbax/tensorstore raise many types for bad files
                 raise CheckpointError(f"cannot read checkpoint {where} (missing or corrupt): "
                                       f"{type(e).__name__}: {str(e)[:300]}") from e

@@ -140,9 +140,10 @@ def _window_means(window: list[dict[str, Any]]) -> dict[str, float]:
     return means
 
 
-def _restore(run: runlog.RunDir, cfg, state, replay):
-    """Load the latest checkpoint of ``run`` into ``state`` and ``replay``."""
-    state, replay_state, loop_state, _ = checkpoint.restore(run.checkpoints, state, to_dict(cfg))
+def _restore(run: runlog.RunDir, cfg, state, replay, log=print):
+    """Load the newest readable checkpoint of ``run`` into ``state`` and ``replay``."""
+    state, replay_state, loop_state, _ = checkpoint.restore(run.checkpoints, state, to_dict(cfg),
+                                                            on_skip=log)
     replay.load_state_dict(replay_state)
     replay.mark_episode_end()  # the environment restarts: no stack/sequence across the gap
     return state, loop_state
@@ -170,7 +171,7 @@ def evaluate_checkpoint(run_dir: str | pathlib.Path, step: int | None = None,
     env.close()
     target = domain.agent.init(jax.random.PRNGKey(0))
     state, _, loop_state, _ = checkpoint.restore(run.checkpoints, target, to_dict(cfg), step,
-                                                 with_replay=False)
+                                                 with_replay=False, on_skip=log)
     step = int(loop_state["step"])
     eval_seed = cfg.run.seed + EVAL_SEED_OFFSET if seed is None else seed
     episodes = cfg.run.eval_episodes if episodes is None else episodes
@@ -236,7 +237,7 @@ def train(cfg: AtariConfig | DMCConfig, resume: str | pathlib.Path | None = None
 
     if resume is not None:
         run = runlog.RunDir.open(resume)
-        state, loop_state = _restore(run, cfg, state, replay)
+        state, loop_state = _restore(run, cfg, state, replay, log)
         step, episodes = int(loop_state["step"]), int(loop_state["episodes"])
         latest_score = float(loop_state["latest_score"])
         key = jax.numpy.asarray(loop_state["key"])

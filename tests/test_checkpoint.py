@@ -142,6 +142,59 @@ def test_missing_and_corrupt_checkpoints_name_the_path(tmp_path):
             checkpoint.restore(broken, make_state())
 
 
+@pytest.mark.parametrize("damage", ["truncate", "delete"])
+def test_an_unreadable_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, damage):
+    """A crash or a full disk can leave the newest step broken: resuming reads the newest
+    readable one, says which it skipped and why, and keeps the broken one aside."""
+    ckpt = tmp_path / "checkpoints"
+    checkpoint.save(ckpt, 5, make_state(0), make_replay(0), {"step": 5}, CONFIG)
+    checkpoint.save(ckpt, 10, make_state(1), make_replay(1), {"step": 10}, CONFIG)
+    victim = max((p for p in (ckpt / "10" / "state").rglob("*") if p.is_file()),
+                 key=lambda p: p.stat().st_size)
+    if damage == "truncate":
+        victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+    else:
+        victim.unlink()
+    skipped = []
+    state, replay, loop, _ = checkpoint.restore(ckpt, make_state(), CONFIG, on_skip=skipped.append)
+    assert loop["step"] == 5
+    chex.assert_trees_all_equal(state.params, make_state(0).params)
+    np.testing.assert_array_equal(replay["obs"], make_replay(0)["obs"])
+    aside = tmp_path / "checkpoints.unreadable" / "10"
+    assert len(skipped) == 1 and "skipped checkpoint 10" in skipped[0] and str(aside) in skipped[0]
+    assert aside.is_dir() and checkpoint.latest_step(ckpt) == 5
+    # the run goes on: step 10 can be saved again, and an explicit step is never skipped
+    checkpoint.save(ckpt, 10, make_state(1), make_replay(1), {"step": 10}, CONFIG)
+    assert checkpoint.restore(ckpt, make_state(), CONFIG)[2]["step"] == 10
+    shutil.rmtree(ckpt / "5" / "replay")
+    with pytest.raises(checkpoint.CheckpointError, match="corrupt"):
+        checkpoint.restore(ckpt, make_state(), CONFIG, step=5)
+    assert (ckpt / "5").is_dir()
+
+
+def test_a_failed_read_drops_what_late_callbacks_print(capfd):
+    """Reading a truncated checkpoint of a real run made orbax's late tensorstore callbacks
+    print 262 ``Event loop is closed`` tracebacks around the one useful line: while a read
+    runs, the process's stderr is held back, passed on if the read succeeds and dropped if
+    it fails."""
+    import os
+    import threading
+
+    def late_callback():
+        os.write(2, b"Traceback: Event loop is closed\n")
+
+    with checkpoint._stderr_held_back(settle_s=0.5):
+        os.write(2, b"a warning worth seeing\n")
+    late = threading.Timer(0.2, late_callback)  # fires after the error, while settling
+    with pytest.raises(OSError):
+        with checkpoint._stderr_held_back(settle_s=0.5):
+            late.start()
+            raise OSError("truncated")
+    late.join()
+    err = capfd.readouterr().err
+    assert "a warning worth seeing" in err and "Event loop" not in err
+
+
 def test_save_rejects_unsupported_values(tmp_path):
     with pytest.raises(TypeError, match=r"loop_state\.stats\.key"):
         checkpoint.save(tmp_path, 1, make_state(), make_replay(), {"stats": {"key": jnp.zeros(2)}}, CONFIG)
