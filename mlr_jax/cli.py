@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Sequence
 
@@ -60,7 +61,8 @@ def _add_run_options(p: argparse.ArgumentParser, domain: str) -> None:
                    help="auxiliary loss: mlr (default) or none (the paper's Baseline)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--eval-episodes", type=int, default=None)
-    p.add_argument("--eval-every", type=int, default=None, help="agent steps between evaluations (0: final only)")
+    unit = "agent steps" if domain == "atari" else "ENVIRONMENT steps"
+    p.add_argument("--eval-every", type=int, default=None, help=f"{unit} between evaluations (0: final only)")
     p.add_argument("--outdir", default=None, help="parent of the run directory (default: runs)")
     p.add_argument("--precision", choices=("fp32", "bf16"), default=None)
     p.add_argument("--no-progress", action="store_true", help="print lines instead of a progress bar")
@@ -186,6 +188,11 @@ def config_from_args(args: argparse.Namespace):
     return make_config(args.domain, name, args.preset, overrides)
 
 
+def _config(args: argparse.Namespace) -> int:
+    print(json.dumps(to_dict(config_from_args(args)), indent=2))
+    return 0
+
+
 def _train(args: argparse.Namespace) -> int:
     _start_distributed(args)  # before anything else uses JAX
     from mlr_jax import loop  # heavy imports only when training
@@ -194,7 +201,8 @@ def _train(args: argparse.Namespace) -> int:
         # the run's own config, with only what is given now on top (e.g. more --steps)
         saved = loop.load_run_config(args.resume)
         if domain_of(saved) != args.domain:
-            raise ConfigError(f"--resume {args.resume} is a {domain_of(saved)} run, not {args.domain}")
+            raise ConfigError(f"--resume {args.resume} is a run of the {domain_of(saved)} agent, "
+                              f"not of the {args.domain} agent")
         name, overrides = requested_overrides(args)
         if name is not None and name != name_of(saved):
             raise ConfigError(f"--resume {args.resume} trains {name_of(saved)!r}, not {name!r}")
@@ -236,7 +244,7 @@ def _report(args: argparse.Namespace) -> int:
     root = pathlib.Path(args.root)
     (root / "report.md").write_text(text)
     write_json(root / "report.json", agg)
-    print(text + f"\n[mlr-jax] {len(records)} runs; written to {root / 'report.md'} and report.json")
+    print(text + f"\n[mlr-jax] {len(records)} run{'s' if len(records) != 1 else ''}; written to {root / 'report.md'} and report.json")
     return 0
 
 
@@ -266,20 +274,25 @@ def _bench(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # KEY=VALUE overrides may stand anywhere on the line, also after options (argparse alone
+    # takes only the first run of positionals)
+    args, extra = parser.parse_known_args(argv)
+    unknown = [a for a in extra if a.startswith("-") or "=" not in a or not hasattr(args, "overrides")]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
+    commands = {"config": _config, "train": _train, "eval": _eval, "report": _report,
+                "bench": _bench}
     try:
-        if args.command == "config":
-            print(json.dumps(to_dict(config_from_args(args)), indent=2))
-            return 0
-        if args.command == "train":
-            return _train(args)
-        if args.command == "eval":
-            return _eval(args)
-        if args.command == "report":
-            return _report(args)
-        return _bench(args)
+        code = commands[args.command](args)
+        sys.stdout.flush()  # here, where a closed pipe can still be handled
+        return code
     except (ConfigError, ParallelError, CheckpointError, FileNotFoundError) as e:
         parser.exit(2, f"mlr-jax: error: {e}\n")
+    except BrokenPipeError:  # e.g. `mlr-jax config atari | head`: the reader has gone
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+        return 0
 
 
 if __name__ == "__main__":

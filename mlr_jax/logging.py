@@ -237,7 +237,7 @@ class Progress:
             return
         if self._bar is not None:
             if postfix:
-                self._bar.set_postfix(self._postfix, refresh=False)
+                self._bar.set_postfix(self._shown(), refresh=False)
             self._bar.update(step - self._bar.n)
         elif step >= self._next_print or step >= self.total:
             self._next_print = (step // self.print_every + 1) * self.print_every
@@ -248,10 +248,15 @@ class Progress:
         elapsed = time.monotonic() - self._start_time
         sps = (step - self._start_step) / elapsed if elapsed > 0 else 0.0
         eta = (self.total - step) / sps if sps > 0 else float("inf")
-        extra = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                         for k, v in self._postfix.items())
+        extra = " ".join(f"{k}={v}" for k, v in self._shown().items())
         return (f"{self.desc} {step}/{self.total} ({100 * step / self.total:.1f}%) | "
                 f"{sps:.1f} sps | eta {_duration(eta)}" + (f" | {extra}" if extra else ""))
+
+    def _shown(self) -> dict[str, str]:
+        """The postfix values as shown: floats to 4 digits, ``-`` for a value not known yet
+        (NaN, e.g. the score before the first episode ends)."""
+        return {k: (f"{v:.4g}" if math.isfinite(v) else "-") if isinstance(v, float) else str(v)
+                for k, v in self._postfix.items()}
 
     def close(self) -> None:
         if self._bar is not None:

@@ -44,3 +44,14 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="mlr_jax_test_xla_cache_")
     os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"
     os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "-1"
+
+
+def pytest_collection_modifyitems(config, items):
+    """The learning tests first, then the other slow ones, then the rest (a stable sort): with
+    `-n 2 --dist loadfile` the long files start at once and the quick ones fill in around
+    them, so the two workers finish together instead of one running the learning tests alone
+    at the end (about 5 minutes of one idle core)."""
+    def rank(item):
+        return 0 if item.get_closest_marker("learning") else 1 if item.get_closest_marker("slow") else 2
+
+    items.sort(key=rank)

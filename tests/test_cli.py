@@ -43,6 +43,12 @@ def test_flags_and_overrides(capsys):
     cfg = json.loads(out.out)
     assert (cfg["aux"], cfg["steps"], cfg["run"]["seed"]) == ("none", 5000, 3)
     assert cfg["mlr"]["block_size"] == 4 and cfg["lr"] == 3e-4 and cfg["channels"] == [16, 32, 16]
+    # overrides anywhere on the line, also after options
+    _, out = run_cli(capsys, "config", "atari", "lr=3e-4", "--seed", "3", "mlr.block_size=4",
+                     "--aux", "none", "hidden_size=64")
+    cfg = json.loads(out.out)
+    assert (cfg["lr"], cfg["run"]["seed"], cfg["mlr"]["block_size"], cfg["aux"], cfg["hidden_size"]) == \
+        (3e-4, 3, 4, "none", 64)
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -84,6 +90,18 @@ def test_an_unwritable_outdir_fails_before_training(capsys, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["a_file"]
 
 
+def test_output_into_a_closed_pipe_exits_quietly(tmp_path):
+    """`mlr-jax config atari | head -1`: no BrokenPipeError traceback, exit status 0. Here the
+    reader is gone before the command writes anything."""
+    import subprocess
+    import sys
+    proc = subprocess.Popen([sys.executable, "-m", "mlr_jax", "config", "atari"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and err == "", err
+
+
 def test_unknown_subcommand_and_option(capsys):
     for argv in (["frobnicate"], ["train", "atari", "--bogus"], ["train"]):
         with pytest.raises(SystemExit) as exit_info:
@@ -99,7 +117,8 @@ def test_help_lists_subcommands_and_budget_units(capsys):
     assert all(c in text for c in ("train", "config", "bench"))
     with pytest.raises(SystemExit):
         cli.main(["train", "dmc", "--help"])
-    assert "ENVIRONMENT-step budget" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "ENVIRONMENT-step budget" in text and "ENVIRONMENT steps between evaluations" in text
 
 
 def test_config_round_trip():

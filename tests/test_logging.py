@@ -80,10 +80,12 @@ def test_progress_prints_compact_lines_without_a_terminal():
     out = io.StringIO()
     with mlog.Progress(total=100, enabled=True, print_every=25, file=out) as progress:
         for step in range(1, 101):
-            progress.update(step, **({"score": 1.5} if step == 60 else {}))
+            progress.update(step, **({"score": float("nan")} if step == 30 else
+                                     {"score": 1.5} if step == 60 else {}))
     lines = out.getvalue().splitlines()
     assert [line.split()[1] for line in lines] == ["25/100", "50/100", "75/100", "100/100"]
-    assert "sps" in lines[0] and "eta" in lines[0] and "score" not in lines[1]
+    assert "sps" in lines[0] and "eta" in lines[0] and "score" not in lines[0]
+    assert lines[1].endswith("score=-")  # no episode has ended yet: not "score=nan"
     assert lines[-1].endswith("score=1.5")
 
 

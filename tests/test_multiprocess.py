@@ -15,11 +15,14 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 import multiprocess_worker as worker
 from conftest import FAST_COMPILE_FLAG
 from mlr_jax import parallel
 from test_train_end_to_end import LONG_SMOKE_RUN, check_run_dir, only_run_dir, wait_for_metrics_step
+
+pytestmark = pytest.mark.slow
 
 WORKER = pathlib.Path(__file__).with_name("multiprocess_worker.py")
 TIMEOUT_S = 900

@@ -16,6 +16,8 @@ import pytest
 from mlr_jax import cli
 from mlr_jax.logging import read_metrics
 
+pytestmark = pytest.mark.slow
+
 RUN_FILES = ("config.json", "param_counts.json", "metrics.jsonl", "metrics.csv",
              "final_eval.json", "learning_curve.png", "summary.md", "eval.gif")
 

@@ -9,6 +9,8 @@ from mlr_jax.agents import atari, dmc
 from mlr_jax.bench.runner import random_batch
 from mlr_jax.config import make_config
 
+pytestmark = pytest.mark.slow
+
 
 def one_update(domain, precision, make_agent, num_actions, name):
     cfg = make_config(domain, name, "toy", [f"run.precision={precision}"])
