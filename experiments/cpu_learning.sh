@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Both agents, with MLR and without (the Baseline), on one real task per domain at the `cpu`
 # preset's reduced sizes: Atari road_runner (15k agent steps) and DMC cartpole_swingup (100k
-# environment steps, the DMControl-100k budget), 25-60 minutes per run alone on a 2-core CPU,
+# environment steps, the DMControl-100k budget), 30-100 minutes per run alone on a 2-core CPU,
 # JOBS runs at a time. Then experiments/plot_learning.py measures the random policy on each
 # task and writes the curves, metrics and a summary to RESULTS. Not the paper's setting: see
 # benchmarks/learning/README.md. Keep JOBS=1 unless there are cores to spare: two runs on 2

@@ -223,25 +223,25 @@ def restore(ckpt_dir: str | pathlib.Path, target_state: Any,
         raise CheckpointError(f"checkpoint directory {path} does not exist")
     with _manager(path) as mngr:
         saved_steps = sorted(mngr.all_steps())
-    if not saved_steps:
-        raise CheckpointError(f"no complete checkpoint in {path}")
-    if step is not None:
-        if step not in saved_steps:
-            raise CheckpointError(f"no checkpoint of step {step}: {path / str(step)} does not "
-                                  f"exist; saved steps: {saved_steps}")
-        return _read_step(path, step, target_state, config_dict, with_replay)
-    problems = []
-    for candidate in reversed(saved_steps):
-        try:
-            return _read_step(path, candidate, target_state, config_dict, with_replay)
-        except CheckpointMismatch:
-            raise
-        except CheckpointError as e:
-            aside = _set_aside(path, candidate)
-            problems.append(str(e))
-            if on_skip is not None:
-                on_skip(f"[mlr-jax] skipped checkpoint {candidate}: {e}"
-                        + (f"; moved to {aside}" if aside else ""))
+        if not saved_steps:
+            raise CheckpointError(f"no complete checkpoint in {path}")
+        if step is not None:
+            if step not in saved_steps:
+                raise CheckpointError(f"no checkpoint of step {step}: {path / str(step)} does "
+                                      f"not exist; saved steps: {saved_steps}")
+            return _read_step(mngr, path, step, target_state, config_dict, with_replay)
+        problems = []
+        for candidate in reversed(saved_steps):
+            try:
+                return _read_step(mngr, path, candidate, target_state, config_dict, with_replay)
+            except CheckpointMismatch:
+                raise
+            except CheckpointError as e:
+                aside = _set_aside(path, candidate)
+                problems.append(str(e))
+                if on_skip is not None:
+                    on_skip(f"[mlr-jax] skipped checkpoint {candidate}: {e}"
+                            + (f"; moved to {aside}" if aside else ""))
     raise CheckpointError(f"no readable checkpoint in {path}: " + " | ".join(problems))
 
 
@@ -286,27 +286,27 @@ def _stderr_held_back(settle_s: float = 1.0):
         os.write(2, text)
 
 
-def _read_step(path: pathlib.Path, step: int, target_state: Any,
+def _read_step(mngr: ocp.CheckpointManager, path: pathlib.Path, step: int, target_state: Any,
                config_dict: Mapping[str, Any] | None, with_replay: bool
                ) -> tuple[Any, dict[str, Any] | None, dict[str, Any], dict[str, Any]]:
     where = path / str(step)
-    with _manager(path) as mngr:
-        def read(**items):
-            try:
-                with _stderr_held_back():
-                    return mngr.restore(step, args=ocp.args.Composite(**items))
-            except Exception as e:  # orbax/tensorstore raise many types for bad files
-                raise CheckpointError(f"cannot read checkpoint {where} (missing or corrupt): "
-                                      f"{type(e).__name__}: {str(e)[:300]}") from e
 
-        saved_config = read(config=ocp.args.JsonRestore()).config
-        if config_dict is not None:
-            check_compatible(saved_config, config_dict)
-        abstract = jax.tree.map(
-            lambda x: jax.eval_shape(jax.random.key_data, x) if _is_typed_key(x)
-            else jax.ShapeDtypeStruct(x.shape, x.dtype), target_state)
-        replay = {"replay": ocp.args.StandardRestore()} if with_replay else {}
-        items = read(state=ocp.args.StandardRestore(abstract), loop=ocp.args.JsonRestore(), **replay)
+    def read(**items):
+        try:
+            with _stderr_held_back():
+                return mngr.restore(step, args=ocp.args.Composite(**items))
+        except Exception as e:  # orbax/tensorstore raise many types for bad files
+            raise CheckpointError(f"cannot read checkpoint {where} (missing or corrupt): "
+                                  f"{type(e).__name__}: {str(e)[:300]}") from e
+
+    saved_config = read(config=ocp.args.JsonRestore()).config
+    if config_dict is not None:
+        check_compatible(saved_config, config_dict)
+    abstract = jax.tree.map(
+        lambda x: jax.eval_shape(jax.random.key_data, x) if _is_typed_key(x)
+        else jax.ShapeDtypeStruct(x.shape, x.dtype), target_state)
+    replay = {"replay": ocp.args.StandardRestore()} if with_replay else {}
+    items = read(state=ocp.args.StandardRestore(abstract), loop=ocp.args.JsonRestore(), **replay)
     _check_shapes(items.state, abstract, where)
     state = jax.tree.map(
         lambda r, t: jax.random.wrap_key_data(r, impl=jax.random.key_impl(t)) if _is_typed_key(t)

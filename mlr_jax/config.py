@@ -286,7 +286,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "run.checkpoint_every": 0,
         },
         # A real task at the DMControl-100k budget on a 2-core CPU (experiments/cpu_learning.sh,
-        # 25-50 minutes a run): 64x64 renders cropped to 56, 16 filters x 2 layers, batch 64,
+        # 30-100 minutes a run): 64x64 renders cropped to 56, 16 filters x 2 layers, batch 64,
         # MLR on 16 sequences of K=8. Not the paper's setting.
         "cpu": {
             "env_steps": 100_000, "image_size": 64, "crop_size": 56, "num_filters": 16,
