@@ -96,11 +96,12 @@ def plot_task(runs: list[dict], random_scores: np.ndarray, path: pathlib.Path,
     ax.set(xlabel=first["x_label"], ylabel="episode score",
            title=f"{first['domain']} {first['name']}, preset cpu (reduced, not the paper's setting)")
     ax.grid(alpha=0.3)
-    ax.legend(loc="center right", fontsize="small")
+    # below the axes, where it covers no point of any curve
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, fontsize="small",
+              frameon=False)
     ax.text(0.99, 0.01, "dots: training episodes; bands: evaluation ± std", transform=ax.transAxes,
             ha="right", va="bottom", fontsize="x-small", alpha=0.7)
-    fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, bbox_inches="tight")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,19 +12,25 @@ Orbax writes a step into a temporary directory and renames it when every item is
 a crash never leaves a half-written checkpoint that :func:`latest_step` would pick up. Saving
 is synchronous; the last ``keep`` steps are kept. A complete step that was damaged later (a
 file truncated or deleted) is set aside by :func:`restore`, which falls back to the
-previous step.
+previous step. A save that finds the disk full raises :class:`DiskFull` (one line: the path,
+the bytes needed and free) and leaves the earlier steps as they were.
+
+Every checkpoint records :data:`FORMAT` and the mlr-jax version in its loop state;
+:func:`check_resumable` reads only the newest step's small JSON items, so a checkpoint of
+another format or config is refused before anything slow is built.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import pathlib
 import shutil
 import sys
 import tempfile
 import time
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -32,6 +38,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from mlr_jax import parallel
+from mlr_jax.host import format_bytes
 
 # Config fields that fix array shapes or what the saved numbers mean; a checkpoint whose
 # values differ from the current config's cannot be resumed.
@@ -45,6 +52,9 @@ COMPATIBILITY_KEYS: tuple[str, ...] = (
     "mlr.num_layers", "mlr.num_heads", "mlr.mlp_ratio",
 )
 _MISSING = "<missing>"
+FORMAT = 1  # the layout of a checkpoint's items; a checkpoint of another format is refused
+FORMAT_KEY = "checkpoint_format"  # loop-state keys written by save()
+VERSION_KEY = "mlr_jax_version"
 
 
 class CheckpointError(RuntimeError):
@@ -53,6 +63,11 @@ class CheckpointError(RuntimeError):
 
 class CheckpointMismatch(CheckpointError):
     """A checkpoint does not fit the current run; the message names each differing key."""
+
+
+class DiskFull(CheckpointError):
+    """A checkpoint could not be written for lack of disk space. The message names the
+    directory, the bytes needed and free, and the newest checkpoint, which is left intact."""
 
 
 # --------------------------------------------------------------------------- helpers
@@ -184,14 +199,68 @@ def save(ckpt_dir: str | pathlib.Path, step: int, state: Any, replay_state: Mapp
     if not replay_state:
         raise ValueError("replay_state is empty; pass the replay buffer's arrays")
     path = pathlib.Path(ckpt_dir).resolve()
+    from mlr_jax import __version__
+
+    loop = {**dict(loop_state), FORMAT_KEY: FORMAT, VERSION_KEY: __version__}
     with _manager(path, keep) as mngr:
-        if step not in mngr.all_steps():
-            mngr.save(step, args=ocp.args.Composite(
-                state=ocp.args.StandardSave(_state_to_host(state)),
-                replay=ocp.args.StandardSave(dict(replay_state)),
-                loop=ocp.args.JsonSave(_encode(dict(loop_state), "")),
-                config=ocp.args.JsonSave(dict(config_dict))))
+        saved = mngr.all_steps()
+        if step in saved:
+            return path / str(step)
+        host_state = _state_to_host(state)
+        need = _bytes_needed(path, saved, host_state, replay_state)
+        free = shutil.disk_usage(path).free
+        if free < need:
+            raise _disk_full(path, step, need, free, saved, "not enough free space")
+        try:
+            with _stderr_held_back():  # a full disk makes tensorstore print dozens of tracebacks
+                mngr.save(step, args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(host_state),
+                    replay=ocp.args.StandardSave(dict(replay_state)),
+                    loop=ocp.args.JsonSave(_encode(loop, "")),
+                    config=ocp.args.JsonSave(dict(config_dict))))
+        except Exception as e:
+            if not _is_disk_full(e):
+                raise
+            for tmp in path.glob(f"{step}.orbax-checkpoint-tmp*"):  # give the space back
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise _disk_full(path, step, need, shutil.disk_usage(path).free, saved,
+                             "No space left on device") from None
     return path / str(step)
+
+
+def _dir_bytes(path: pathlib.Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def _bytes_needed(path: pathlib.Path, saved: Sequence[int], state: Any,
+                  replay_state: Mapping[str, Any]) -> int:
+    """Disk space a new checkpoint will take: the newest saved one's size plus the growth
+    of the replay since (its arrays are compressed, so the raw size would overstate it), or
+    for the first checkpoint the arrays' raw size."""
+    if saved:
+        return _dir_bytes(path / str(max(saved)))
+    leaves = jax.tree.leaves(state) + jax.tree.leaves(dict(replay_state))
+    return sum(int(np.asarray(x).nbytes) for x in leaves)
+
+
+def _is_disk_full(e: BaseException | None) -> bool:
+    """Whether ``e`` or an exception it was raised from reports ENOSPC (orbax and tensorstore
+    wrap the OSError, sometimes only as text)."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC or "No space left" in str(e):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def _disk_full(path: pathlib.Path, step: int, need: int, free: int, saved: Sequence[int],
+               cause: str) -> DiskFull:
+    kept = (f"checkpoint {max(saved)} is intact" if saved else "no earlier checkpoint exists")
+    return DiskFull(f"disk full: checkpoint {step} cannot be written to {path} ({cause}): it "
+                    f"needs about {format_bytes(need)}, {format_bytes(free)} free; {kept}. Free "
+                    "some space and --resume the run")
 
 
 def restore(ckpt_dir: str | pathlib.Path, target_state: Any,
@@ -243,6 +312,44 @@ def restore(ckpt_dir: str | pathlib.Path, target_state: Any,
                     on_skip(f"[mlr-jax] skipped checkpoint {candidate}: {e}"
                             + (f"; moved to {aside}" if aside else ""))
     raise CheckpointError(f"no readable checkpoint in {path}: " + " | ".join(problems))
+
+
+def check_resumable(ckpt_dir: str | pathlib.Path, config_dict: Mapping[str, Any]) -> None:
+    """Refuse a resume early: raise :class:`CheckpointError` if ``ckpt_dir`` holds no complete
+    checkpoint, :class:`CheckpointMismatch` if the newest one has another :data:`FORMAT` or
+    differs from ``config_dict`` on :data:`COMPATIBILITY_KEYS`. Reads only the small JSON
+    items (well under a second); a newest step too damaged to read is left to
+    :func:`restore`, which falls back to an older one."""
+    path = pathlib.Path(ckpt_dir).resolve()
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint directory {path} does not exist")
+    with _manager(path) as mngr:
+        saved_steps = mngr.all_steps()
+        if not saved_steps:
+            raise CheckpointError(f"no complete checkpoint in {path}")
+        step = max(saved_steps)
+        try:
+            with _stderr_held_back():
+                items = mngr.restore(step, args=ocp.args.Composite(
+                    config=ocp.args.JsonRestore(), loop=ocp.args.JsonRestore()))
+        except Exception:  # noqa: BLE001 - damaged: restore() reports it and falls back
+            return
+    _check_format(dict(items.loop), path / str(step))
+    check_compatible(items.config, config_dict)
+
+
+def _check_format(loop: dict[str, Any], where: pathlib.Path) -> dict[str, Any]:
+    """``loop`` without the format keys :func:`save` adds, after checking the format
+    (checkpoints from before the keys existed are format 1)."""
+    from mlr_jax import __version__
+
+    loop = dict(loop)
+    found, version = loop.pop(FORMAT_KEY, 1), loop.pop(VERSION_KEY, "0.1.0 or earlier")
+    if found != FORMAT:
+        raise CheckpointMismatch(
+            f"checkpoint {where} has format {found!r} (written by mlr-jax {version}); mlr-jax "
+            f"{__version__} reads format {FORMAT}: resume it with the version that wrote it")
+    return loop
 
 
 def _set_aside(path: pathlib.Path, step: int) -> pathlib.Path | None:
@@ -311,4 +418,5 @@ def _read_step(mngr: ocp.CheckpointManager, path: pathlib.Path, step: int, targe
     state = jax.tree.map(
         lambda r, t: jax.random.wrap_key_data(r, impl=jax.random.key_impl(t)) if _is_typed_key(t)
         else jnp.asarray(r), items.state, target_state)
-    return (state, dict(items.replay) if with_replay else None, _decode(items.loop), saved_config)
+    loop = _check_format(_decode(items.loop), where)
+    return (state, dict(items.replay) if with_replay else None, loop, saved_config)

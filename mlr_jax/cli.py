@@ -7,6 +7,7 @@ The only module that parses arguments: it turns them into a validated config
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -22,10 +23,13 @@ from mlr_jax.config import (
     to_dict,
     validate,
 )
-from mlr_jax.checkpoint import CheckpointError
+from mlr_jax import host
+from mlr_jax.checkpoint import CheckpointError, DiskFull
+from mlr_jax.logging import NotWritten
 from mlr_jax.parallel import ParallelError
 
 NON_FINITE_EXIT = 3  # exit status of a run stopped by a non-finite update
+DISK_FULL_EXIT = 4  # exit status of a run stopped by a full disk (the last checkpoint is intact)
 
 EPILOG = """examples:
   mlr-jax train atari --game pong --seed 1                 # the paper setting (MLR)
@@ -65,7 +69,9 @@ def _add_run_options(p: argparse.ArgumentParser, domain: str) -> None:
     p.add_argument("--eval-every", type=int, default=None, help=f"{unit} between evaluations (0: final only)")
     p.add_argument("--outdir", default=None, help="parent of the run directory (default: runs)")
     p.add_argument("--precision", choices=("fp32", "bf16"), default=None)
-    p.add_argument("--no-progress", action="store_true", help="print lines instead of a progress bar")
+    p.add_argument("--no-progress", action="store_true",
+                   help="print lines instead of a progress bar (a resumed run shows the bar "
+                        "again unless given this once more)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="any config field, dotted for sections (mlr.block_size=4, run.log_every=500)")
 
@@ -150,7 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="JAX compute precision (the PyTorch port always runs fp32, as the authors' code)")
     bench.add_argument("--name", default=None, help="game / task (default: pong / cartpole_swingup)")
     bench.add_argument("--torch-threads", type=int, default=None)
-    bench.add_argument("--outdir", default="benchmarks/results")
+    bench.add_argument("--outdir", default=None,
+                       help="where the JSON record goes (default runs/bench; the repository's "
+                            "committed records are in benchmarks/results)")
     bench.add_argument("--profile", default=None, metavar="DIR",
                        help="also trace two JAX updates with jax.profiler into DIR (a Perfetto "
                             "trace) and record the largest ops per update")
@@ -177,8 +185,7 @@ def requested_overrides(args: argparse.Namespace) -> tuple[str | None, list[str]
                       ("precision", "run.precision")):
         if getattr(args, flag) is not None:
             flags[key] = getattr(args, flag)
-    if args.no_progress:
-        flags["run.progress"] = False
+    flags["run.progress"] = not args.no_progress  # display only: never inherited by --resume
     return name, [f"{k}={v}" for k, v in flags.items()] + list(args.overrides)
 
 
@@ -249,8 +256,9 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from mlr_jax.bench.runner import FRAMEWORKS, run_benchmark
+    from mlr_jax.bench.runner import DEFAULT_OUTDIR, FRAMEWORKS, run_benchmark
 
+    args.outdir = args.outdir or DEFAULT_OUTDIR
     if args.convs:
         from mlr_jax.bench.convs import conv_summary, run_conv_benchmark
 
@@ -285,14 +293,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = {"config": _config, "train": _train, "eval": _eval, "report": _report,
                 "bench": _bench}
     try:
-        code = commands[args.command](args)
-        sys.stdout.flush()  # here, where a closed pipe can still be handled
+        with host.xla_alarms_hidden():
+            code = commands[args.command](args)
+            sys.stdout.flush()  # here, where a closed pipe can still be handled
         return code
-    except (ConfigError, ParallelError, CheckpointError, FileNotFoundError) as e:
+    except DiskFull as e:
+        parser.exit(DISK_FULL_EXIT, f"mlr-jax: error: {e}\n")
+    except (ConfigError, ParallelError, CheckpointError, FileNotFoundError, NotWritten) as e:
         parser.exit(2, f"mlr-jax: error: {e}\n")
     except BrokenPipeError:  # e.g. `mlr-jax config atari | head`: the reader has gone
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
         return 0
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        parser.exit(DISK_FULL_EXIT, f"mlr-jax: error: disk full writing {e.filename or 'a file'}: "
+                                    f"{e.strerror}; free some space (a training run continues "
+                                    "with --resume from its last checkpoint)\n")
 
 
 if __name__ == "__main__":

@@ -78,6 +78,7 @@ class RunConfig:
     # indices) or "auto" (device on accelerators, host on CPU). Same batches either way.
     replay_frames: str = "auto"
     progress: bool = True
+    preset: str = "paper"  # the preset make_config started from; reported with the results
 
 
 @dataclasses.dataclass(frozen=True)
@@ -403,6 +404,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "run.precision": ("fp32", "bf16"),
     "run.conv_impl": ("auto", "xla", "im2col"),
     "run.replay_frames": ("auto", "host", "device"),
+    "run.preset": tuple(sorted(PRESETS["atari"])),
     "resize": ("bilinear", "area"),
     "stack_reset": ("zero", "repeat"),
     "done_n_rule": ("first_step", "any_step"),
@@ -629,7 +631,7 @@ def make_config(domain: str, name: str | None = None, preset: str = "paper",
         if name is not None:
             cfg = dataclasses.replace(cfg, task=name)
         cfg = apply_overrides(cfg, DMC_TASK_PRESETS.get(cfg.task, {}))
-    cfg = apply_overrides(cfg, PRESETS[domain][preset])
+    cfg = apply_overrides(cfg, {**PRESETS[domain][preset], "run.preset": preset})
     cfg = apply_overrides(cfg, overrides)
     check_name(cfg)
     return validate(cfg)

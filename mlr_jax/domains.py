@@ -11,9 +11,10 @@ import dataclasses
 import functools
 from typing import TYPE_CHECKING, Any, Callable
 
+import jax
 import numpy as np
 
-from mlr_jax import parallel
+from mlr_jax import host, parallel
 from mlr_jax.agents import atari as atari_agent
 from mlr_jax.agents import dmc as dmc_agent
 from mlr_jax.agents.common import Agent
@@ -77,6 +78,57 @@ def frame_shape(cfg: AtariConfig | DMCConfig) -> tuple[int, ...]:
     """The shape of one stored frame: Atari ``(H, W)`` grayscale, DMC ``(3, H, W)`` RGB."""
     side = (cfg.image_size, cfg.image_size)
     return side if isinstance(cfg, AtariConfig) else (RGB,) + side
+
+
+def memory_needed(cfg: AtariConfig | DMCConfig) -> dict[str, tuple[int, str]]:
+    """Lower bounds of the bytes a run holds at once, each with how it was counted: the
+    replay's frames (uint8, as many as the run stores) and one batch's frames (uint8; the
+    network's float32 copies and activations come on top)."""
+    frame = int(np.prod(frame_shape(cfg)))
+    size = "x".join(map(str, frame_shape(cfg)))
+    if isinstance(cfg, AtariConfig):
+        stored = min(cfg.replay_capacity, cfg.steps)
+        window = max(cfg.mlr.seq_len, cfg.n_step + 1)
+        batch = (cfg.batch_size * window * cfg.frame_stack * frame,
+                 f"batch_size={cfg.batch_size} x {window} steps x {cfg.frame_stack} frames of {size}")
+    else:
+        stored = min(cfg.replay_capacity, cfg.agent_steps)
+        seqs = cfg.aux_batch_size * cfg.mlr.seq_len if cfg.aux == "mlr" else 0
+        batch = ((2 * cfg.batch_size + seqs) * cfg.frame_stack * frame,
+                 f"(2 x batch_size={cfg.batch_size}" + (f" + aux_batch_size={cfg.aux_batch_size} "
+                                                        f"x {cfg.mlr.seq_len} steps" if seqs else "")
+                 + f") x {cfg.frame_stack} frames of {size}")
+    return {"replay": (stored * frame, f"{stored} stored frames of {size} "
+                                       f"(replay_capacity={cfg.replay_capacity})"),
+            "batch": batch}
+
+
+def check_memory(cfg: AtariConfig | DMCConfig, host_bytes: int | None = None,
+                 device_bytes: int | None = None) -> None:
+    """Raise :class:`ConfigError` with the figures when :func:`memory_needed` exceeds what the
+    host (default: :func:`mlr_jax.host.available_memory`) or, on an accelerator, each device
+    (default: its ``memory_stats()["bytes_limit"]``) can hold; unknown sizes are not checked.
+    Frames on the device (``run.replay_frames``) count there, one replay copy per device and
+    an equal share of the batch. Checked before anything is allocated."""
+    need = memory_needed(cfg)
+    on_device = parallel.replay_frames(cfg.run.replay_frames) == "device"
+    if host_bytes is None:
+        host_bytes = host.available_memory()
+    if device_bytes is None and jax.default_backend() != "cpu":
+        device_bytes = (jax.local_devices()[0].memory_stats() or {}).get("bytes_limit")
+    n_dev = parallel.device_count()
+    budgets = [("this host", host_bytes, {"replay": 1.0, "batch": 0.0 if on_device else 1.0})]
+    if jax.default_backend() != "cpu" or device_bytes is not None:
+        budgets.append(("each device", device_bytes,
+                        {"replay": 1.0 if on_device else 0.0, "batch": 1.0 / n_dev}))
+    for where, available, share in budgets:
+        parts = {k: int(n * share[k]) for k, (n, _) in need.items() if share[k]}
+        if available is not None and sum(parts.values()) > available:
+            size = host.format_bytes
+            what = "; ".join(f"{k} {size(n)} ({need[k][1]})" for k, n in parts.items())
+            raise ConfigError(f"this run needs at least {size(sum(parts.values()))} of memory on "
+                              f"{where} but {size(available)} is available: {what}. Lower "
+                              "batch_size or replay_capacity")
 
 
 def make_replay(cfg: AtariConfig | DMCConfig, action_dim: int = 1) -> AtariReplay | DMCReplay:

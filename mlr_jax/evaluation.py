@@ -140,6 +140,24 @@ def summarize_scores(domain: str, name: str, scores: Sequence[float], budget: st
     return summary
 
 
+PRESET_NOTES = {
+    "smoke": "a smoke run: a tiny network trained for a few hundred steps, Atari episodes "
+             "capped at 400 agent steps, to check that everything runs; its score means "
+             "nothing and the paper has no number to compare it with",
+    "toy": "a toy task of the learning tests (mlr_jax.envs.toy), not a benchmark game; the "
+           "paper has no number for it",
+    "cpu": "the cpu preset's reduced sizes on a real task (benchmarks/learning), not the "
+           "paper's setting; compare with the random policy, not with the paper",
+}
+
+
+def preset_note(preset: str) -> dict[str, str]:
+    """What ``final_eval.json`` says about the preset a run came from: ``{"preset": ...}``,
+    plus a ``"note"`` why the score is not comparable with the paper's unless it is the
+    ``"paper"`` preset."""
+    return {"preset": preset, **({"note": PRESET_NOTES[preset]} if preset in PRESET_NOTES else {})}
+
+
 def has_reference(domain: str, name: str, budget: str = "100k") -> bool:
     """Whether the paper reports ``name`` at ``budget`` (its 26 games and 6 tasks; not e.g. a
     smoke run's budget or another envpool task)."""

@@ -22,12 +22,14 @@ PyTorch running in the same process (the benchmark) gets the same allocator.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import importlib.metadata
 import os
 import platform
 import signal
+import sys
 import threading
 from typing import Any, Sequence
 
@@ -62,6 +64,24 @@ def versions(packages: Sequence[str] = PACKAGES) -> dict[str, str | None]:
     return out
 
 
+def available_memory() -> int | None:
+    """Bytes of memory this process can still take without swapping (``MemAvailable`` of
+    ``/proc/meminfo``), or None where that is not known."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def format_bytes(n: float) -> str:
+    """``"512.0 MiB"`` below a GiB, ``"28.9 GiB"`` from there on."""
+    return f"{n / 2**20:,.1f} MiB" if n < 2**30 else f"{n / 2**30:,.1f} GiB"
+
+
 def describe() -> dict[str, Any]:
     """What a result record needs to say about this host: CPU model and count, machine,
     allocator setting."""
@@ -94,6 +114,82 @@ def tune_malloc() -> str:
             result = "tuned" if all(ok) else "unavailable"
     _state["malloc"] = result
     return result
+
+
+XLA_LOGS_VAR = "MLR_JAX_XLA_LOGS"  # "all": keep XLA's alarms on stderr too
+SLOW_COMPILE_MARK = b"slow_operation_alarm.cc"
+_ALARM_MAX_LINES = 8  # an alarm block is at most this many lines after its first
+
+
+class _AlarmFilter:
+    """Drops XLA's slow-operation alarm blocks from a byte stream of log lines: the line
+    naming ``slow_operation_alarm.cc`` and what follows it up to the second line of
+    asterisks (at most :data:`_ALARM_MAX_LINES` lines, so a changed format cannot swallow
+    more). Text without a newline yet (a progress bar's carriage-return updates) passes at
+    once."""
+
+    def __init__(self):
+        self._partial, self._midline, self._skip, self._stars = b"", False, 0, 0
+
+    def feed(self, data: bytes) -> bytes:
+        out = []
+        *lines, self._partial = (self._partial + data).split(b"\n")
+        for line in lines:
+            if SLOW_COMPILE_MARK in line:  # after a progress bar's updates, keep those
+                out.append(line[:line.rfind(b"\r", 0, line.find(SLOW_COMPILE_MARK)) + 1])
+                self._skip, self._stars, self._midline = _ALARM_MAX_LINES, 0, False
+            elif self._midline:  # the start of this line was already passed on
+                self._midline = False
+                out.append(line + b"\n")
+            elif self._skip:
+                self._skip -= 1
+                if line.strip() and not line.strip().strip(b"*"):
+                    self._stars += 1
+                    self._skip = 0 if self._stars == 2 else self._skip
+            else:
+                out.append(line + b"\n")
+        if self._partial and not self._skip and SLOW_COMPILE_MARK not in self._partial:
+            out.append(self._partial)
+            self._partial, self._midline = b"", True
+        return b"".join(out)
+
+    def flush(self) -> bytes:
+        rest, self._partial = self._partial, b""
+        return b"" if self._skip else rest
+
+
+@contextlib.contextmanager
+def xla_alarms_hidden():
+    """Run the body with this process's stderr (fd 2, where XLA's C++ logging writes) passed
+    through :class:`_AlarmFilter`: XLA's "Very slow compile?" alarms, ERROR-level lines that
+    only say a compilation is taking long (common on a busy CPU), are dropped; everything
+    else passes unchanged. ``MLR_JAX_XLA_LOGS=all`` keeps them."""
+    if os.environ.get(XLA_LOGS_VAR) == "all":
+        yield
+        return
+    sys.stderr.flush()
+    real = os.dup(2)
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+
+    def forward():
+        alarms = _AlarmFilter()
+        while chunk := os.read(read_end, 65536):
+            os.write(real, alarms.feed(chunk))
+        os.write(real, alarms.flush())
+        os.close(read_end)
+
+    thread = threading.Thread(target=forward, name="xla-alarm-filter", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(real, 2)  # the pipe's write end closes: the thread reads to the end and stops
+        thread.join(timeout=5)
+        if not thread.is_alive():
+            os.close(real)
 
 
 class StopSignals:

@@ -31,6 +31,10 @@ from tensorboardX import SummaryWriter
 
 from mlr_jax.config import ConfigError
 
+class NotWritten(OSError):
+    """Results were computed (and printed) but could not be written; names the file."""
+
+
 EPISODE_SCORE = "episode/score"
 EVAL_MEAN = "eval/mean"
 EVAL_STD = "eval/std"
@@ -204,22 +208,27 @@ def _duration(seconds: float) -> str:
 
 
 class Progress:
-    """Progress of a run in agent steps: a tqdm bar (steps, steps/s, ETA, latest values as
-    postfix) on a terminal; otherwise (or with ``enabled=False``) one compact line every
-    ``print_every`` steps.
+    """Progress of a run: a tqdm bar (steps, steps/s, ETA, latest values as postfix) on a
+    terminal; otherwise (or with ``enabled=False``) one compact line every ``print_every``
+    steps.
 
     Args:
-      total: final agent step.
+      total: final step.
       initial: step the run starts (or resumes) from.
       enabled: False forces the compact lines (``cfg.run.progress``).
       print_every: steps between compact lines.
+      desc: what runs, e.g. ``"atari:pong"``.
+      unit: what a step is: ``"step"`` (an agent step; the lines say ``sps``) or e.g.
+        ``"env step"`` (DMC, whose budgets count environment steps; the lines name it).
       file: output stream (stderr by default).
       show: False shows nothing at all (the processes other than the primary).
     """
 
     def __init__(self, total: int, initial: int = 0, enabled: bool = True, print_every: int = 1000,
-                 desc: str = "train", file: TextIO | None = None, show: bool = True):
+                 desc: str = "train", unit: str = "step", file: TextIO | None = None,
+                 show: bool = True):
         self.total, self.desc, self.print_every = total, desc, max(1, print_every)
+        self.unit = unit
         self._show = show
         self._file = file or sys.stderr
         self._start_step, self._start_time = initial, time.monotonic()
@@ -227,7 +236,7 @@ class Progress:
         self._postfix: dict[str, Any] = {}
         self._bar = None
         if show and enabled and self._file.isatty():
-            self._bar = tqdm.tqdm(total=total, initial=initial, desc=desc, unit="step",
+            self._bar = tqdm.tqdm(total=total, initial=initial, desc=desc, unit=unit,
                                   dynamic_ncols=True, smoothing=0.05, file=self._file)
 
     def update(self, step: int, **postfix: Any) -> None:
@@ -244,13 +253,15 @@ class Progress:
             print(self.line(step), file=self._file, flush=True)
 
     def line(self, step: int) -> str:
-        """``train 1200/100000 (1.2%) | 345.2 sps | eta 4m46s | score=3``."""
+        """``train 1200/100000 (1.2%) | 345.2 sps | eta 4m46s | score=3``; with another
+        unit ``dmc:walker_walk 56000/100000 env steps (56.0%) | 16.8 env steps/s | ...``."""
         elapsed = time.monotonic() - self._start_time
         sps = (step - self._start_step) / elapsed if elapsed > 0 else 0.0
         eta = (self.total - step) / sps if sps > 0 else float("inf")
         extra = " ".join(f"{k}={v}" for k, v in self._shown().items())
-        return (f"{self.desc} {step}/{self.total} ({100 * step / self.total:.1f}%) | "
-                f"{sps:.1f} sps | eta {_duration(eta)}" + (f" | {extra}" if extra else ""))
+        named, rate = ("", "sps") if self.unit == "step" else (f" {self.unit}s", f"{self.unit}s/s")
+        return (f"{self.desc} {step}/{self.total}{named} ({100 * step / self.total:.1f}%) | "
+                f"{sps:.1f} {rate} | eta {_duration(eta)}" + (f" | {extra}" if extra else ""))
 
     def _shown(self) -> dict[str, str]:
         """The postfix values as shown: floats to 4 digits, ``-`` for a value not known yet
@@ -273,8 +284,9 @@ class Progress:
 
 def plot_learning_curve(metrics_path: str | pathlib.Path, png_path: str | pathlib.Path,
                         title: str = "", reference: Mapping[str, float] | None = None,
-                        step_scale: int = 1, xlabel: str = "agent step") -> None:
-    """Plot raw training episode scores and evaluation mean +- std against agent step.
+                        step_scale: int = 1, xlabel: str = "agent step") -> Figure:
+    """Plot raw training episode scores and evaluation mean +- std against agent step;
+    returns the figure (also written to ``png_path``).
 
     Args:
       metrics_path: a metrics.jsonl written by :class:`MetricsWriter`.
@@ -296,10 +308,23 @@ def plot_learning_curve(metrics_path: str | pathlib.Path, png_path: str | pathli
     for (label, value), (style, color) in zip((reference or {}).items(), styles):
         ax.axhline(value, ls=style, color=color, lw=1, label=f"{label} ({value:g})")
     ax.set(xlabel=xlabel, ylabel="episode score", title=title)
+    _readable_y(ax, np.concatenate([episodes[:, 1], evals[:, 1] - evals[:, 2],
+                                    evals[:, 1] + evals[:, 2], list((reference or {}).values())]))
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize="small")
     fig.tight_layout()
     fig.savefig(png_path)
+    return fig
+
+
+def _readable_y(ax: Any, values: np.ndarray) -> None:
+    """Plain tick labels (no ``1e-5 + -10`` offset), and a range of +-1 (or 10%) around the
+    value when every score is the same (e.g. a smoke run's -10s), instead of a hair's width."""
+    ax.ticklabel_format(axis="y", useOffset=False, style="plain")
+    values = values[np.isfinite(values)]
+    if values.size and np.ptp(values) < 1e-9:
+        pad = max(1.0, 0.1 * abs(float(values[0])))
+        ax.set_ylim(float(values[0]) - pad, float(values[0]) + pad)
 
 
 def write_gif(path: str | pathlib.Path, frames: np.ndarray, fps: int = 25) -> None:
@@ -319,7 +344,7 @@ def _fmt(x: float) -> str:
 
 def write_summary(path: str | pathlib.Path, title: str, final_eval: Mapping[str, Any],
                   param_counts: Mapping[str, int] | None = None,
-                  run_info: Mapping[str, Any] | None = None) -> None:
+                  run_info: Mapping[str, Any] | None = None, note: str | None = None) -> None:
     """Write a markdown summary of a finished run.
 
     Args:
@@ -328,6 +353,7 @@ def write_summary(path: str | pathlib.Path, title: str, final_eval: Mapping[str,
       final_eval: :func:`mlr_jax.evaluation.summarize_scores` output.
       param_counts: parameters per module.
       run_info: other facts to list (steps, wall time, device, ...).
+      note: a sentence shown under the heading (e.g. why a smoke run's score means little).
     """
     e = final_eval
     rows = [("final evaluation", f"{_fmt(e['mean'])} ± {_fmt(e['std'])} (n={e['n']})"),
@@ -337,7 +363,8 @@ def write_summary(path: str | pathlib.Path, title: str, final_eval: Mapping[str,
     for method, ref in e.get("paper", {}).items():
         std = "" if ref["std"] is None else f" ± {_fmt(ref['std'])}"
         rows.append((f"paper {method} ({e.get('budget', '')})", f"{_fmt(ref['mean'])}{std}"))
-    lines = [f"# {title}", "", "| metric | value |", "|---|---|"]
+    lines = [f"# {title}", ""] + ([f"> {note}", ""] if note else [])
+    lines += ["| metric | value |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in rows]
     if param_counts:
         lines += ["", "## Parameters", "", "| module | parameters |", "|---|---:|"]

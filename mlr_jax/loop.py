@@ -19,7 +19,7 @@ import json
 import pathlib
 import signal
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -28,7 +28,7 @@ from mlr_jax import checkpoint, envs, evaluation, host, parallel
 from mlr_jax import logging as runlog
 from mlr_jax.agents.common import FINITE
 from mlr_jax.config import AtariConfig, DMCConfig, domain_of, from_dict, name_of, to_dict
-from mlr_jax.domains import Domain, make_domain
+from mlr_jax.domains import Domain, check_memory, make_domain
 from mlr_jax.replay import device_frames
 
 
@@ -44,11 +44,12 @@ class TrainingInterrupted(Exception):
     number, the shell's convention).
     """
 
-    def __init__(self, step: int, run_dir: pathlib.Path, signal_name: str):
+    def __init__(self, step: int, run_dir: pathlib.Path, signal_name: str, final: bool = False):
         self.step, self.run_dir, self.signal_name = step, run_dir, signal_name
         self.exit_code = 128 + int(signal.Signals[signal_name])
+        todo = "run the final evaluation" if final else "continue"
         super().__init__(f"stopped by {signal_name} at agent step {step}; checkpoint saved in "
-                         f"{run_dir / 'checkpoints' / str(step)}; continue with --resume {run_dir}")
+                         f"{run_dir / 'checkpoints' / str(step)}; {todo} with --resume {run_dir}")
 
 
 class NonFiniteUpdate(RuntimeError):
@@ -88,8 +89,13 @@ class RunResult:
     final_eval: dict[str, Any]
 
 
+class EvaluationStopped(Exception):
+    """:func:`evaluate` gave up because its ``stop`` callback said so (a stop signal)."""
+
+
 def evaluate(domain: Domain, cfg: AtariConfig | DMCConfig, state: Any, episodes: int,
-             seed: int, key: jax.Array, record: int = 0) -> tuple[np.ndarray, np.ndarray]:
+             seed: int, key: jax.Array, record: int = 0,
+             stop: Callable[[], bool] = lambda: False) -> tuple[np.ndarray, np.ndarray]:
     """Scores of ``episodes`` full evaluation episodes, run as one batch of environments.
 
     ``state`` is the replicated training state (:func:`mlr_jax.parallel.replicate`).
@@ -97,22 +103,28 @@ def evaluate(domain: Domain, cfg: AtariConfig | DMCConfig, state: Any, episodes:
     environment at each of its first ``record`` steps (uint8[T, C, H, W]; empty if 0).
     Every environment plays exactly one episode (the first one to end is kept); actions come
     from the agent's evaluation policy (Atari: epsilon 0.001, no noise; DMC: the mean action).
+    ``stop`` is asked before every step; when it answers True the evaluation is abandoned
+    with :class:`EvaluationStopped` (an Atari evaluation can take many minutes).
     """
     env = envs.make_env(cfg, episodes, seed, evaluation=True)
     act = domain.eval_act
     channels = env.obs_shape[0] // cfg.frame_stack
     scores = np.full(episodes, np.nan, np.float32)
-    obs = env.reset()
-    video = [obs[0, -channels:]] if record else []
-    while np.isnan(scores).any():
-        key, sub = jax.random.split(key)
-        rec = env.step(np.asarray(act(state, obs, sub)))
-        first = rec.episode_end & np.isnan(scores)
-        scores[first] = rec.score[first]
-        obs = rec.obs
-        if np.isnan(scores[0]) and len(video) < record:
-            video.append(obs[0, -channels:])
-    env.close()
+    try:
+        obs = env.reset()
+        video = [obs[0, -channels:]] if record else []
+        while np.isnan(scores).any():
+            if stop():
+                raise EvaluationStopped
+            key, sub = jax.random.split(key)
+            rec = env.step(np.asarray(act(state, obs, sub)))
+            first = rec.episode_end & np.isnan(scores)
+            scores[first] = rec.score[first]
+            obs = rec.obs
+            if np.isnan(scores[0]) and len(video) < record:
+                video.append(obs[0, -channels:])
+    finally:
+        env.close()
     return scores, np.asarray(video, np.uint8)
 
 
@@ -184,12 +196,17 @@ def evaluate_checkpoint(run_dir: str | pathlib.Path, step: int | None = None,
     summary.update(agent_steps=step, env_steps=step * domain.env_steps_per_step,
                    checkpoint_step=step, eval_seed=eval_seed)
     out = run.root / "evals" / f"step_{step}.json"
-    out.parent.mkdir(exist_ok=True)
-    runlog.write_json(out, summary)
-    if gif:
-        runlog.write_gif(out.with_suffix(".gif"), video)
-    log(f"[mlr-jax] {summary['mean']:.2f} ± {summary['std']:.2f} over {len(scores)} episodes "
-        f"-> {out}")
+    log(f"[mlr-jax] {summary['mean']:.2f} ± {summary['std']:.2f} over {len(scores)} episodes; "
+        "scores: " + ", ".join(f"{x:g}" for x in summary["scores"]))
+    try:  # the scores are printed first: a run directory one cannot write to loses nothing
+        out.parent.mkdir(exist_ok=True)
+        runlog.write_json(out, summary)
+        if gif:
+            runlog.write_gif(out.with_suffix(".gif"), video)
+    except OSError as e:
+        raise runlog.NotWritten(f"the scores above could not be written to {out.parent} "
+                                f"({e.strerror or e})") from None
+    log(f"[mlr-jax] written to {out}")
     return summary
 
 
@@ -215,8 +232,14 @@ def train(cfg: AtariConfig | DMCConfig, resume: str | pathlib.Path | None = None
     Args:
       cfg: a validated config (:func:`mlr_jax.config.make_config`).
       resume: an existing run directory: continue from its latest checkpoint (same config,
-        except fields such as ``steps`` that do not change shapes).
+        except fields such as ``steps`` that do not change shapes). A run stopped after its
+        last step (during the final checkpoint or evaluation) only runs the final evaluation.
       log: where to print start-up and end-of-run lines.
+
+    Before anything slow is built, it refuses (``ConfigError`` / ``CheckpointError``) a
+    batch that does not divide over the devices, a run that cannot fit in memory
+    (:func:`mlr_jax.domains.check_memory`), an unwritable ``run.outdir`` and, with
+    ``resume``, a checkpoint of another format or config.
     """
     kind, name, seed = domain_of(cfg), name_of(cfg), cfg.run.seed
     primary = parallel.is_primary()  # the process that writes files and prints
@@ -224,7 +247,11 @@ def train(cfg: AtariConfig | DMCConfig, resume: str | pathlib.Path | None = None
     for field in ("batch_size", "aux_batch_size"):  # fail before anything is built
         if hasattr(cfg, field):
             parallel.check_divisible(getattr(cfg, field), parallel.device_count(), field)
-    if resume is None and primary:
+    check_memory(cfg)
+    if resume is not None:
+        run = runlog.RunDir.open(resume)
+        checkpoint.check_resumable(run.checkpoints, to_dict(cfg))
+    elif primary:
         runlog.RunDir.check_outdir(cfg.run.outdir)
     env = envs.make_env(cfg, cfg.num_envs, seed, evaluation=False)
     domain = make_domain(cfg, env)
@@ -233,13 +260,13 @@ def train(cfg: AtariConfig | DMCConfig, resume: str | pathlib.Path | None = None
     key, init_key = jax.random.split(key)
     state = domain.agent.init(init_key)
     rng = np.random.default_rng(seed)
-    step, episodes, latest_score = 0, 0, float("nan")
+    step, episodes, latest_score, wall_before = 0, 0, float("nan"), 0.0
 
     if resume is not None:
-        run = runlog.RunDir.open(resume)
         state, loop_state = _restore(run, cfg, state, replay, log)
         step, episodes = int(loop_state["step"]), int(loop_state["episodes"])
         latest_score = float(loop_state["latest_score"])
+        wall_before = float(loop_state.get("wall_time", 0.0))  # absent before it was saved
         key = jax.numpy.asarray(loop_state["key"])
         rng.bit_generator.state = loop_state["rng"]
         log(f"[mlr-jax] resuming {run.root} from step {step}")
@@ -260,30 +287,37 @@ def train(cfg: AtariConfig | DMCConfig, resume: str | pathlib.Path | None = None
     pstate = parallel.replicate(state)
     metrics_writer = (runlog.MetricsWriter(run, keep_until=step if resume is not None else None)
                       if primary else runlog.NoMetrics())
-    progress = runlog.Progress(domain.total_steps, initial=step, enabled=cfg.run.progress,
-                               print_every=max(1, cfg.run.log_every // domain.unit),
-                               desc=f"{kind}:{name}", show=primary)
+    unit = domain.unit  # progress counts the steps the user gave: DMC environment steps
+    progress = runlog.Progress(domain.total_steps * unit, initial=step * unit,
+                               enabled=cfg.run.progress, print_every=cfg.run.log_every,
+                               desc=f"{kind}:{name}", unit="env step" if kind == "dmc" else "step",
+                               show=primary)
+
+    def wall_time():
+        return wall_before + time.monotonic() - start_time
 
     def save_checkpoint():
         if not primary:
             return
         loop_state = {"step": step, "episodes": episodes, "latest_score": latest_score,
-                      "key": np.asarray(key), "rng": rng.bit_generator.state}
+                      "key": np.asarray(key), "rng": rng.bit_generator.state,
+                      "wall_time": wall_time()}
         checkpoint.save(run.checkpoints, step, parallel.unreplicate(pstate), replay.state_dict(),
                         loop_state, to_dict(cfg))
 
     def run_eval(eval_key, record=0):
         return evaluate(domain, cfg, pstate, cfg.run.eval_episodes, seed + EVAL_SEED_OFFSET,
-                        eval_key, record)
+                        eval_key, record, stop=lambda: stop.requested is not None)
 
     parallel.barrier(f"mlr_jax_loop_start_{step}")  # hosts restore and compile at their own pace
     obs = env.reset()
     start_time, start_step, window = time.monotonic(), step, []
-    # Ctrl-C / SIGTERM: finish the agent step, save a checkpoint, stop (one process;
-    # several agree on the step through JAX's preemption service, which owns SIGTERM)
+    # Ctrl-C / SIGTERM, up to the last file written: finish the agent step (or the checkpoint
+    # being written), save a checkpoint, stop (one process; several agree on the step
+    # through JAX's preemption service, which owns SIGTERM)
     stopped_by = None
-    try:
-        with host.StopSignals(STOP_SIGNALS if parallel.process_count() == 1 else ()) as stop:
+    with host.StopSignals(STOP_SIGNALS if parallel.process_count() == 1 else ()) as stop:
+        try:
             while step < domain.total_steps:
                 key, act_key = jax.random.split(key)
                 actions = parallel.from_primary(domain.explore(pstate, obs, act_key, step, rng))
@@ -305,7 +339,7 @@ def train(cfg: AtariConfig | DMCConfig, resume: str | pathlib.Path | None = None
                         check_finite(updates, step, metrics, run.root)
                         domain.after_update(replay, batch, metrics)
                         window.append({k: v for k, v in metrics.items() if np.ndim(v) == 0})
-                if _due(step, domain.unit, cfg.run.log_every) or step == domain.total_steps:
+                if _due(step, unit, cfg.run.log_every) or step == domain.total_steps:
                     elapsed = time.monotonic() - start_time
                     row = _window_means(window)
                     window = []
@@ -316,41 +350,49 @@ def train(cfg: AtariConfig | DMCConfig, resume: str | pathlib.Path | None = None
                         {"step": step, "episodes": episodes, "latest_score": latest_score,
                          "observation_sum": float(np.sum(obs, dtype=np.int64))},
                         f"the environment at agent step {step}")
-                if _due(step, domain.unit, cfg.run.eval_every) and step < domain.total_steps:
+                if _due(step, unit, cfg.run.eval_every) and step < domain.total_steps:
                     key, eval_key = jax.random.split(key)
-                    scores, _ = run_eval(eval_key)
-                    metrics_writer.write(step, {runlog.EVAL_MEAN: float(scores.mean()),
-                                                runlog.EVAL_STD: float(scores.std())})
-                if _due(step, domain.unit, cfg.run.checkpoint_every):
+                    try:
+                        scores, _ = run_eval(eval_key)
+                        metrics_writer.write(step, {runlog.EVAL_MEAN: float(scores.mean()),
+                                                    runlog.EVAL_STD: float(scores.std())})
+                    except EvaluationStopped:
+                        log(f"[mlr-jax] evaluation at agent step {step} abandoned "
+                            f"({stop.requested}); it is not in metrics.jsonl")
+                if _due(step, unit, cfg.run.checkpoint_every):
                     save_checkpoint()
-                progress.update(step, score=latest_score, episodes=episodes)
+                progress.update(step * unit, score=latest_score, episodes=episodes)
                 if parallel.stop_agreed(step, stop.requested is not None) and step < domain.total_steps:
                     stopped_by = stop.requested or "SIGTERM"
                     break
-        save_checkpoint()
-    except NonFiniteUpdate:
-        metrics_writer.close()  # every row up to the bad update stays on disk
-        raise
-    finally:
-        progress.close()
-        env.close()
+            save_checkpoint()  # a stop signal now waits for it: the checkpoint stays whole
+            if stopped_by is None:
+                key, eval_key = jax.random.split(key)
+                scores, video = run_eval(eval_key, record=VIDEO_FRAMES)
+        except EvaluationStopped:
+            stopped_by = stop.requested
+        except NonFiniteUpdate:
+            metrics_writer.close()  # every row up to the bad update stays on disk
+            raise
+        finally:
+            progress.close()
+            env.close()
 
     if stopped_by is not None:
         metrics_writer.close()
-        raise TrainingInterrupted(step, run.root, stopped_by)
-    key, eval_key = jax.random.split(key)
-    scores, video = run_eval(eval_key, record=VIDEO_FRAMES)
+        raise TrainingInterrupted(step, run.root, stopped_by, final=step == domain.total_steps)
     metrics_writer.write(step, {runlog.EVAL_MEAN: float(scores.mean()),
                                 runlog.EVAL_STD: float(scores.std())})
     metrics_writer.close()
     summary = evaluation.summarize_scores(kind, name, scores.tolist(), budget=domain.budget)
     summary["agent_steps"] = step
     summary["env_steps"] = step * domain.env_steps_per_step
+    summary.update(evaluation.preset_note(cfg.run.preset))
     if primary:
-        _write_results(run, cfg, domain, summary, video, counts,
-                       wall_time=time.monotonic() - start_time)
+        _write_results(run, cfg, domain, summary, video, counts, wall_time=wall_time())
+    note = f" ({summary['note']})" if "note" in summary else ""
     log(f"[mlr-jax] final evaluation: {summary['mean']:.2f} ± {summary['std']:.2f} over "
-        f"{len(scores)} episodes")
+        f"{len(scores)} episodes{note}")
     log(f"[mlr-jax] results in {run.root} (final_eval.json, summary.md, metrics.jsonl, "
         f"learning_curve.png, eval.gif, tb/, checkpoints/)")
     return RunResult(run_dir=run.root, steps=step, final_eval=summary)
@@ -374,4 +416,5 @@ def _write_results(run: runlog.RunDir, cfg: AtariConfig | DMCConfig, domain: Dom
                                    "env steps": summary["env_steps"],
                                    "device": parallel.device_description(),
                                    "processes": parallel.process_count(),
-                                   "wall time (s)": round(wall_time, 1)})
+                                   "wall time (s)": round(wall_time, 1)},
+                         note=summary.get("note"))

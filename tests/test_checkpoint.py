@@ -1,4 +1,5 @@
-"""Checkpoint round trip, retention, compatibility checks and unreadable checkpoints."""
+"""Checkpoint round trip, retention, compatibility checks, unreadable checkpoints, a full disk."""
+import os
 import shutil
 
 import chex
@@ -113,6 +114,58 @@ def test_config_mismatch_names_the_keys(tmp_path):
         checkpoint.restore(tmp_path, make_state(), dmc)
     longer = to_dict(make_config("atari", "pong", "smoke", ["steps=5000", "lr=3e-4"]))
     assert checkpoint.restore(tmp_path, make_state(), longer)[3] == CONFIG  # not shape-relevant
+
+
+def test_check_resumable_refuses_early_a_changed_config_or_another_format(tmp_path, monkeypatch):
+    """The quick check before a resume builds anything: the newest step's config and format."""
+    with pytest.raises(checkpoint.CheckpointError, match="does not exist"):
+        checkpoint.check_resumable(tmp_path / "none", CONFIG)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(checkpoint.CheckpointError, match="no complete checkpoint"):
+        checkpoint.check_resumable(tmp_path / "empty", CONFIG)
+    checkpoint.save(tmp_path / "ckpt", 1, make_state(), make_replay(), {"step": 1}, CONFIG)
+    checkpoint.check_resumable(tmp_path / "ckpt", CONFIG)
+    wider = to_dict(make_config("atari", "pong", "smoke", ["hidden_size=512"]))
+    with pytest.raises(checkpoint.CheckpointMismatch, match="hidden_size: checkpoint=256 current=512"):
+        checkpoint.check_resumable(tmp_path / "ckpt", wider)
+    monkeypatch.setattr(checkpoint, "FORMAT", 2)  # this mlr-jax reads another layout
+    for check in (lambda: checkpoint.check_resumable(tmp_path / "ckpt", CONFIG),
+                  lambda: checkpoint.restore(tmp_path / "ckpt", make_state(), CONFIG)):
+        with pytest.raises(checkpoint.CheckpointMismatch,
+                           match=r"has format 1 \(written by mlr-jax 0\.1\.0\); .* reads format 2"):
+            check()
+    assert (tmp_path / "ckpt" / "1").is_dir()  # refused, not set aside
+
+
+def test_a_full_disk_stops_the_save_with_one_line_and_keeps_the_last_checkpoint(tmp_path, monkeypatch,
+                                                                               capfd):
+    ckpt = tmp_path / "ckpt"
+    checkpoint.save(ckpt, 10, make_state(), make_replay(), {"step": 10}, CONFIG)
+    size = sum(f.stat().st_size for f in (ckpt / "10").rglob("*") if f.is_file())
+    # not enough space for another checkpoint of this size: refused before writing anything
+    monkeypatch.setattr(checkpoint.shutil, "disk_usage",
+                        lambda path: shutil._ntuple_diskusage(10**12, 10**12 - 1000, 1000))
+    with pytest.raises(checkpoint.DiskFull) as err:
+        checkpoint.save(ckpt, 20, make_state(seed=1), make_replay(1), {"step": 20}, CONFIG)
+    msg = str(err.value)
+    assert f"checkpoint 20 cannot be written to {ckpt.resolve()} (not enough free space)" in msg
+    assert f"needs about {size / 2**20:,.1f} MiB, 0.0 MiB free; checkpoint 10 is intact" in msg
+    monkeypatch.undo()
+
+    # the write itself fails with ENOSPC (orbax wraps it): one line, no temporary directory
+    def full(*args, **kwargs):
+        os.write(2, b"Traceback (most recent call last): ... tensorstore noise\n")  # C++ side
+        raise RuntimeError("tensorstore write failed") from OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoint.ocp.CheckpointManager, "save", full)
+    capfd.readouterr()
+    with pytest.raises(checkpoint.DiskFull, match=r"checkpoint 20 .*\(No space left on device\).*"
+                                                  r"checkpoint 10 is intact"):
+        checkpoint.save(ckpt, 20, make_state(seed=1), make_replay(1), {"step": 20}, CONFIG)
+    assert "tensorstore noise" not in capfd.readouterr().err
+    monkeypatch.undo()
+    assert sorted(p.name for p in ckpt.iterdir()) == ["10"]
+    assert checkpoint.restore(ckpt, make_state(), CONFIG)[2] == {"step": 10}
 
 
 def test_state_shape_mismatch_names_the_leaf(tmp_path):

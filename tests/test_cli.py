@@ -90,6 +90,57 @@ def test_an_unwritable_outdir_fails_before_training(capsys, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["a_file"]
 
 
+def test_a_resumed_run_shows_progress_unless_told_again(tmp_path):
+    """``--no-progress`` is a display choice of one command: a resume does not inherit it."""
+    parser = cli.build_parser()
+    for flags, shown in (([], True), (["--no-progress"], False)):
+        args = parser.parse_args(["train", "dmc", "--resume", str(tmp_path), *flags])
+        assert f"run.progress={shown}" in cli.requested_overrides(args)[1]
+
+
+def test_bench_without_torch_stops_before_timing_anything(capsys, monkeypatch, tmp_path):
+    import importlib.util
+
+    from mlr_jax.bench import runner
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "torch" else real(name, *a))
+    monkeypatch.setattr(runner, "_bench_jax", lambda *a: pytest.fail("JAX was timed first"))
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["bench", "--domain", "atari", "--preset", "smoke", "--outdir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1
+    assert "include the PyTorch port but torch is not installed: pip install 'mlr-jax[bench]'" in err
+    assert "--frameworks jax" in err and not any(tmp_path.iterdir())
+    # the records go to runs/bench unless told otherwise (benchmarks/results is committed)
+    seen = {}
+    monkeypatch.setattr(runner, "run_benchmark",
+                        lambda **kw: seen.update(kw) or {"summary": "timed"})
+    assert cli.main(["bench", "--domain", "dmc", "--frameworks", "jax"]) == 0
+    assert seen["outdir"] == runner.DEFAULT_OUTDIR == "runs/bench"
+
+
+def test_a_full_disk_exits_4_with_one_line(capsys, monkeypatch):
+    import errno
+
+    from mlr_jax import checkpoint
+
+    for error, text in (
+            (checkpoint.DiskFull("disk full: checkpoint 20 cannot be written to /r/checkpoints"),
+             "mlr-jax: error: disk full: checkpoint 20 cannot be written to /r/checkpoints\n"),
+            (OSError(errno.ENOSPC, "No space left on device", "/r/metrics.jsonl"),
+             "mlr-jax: error: disk full writing /r/metrics.jsonl: No space left on device; ")):
+        def fail(args, error=error):
+            raise error
+
+        monkeypatch.setattr(cli, "_train", fail)
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main(["train", "atari", "--preset", "smoke"])
+        assert exit_info.value.code == cli.DISK_FULL_EXIT == 4
+        assert capsys.readouterr().err.startswith(text)
+
+
 def test_output_into_a_closed_pipe_exits_quietly(tmp_path):
     """`mlr-jax config atari | head -1`: no BrokenPipeError traceback, exit status 0. Here the
     reader is gone before the command writes anything."""

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from mlr_jax import domains, envs
-from mlr_jax.config import AtariConfig, make_config
+from mlr_jax.config import AtariConfig, ConfigError, make_config
 
 
 class RlpytEpsilon:
@@ -75,3 +75,32 @@ def test_paper_config_starts_learning_at_step_index_2000():
     cfg = make_config("atari", "pong")
     assert (cfg.learning_starts, cfg.eps_ramp_start, cfg.eps_steps) == (2000, 2000, 2001)
     assert domains.importance_beta(cfg, 2001) == 0.4
+
+
+def test_memory_needed_counts_the_replay_and_batch_frames_by_hand():
+    atari = make_config("atari", "pong", "paper", ["batch_size=100000"])
+    need = domains.memory_needed(atari)
+    assert need["replay"][0] == 100_000 * 84 * 84  # capacity = budget: every frame stored once
+    assert need["batch"][0] == 100_000 * max(16, 10 + 1) * 4 * 84 * 84  # 42.1 GiB
+    dmc = make_config("dmc", "cartpole_swingup", "paper")
+    need = domains.memory_needed(dmc)
+    assert need["replay"][0] == 12_500 * 3 * 100 * 100  # 100k env steps / action repeat 8
+    assert need["batch"][0] == (2 * 512 + 128 * 16) * 3 * 3 * 100 * 100
+    assert domains.memory_needed(dataclasses.replace(dmc, aux="none"))["batch"][0] == 2 * 512 * 9 * 10**4
+
+
+def test_check_memory_refuses_with_the_figures_before_allocating():
+    atari = make_config("atari", "pong", "paper", ["batch_size=100000"])
+    with pytest.raises(ConfigError) as err:
+        domains.check_memory(atari, host_bytes=24 * 2**30)
+    assert str(err.value) == (
+        "this run needs at least 42.7 GiB of memory on this host but 24.0 GiB is available: "
+        "replay 672.9 MiB (100000 stored frames of 84x84 (replay_capacity=100000)); batch "
+        "42.1 GiB (batch_size=100000 x 16 steps x 4 frames of 84x84). Lower batch_size or "
+        "replay_capacity")
+    domains.check_memory(make_config("atari", "pong", "paper"), host_bytes=24 * 2**30)
+    # a device holding one share of the batch (the test session has 2 CPU devices)
+    dmc = make_config("dmc", "cartpole_swingup", "paper")
+    domains.check_memory(dmc, host_bytes=2**40, device_bytes=2**30)
+    with pytest.raises(ConfigError, match=r"on each device but 100\.0 MiB is available: batch 131\.8 MiB"):
+        domains.check_memory(dmc, host_bytes=2**40, device_bytes=100 * 2**20)

@@ -57,3 +57,39 @@ def test_describe_names_the_cpu_model_and_versions():
     import jax
     v = host.versions(("jax", "surely-not-installed-pkg"))
     assert v["jax"] == jax.__version__ and v["surely-not-installed-pkg"] is None and v["python"]
+
+
+ALARM = (b"2026-11-30 08:01:02.345: E external/xla/xla/service/slow_operation_alarm.cc:73] \n"
+         b"********************************\n"
+         b"[Compiling module jit_train_step] Very slow compile? If you want to file a bug, run "
+         b"with envvar XLA_FLAGS=--xla_dump_to=/tmp/foo and attach the results.\n"
+         b"********************************\n")
+TOOK = (b"2026-11-30 08:01:30.001: E external/xla/xla/service/slow_operation_alarm.cc:140] The "
+        b"operation took 2m12.85s\n\n" + ALARM.split(b"\n", 1)[1])
+
+
+def test_xla_alarms_are_dropped_and_everything_else_passes(capfd, monkeypatch):
+    warning = b"2026-11-30 08:01:03: W external/xla/xla/tsl/bfc_allocator.cc:296] low memory\n"
+    with host.xla_alarms_hidden():
+        os.write(2, ALARM)
+        os.write(2, warning)
+        os.write(2, TOOK[:50])  # one alarm written in two pieces
+        os.write(2, TOOK[50:] + b"Traceback (most recent call last):\n")
+        os.write(2, b"step 10/100\r")  # a progress bar: no newline, shown at once
+        os.write(2, b"step 20/100\r")
+        os.write(2, ALARM)  # while the bar is shown
+        os.write(2, b"step 30/100\n")
+    err = capfd.readouterr().err
+    assert err == (warning + b"Traceback (most recent call last):\n"
+                   b"step 10/100\rstep 20/100\rstep 30/100\n").decode()
+    monkeypatch.setenv(host.XLA_LOGS_VAR, "all")  # the user asks for everything
+    with host.xla_alarms_hidden():
+        os.write(2, ALARM)
+    assert capfd.readouterr().err == ALARM.decode()
+
+
+def test_the_alarm_filter_never_swallows_more_than_an_alarm_block():
+    alarms = host._AlarmFilter()
+    lines = [b"line %d\n" % i for i in range(20)]  # an alarm line without its asterisks
+    out = alarms.feed(b"E slow_operation_alarm.cc:73] changed format\n" + b"".join(lines))
+    assert out == b"".join(lines[host._ALARM_MAX_LINES:])

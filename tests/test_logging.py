@@ -106,6 +106,16 @@ def test_progress_bar_on_a_terminal_and_disabled():
     assert out.getvalue().startswith("train 50/50 (100.0%)")
 
 
+def test_progress_in_environment_steps_names_the_unit():
+    out = io.StringIO()
+    with mlog.Progress(total=100_000, initial=40_000, print_every=2_000, desc="dmc:walker_walk",
+                       unit="env step", file=out) as progress:
+        progress.update(42_000, score=512.25)
+    line = out.getvalue().strip()
+    assert line.startswith("dmc:walker_walk 42000/100000 env steps (42.0%) | ")
+    assert " env steps/s | eta " in line and line.endswith("score=512.2")
+
+
 def test_plot_learning_curve_writes_a_png(tmp_path):
     run = mlog.RunDir.create(tmp_path, "atari", "pong", "mlr", 1)
     with mlog.MetricsWriter(run) as writer:
@@ -117,6 +127,17 @@ def test_plot_learning_curve_writes_a_png(tmp_path):
                              reference={"paper MLR": 4.9, "paper Baseline": -3.1})
     data = run.learning_curve.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5_000
+
+    # a smoke run's scores are often all the same: a readable range around them, no offset
+    flat = mlog.RunDir.create(tmp_path, "atari", "pong", "mlr", 2)
+    with mlog.MetricsWriter(flat) as writer:
+        for step in (100, 200, 300):
+            writer.write(step, {mlog.EPISODE_SCORE: -10.0})
+        writer.write(300, {mlog.EVAL_MEAN: -10.0, mlog.EVAL_STD: 0.0})
+    (ax,) = mlog.plot_learning_curve(flat.metrics_jsonl, flat.learning_curve).axes
+    assert ax.get_ylim() == (-11.0, -9.0)
+    ax.figure.canvas.draw()
+    assert ax.yaxis.get_major_formatter().get_offset() == ""
 
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
@@ -139,4 +160,12 @@ def test_write_summary_markdown(tmp_path):
     dmc = evaluation.summarize_scores("dmc", "cheetah_run", [500.0, 520.0])
     mlog.write_summary(path, "dmc cheetah_run", dmc)
     text = path.read_text()
-    assert "| paper MLR (100k) | 482.0 ± 38 |" in text and "human" not in text
+    assert "| paper MLR (100k) | 482.0 ± 38 |" in text and "human" not in text and ">" not in text
+
+    smoke = {**evaluation.summarize_scores("atari", "pong", [-10.0, -10.0], budget="600"),
+             **evaluation.preset_note("smoke")}
+    mlog.write_summary(path, "atari pong (mlr, seed 1)", smoke, note=smoke["note"])
+    text = path.read_text()
+    assert text.startswith("# atari pong (mlr, seed 1)\n\n> a smoke run: ") and "paper MLR" not in text
+    assert smoke["preset"] == "smoke" and "no number to compare" in smoke["note"]
+    assert evaluation.preset_note("paper") == {"preset": "paper"}

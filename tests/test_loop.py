@@ -1,7 +1,14 @@
 """The training loop on the toy tasks (no envpool): a non-finite update stops the run, names
-the update, and keeps the last finite checkpoint; the evaluation policy compiles once per run.
+the update, and keeps the last finite checkpoint; the evaluation policy compiles once per run;
+a stop signal during the final checkpoint or evaluation leaves a run that resumes to its end;
+a mismatched resume or a run too big for memory is refused before anything is built.
 """
+import dataclasses
 import json
+import os
+import re
+import signal
+import threading
 
 import jax
 import jax.numpy as jnp
@@ -10,8 +17,8 @@ import pytest
 
 from mlr_jax import checkpoint, cli, domains, envs, loop
 from mlr_jax.agents import atari as atari_agent
-from mlr_jax.config import make_config
-from mlr_jax.logging import RunDir
+from mlr_jax.config import ConfigError, make_config
+from mlr_jax.logging import RunDir, read_metrics
 
 BAD_STEP = 345  # the agent step whose first update gets a NaN in its batch
 SHORT = ["run.checkpoint_every=330", "run.log_every=10", "run.progress=false", "aux=none"]
@@ -86,8 +93,9 @@ def test_cli_stops_a_non_finite_atari_run_and_compiles_the_eval_policy_once(tmp_
     assert sum("eval/mean" in r for r in rows) == 5 and len(traces) == 1
 
 
-def test_a_non_finite_dmc_update_stops_the_loop(tmp_path, monkeypatch):
-    """The same in the other domain, whose loop reads no result of the update itself."""
+def test_a_non_finite_dmc_update_stops_the_loop(tmp_path, monkeypatch, capsys):
+    """The same in the other domain, whose loop reads no result of the update itself; its
+    progress lines count environment steps, as DMC budgets do."""
     _poison_batches(monkeypatch)
     cfg = make_config("dmc", "toy_reach", "toy", ["env_steps=360", f"run.outdir={tmp_path}", *SHORT])
     with pytest.raises(loop.NonFiniteUpdate) as info:
@@ -96,3 +104,83 @@ def test_a_non_finite_dmc_update_stops_the_loop(tmp_path, monkeypatch):
     assert (err.update, err.step) == (BAD_STEP - cfg.seed_steps + 1, BAD_STEP)
     assert np.isnan(err.bad["critic_loss"]) and "critic_loss=nan" in str(err)
     _check_stopped_run(next(tmp_path.iterdir()), cfg)
+    assert "dmc:toy_reach 250/360 env steps (69.4%) |" in capsys.readouterr().err
+
+
+def _interrupting(monkeypatch, module, name):
+    """Replace ``module.name`` by a function that sends this process SIGINT (Ctrl-C), then
+    does what the original does."""
+    real = getattr(module, name)
+
+    def interrupted(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, interrupted)
+
+
+def _wall_time(summary_md):
+    return float(re.search(r"\| wall time \(s\) \| ([0-9.]+) \|", summary_md.read_text()).group(1))
+
+
+@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(),
+                    reason="signal handlers need the main thread")
+def test_a_stop_during_the_final_checkpoint_or_evaluation_then_resume(tmp_path, monkeypatch, capsys):
+    """Ctrl-C while the final checkpoint is written: the checkpoint is completed (no orbax
+    temporary left), the run stops before its final evaluation with exit status 130, and
+    --resume only evaluates; Ctrl-C during that evaluation stops it again, the same way. The
+    resumed run's summary counts the wall time of every part. ``mlr-jax eval`` that cannot
+    write prints the scores first. Then a resume with a changed network, and a run too big for
+    memory, are refused before an environment is built."""
+    quiet = lambda *_: None  # noqa: E731
+    cfg = make_config("atari", "toy_catch", "toy", ["steps=310", "run.eval_episodes=3",
+                                                    f"run.outdir={tmp_path}", *SHORT])
+    _interrupting(monkeypatch, checkpoint, "save")  # the only save is the final one
+    with pytest.raises(loop.TrainingInterrupted) as info:
+        loop.train(cfg, log=quiet)
+    monkeypatch.undo()
+    run_dir = info.value.run_dir
+    assert info.value.step == 310 and info.value.exit_code == 130
+    assert "checkpoint saved in" in str(info.value)
+    assert f"run the final evaluation with --resume {run_dir}" in str(info.value)
+    run = RunDir.open(run_dir)
+    assert [p.name for p in run.checkpoints.iterdir()] == ["310"] and not run.final_eval.exists()
+    state = domains.make_domain(cfg, envs.make_env(cfg, 1, seed=0)).agent.init(jax.random.key(0))
+    first_wall = checkpoint.restore(run.checkpoints, state, with_replay=False)[2]["wall_time"]
+
+    _interrupting(monkeypatch, loop, "evaluate")
+    with pytest.raises(loop.TrainingInterrupted, match="at agent step 310; .* run the final evaluation"):
+        loop.train(cfg, resume=run_dir, log=quiet)
+    monkeypatch.undo()
+    assert not run.final_eval.exists()
+
+    result = loop.train(cfg, resume=run_dir, log=quiet)
+    assert result.steps == 310 and json.loads(run.final_eval.read_text())["n"] == 3
+    evals = [r for r in read_metrics(run.metrics_jsonl) if "eval/mean" in r]
+    assert [r["step"] for r in evals] == [310]
+    # the last part only evaluated (about a second); the summary adds the training's time
+    assert first_wall > 5 and _wall_time(run.summary) >= round(first_wall, 1)
+
+    # `mlr-jax eval` into a run directory it cannot write: the scores are printed first
+    final_scores = json.loads(run.final_eval.read_text())["scores"]
+
+    def unwritable(path, data):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(loop.runlog, "write_json", unwritable)
+    capsys.readouterr()  # the training's progress lines
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["eval", str(run_dir)])
+    monkeypatch.undo()
+    out, err = capsys.readouterr()
+    assert exit_info.value.code == 2
+    assert "scores: " + ", ".join(f"{x:g}" for x in final_scores) in out
+    assert err == (f"mlr-jax: error: the scores above could not be written to {run_dir / 'evals'} "
+                   "(Permission denied)\n")
+
+    monkeypatch.setattr(envs, "make_env", lambda *a, **k: pytest.fail("an environment was built"))
+    with pytest.raises(checkpoint.CheckpointMismatch, match="hidden_size: checkpoint=64 current=128"):
+        loop.train(dataclasses.replace(cfg, hidden_size=128), resume=run_dir, log=quiet)
+    with pytest.raises(ConfigError, match=r"needs at least [\d,]+\.\d GiB of memory on this host .*"
+                                          r"\(batch_size=1000000000 x 11 steps x 4 frames of 20x20\)"):
+        loop.train(dataclasses.replace(cfg, batch_size=10**9), log=quiet)

@@ -66,6 +66,11 @@ def test_smoke_run_then_resume(tmp_path, capsys, domain, name, first, more, step
     assert cli.main(base + first) == 0
     run = only_run_dir(tmp_path)
     first_final = check_run_dir(run, steps, 2)
+    # a smoke score means nothing: final_eval.json, summary.md and the console say so
+    assert first_final["preset"] == "smoke" and "paper" not in first_final
+    assert "no number to compare" in first_final["note"]
+    assert "> a smoke run: " in (run / "summary.md").read_text()
+    assert "over 2 episodes (a smoke run: " in capsys.readouterr().out
     counts = json.loads((run / "param_counts.json").read_text())
     assert counts["decoder"] > 0
     if domain == "dmc":  # the periodic evaluation ran too

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mlr_jax import parallel
-from mlr_jax.bench.runner import median_ms, write_record
+from mlr_jax.bench.runner import DEFAULT_OUTDIR, median_ms, write_record
 from mlr_jax.config import AtariConfig, DMCConfig, make_config
 from mlr_jax.host import tune_malloc
 from mlr_jax.nets.atari import NatureCNN
@@ -89,7 +89,7 @@ def _time_torch(in_channels: int, layers: list[tuple[int, int, int]], x: np.ndar
 
 def run_conv_benchmark(domain: str = "dmc", device: str = "cpu", preset: str = "paper",
                        batch: int = 128, repeats: int = 5,
-                       outdir: str | os.PathLike = "benchmarks/results") -> dict[str, Any]:
+                       outdir: str | os.PathLike = DEFAULT_OUTDIR) -> dict[str, Any]:
     """Time the conv trunk of ``domain`` at ``batch`` frames; returns (and writes) the record:
     per implementation ``{forward_ms, forward_backward_ms}`` (medians over ``repeats`` after
     one warm-up call), keys ``jax_xla``, ``jax_im2col`` and ``torch`` (absent without torch)."""

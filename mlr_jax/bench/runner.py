@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import importlib.util
 import json
 import os
 import pathlib
@@ -34,7 +35,7 @@ from mlr_jax import domains, host, parallel
 from mlr_jax.bench.profile import trace_units
 from mlr_jax.replay import device_frames
 from mlr_jax.replay.frames import FrameRows
-from mlr_jax.config import AtariConfig, DMCConfig, make_config, to_dict
+from mlr_jax.config import AtariConfig, ConfigError, DMCConfig, make_config, to_dict
 
 DOMAINS = ("atari", "dmc")
 DEVICES = ("cpu", "gpu")
@@ -45,7 +46,12 @@ FRAMEWORKS = ("jax", "torch", "torch-glibc")
 DEFAULT_ACTIONS = {"atari": 6, "dmc": 1}  # Pong's minimal action set, cartpole's action size
 
 
-class BenchmarkError(ValueError):
+DEFAULT_OUTDIR = "runs/bench"  # the committed records in benchmarks/results/ are written there on purpose
+TORCH_INSTALL = ("pip install 'mlr-jax[bench]' (or: bash scripts/setup.sh --bench), or leave it "
+                 "out with --frameworks jax")
+
+
+class BenchmarkError(ConfigError):
     """A benchmark argument cannot be honoured (names the value)."""
 
 
@@ -333,6 +339,9 @@ def _check_args(domain: str, device: str, frameworks: Sequence[str], repeats: in
     if unknown or not frameworks:
         raise BenchmarkError(
             f"frameworks must be a non-empty subset of {FRAMEWORKS}, got {tuple(frameworks)!r}")
+    if any(f.startswith("torch") for f in frameworks) and importlib.util.find_spec("torch") is None:
+        raise BenchmarkError(f"frameworks {','.join(frameworks)} include the PyTorch port but "
+                             f"torch is not installed: {TORCH_INSTALL}")
     if repeats < 1 or warmup < 0:
         raise BenchmarkError(f"need repeats >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
     if "jax" in frameworks:
@@ -346,7 +355,7 @@ def _check_args(domain: str, device: str, frameworks: Sequence[str], repeats: in
 
 def run_benchmark(domain: str = "atari", device: str = "cpu", preset: str = "paper",
                   frameworks: Sequence[str] = FRAMEWORKS, repeats: int = 10, warmup: int = 2,
-                  outdir: str | os.PathLike = "benchmarks/results", name: str | None = None,
+                  outdir: str | os.PathLike = DEFAULT_OUTDIR, name: str | None = None,
                   overrides: Sequence[str] = (), env_steps: int = 300, seed: int = 0,
                   torch_threads: int | None = None,
                   profile_dir: str | os.PathLike | None = None) -> dict[str, Any]:
