@@ -4,10 +4,16 @@ import pathlib
 from setuptools import find_packages, setup
 
 HERE = pathlib.Path(__file__).parent
-REQUIREMENTS = [
-    line.strip() for line in (HERE / "requirements.txt").read_text().splitlines()
-    if line.strip() and not line.startswith("#") and not line.startswith("pytest")
-]
+CORE, _, TESTS = (HERE / "requirements.txt").read_text().partition("\n# tests")
+
+
+def _requirements(text: str) -> list[str]:
+    lines = (line.split("#")[0].strip() for line in text.splitlines())
+    return [line for line in lines if line]
+
+
+REQUIREMENTS = _requirements(CORE)
+TEST_REQUIREMENTS = _requirements(TESTS.partition("\n")[2])
 
 setup(
     name="mlr-jax",
@@ -19,6 +25,6 @@ setup(
     packages=find_packages(include=["mlr_jax", "mlr_jax.*"]),
     package_data={"mlr_jax": ["data/*.json"]},
     install_requires=REQUIREMENTS,
-    extras_require={"bench": ["torch==2.13.0"], "test": ["pytest>=9.0"]},
+    extras_require={"bench": ["torch==2.13.0"], "track": ["wandb>=0.31"], "test": TEST_REQUIREMENTS},
     entry_points={"console_scripts": ["mlr-jax=mlr_jax.cli:main"]},
 )

@@ -41,7 +41,7 @@ EPILOG = """examples:
   mlr-jax train atari --game pong --distributed             # every host of a TPU pod slice runs this
   mlr-jax eval runs/atari_pong_mlr_s1_... --episodes 10     # evaluate the latest checkpoint again
   mlr-jax config dmc --task walker_walk                     # print the resolved config
-  mlr-jax report runs/                                      # aggregate finished runs (IQM, means, paper)
+  mlr-jax report runs/ --compare mlr,none                   # finished runs: CIs, profiles, curves, scores.csv
   mlr-jax bench --domain atari --preset smoke --frameworks jax
 """
 
@@ -138,8 +138,16 @@ def build_parser() -> argparse.ArgumentParser:
                                "final checkpoint reproduces final_eval.json)")
     evaluate.add_argument("--gif", action="store_true",
                           help="also write the first episode as evals/step_<step>.gif")
-    report = sub.add_parser("report", help="aggregate the final evaluations of the runs below a directory")
+    report = sub.add_parser("report", help="aggregate the final evaluations of the runs below a "
+                                           "directory: intervals, profiles, curves, scores.csv")
     report.add_argument("root", help="directory holding run directories (searched recursively)")
+    report.add_argument("--compare", default=None, metavar="X,Y",
+                        help="probability of improvement of method X over Y only, e.g. mlr,none "
+                             "(default: every ordered pair of methods present)")
+    report.add_argument("--reps", type=int, default=None,
+                        help="bootstrap replicates (default 2000, seconds for 26 games x 10 "
+                             "seeds x 2 methods; 50000 for a paper's figure)")
+    report.add_argument("--out", default=None, help="where the report goes (default: ROOT)")
     bench = sub.add_parser("bench", help="time one update of the JAX agent and the PyTorch port")
     bench.add_argument("--domain", choices=("atari", "dmc"), required=True)
     bench.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
@@ -238,20 +246,29 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    import pathlib
+    from mlr_jax import report
 
-    from mlr_jax import evaluation
-    from mlr_jax.logging import write_json
-
-    records = evaluation.collect_runs(args.root)
+    compare = None
+    if args.compare:
+        compare = tuple(m.strip() for m in args.compare.split(","))
+        if len(compare) != 2 or not all(compare):
+            raise ConfigError(f"--compare takes two methods, X,Y (P(X > Y)), got {args.compare!r}")
+    reps = report.stats.DEFAULT_REPS if args.reps is None else args.reps
+    if reps < 100:
+        raise ConfigError(f"--reps must be at least 100, got {reps}")
+    records = report.collect_runs(args.root)
     if not records:
         raise ConfigError(f"no finished runs (final_eval.json) below {args.root}")
-    agg = evaluation.aggregate(records)
-    text = evaluation.report_markdown(agg)
-    root = pathlib.Path(args.root)
-    (root / "report.md").write_text(text)
-    write_json(root / "report.json", agg)
-    print(text + f"\n[mlr-jax] {len(records)} run{'s' if len(records) != 1 else ''}; written to {root / 'report.md'} and report.json")
+    try:
+        result = report.build_report(records, compare, reps)
+    except (report.ReportError, ValueError) as e:
+        raise ConfigError(str(e)) from None
+    out = args.out or args.root
+    paths = report.write_report(result, records, out)
+    for warning in result["warnings"]:
+        print(f"[mlr-jax] warning: {warning}", file=sys.stderr)
+    print(report.report_markdown(result) + f"\n[mlr-jax] {len(records)} run"
+          f"{'s' if len(records) != 1 else ''}; written to " + ", ".join(str(p) for p in paths))
     return 0
 
 

@@ -79,6 +79,10 @@ class RunConfig:
     replay_frames: str = "auto"
     progress: bool = True
     preset: str = "paper"  # the preset make_config started from; reported with the results
+    # Weights & Biases: a project name streams the metric rows, evaluations, the learning
+    # curve and the evaluation GIF there too ("" = off; needs `pip install wandb`)
+    wandb: str = ""
+    wandb_mode: str = "online"  # "online" or "offline" (written below the run directory)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -405,6 +409,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "run.conv_impl": ("auto", "xla", "im2col"),
     "run.replay_frames": ("auto", "host", "device"),
     "run.preset": tuple(sorted(PRESETS["atari"])),
+    "run.wandb_mode": ("online", "offline"),
     "resize": ("bilinear", "area"),
     "stack_reset": ("zero", "repeat"),
     "done_n_rule": ("first_step", "any_step"),
@@ -417,13 +422,18 @@ class Bounds:
     """The values a number or flag field accepts: its type (``int``, ``float``, ``bool``,
     ``str`` or ``tuple`` of ints) and a range ``lo``..``hi``, each end open or closed. Float
     fields must be finite; ``bool`` is not an ``int``. For a tuple the range holds for every
-    element (and it must not be empty)."""
+    element (and it must not be empty). For a string ``lo`` is the shortest length (default
+    1: not empty)."""
 
     typ: type
     lo: float | None = None
     hi: float | None = None
     lo_open: bool = False
     hi_open: bool = False
+
+    @property
+    def _shortest(self) -> int:
+        return 1 if self.lo is None else int(self.lo)
 
     def describe(self) -> str:
         if self.lo is not None and self.hi is not None:
@@ -448,7 +458,9 @@ class Bounds:
         if self.typ is bool:
             return None if isinstance(value, bool) else f"{key} must be true or false, got {value!r}"
         if self.typ is str:
-            return None if isinstance(value, str) and value else f"{key} must be a non-empty string, got {value!r}"
+            if isinstance(value, str) and len(value) >= self._shortest:
+                return None
+            return f"{key} must be a {'non-empty ' if self._shortest else ''}string, got {value!r}"
         if self.typ is tuple:
             if isinstance(value, tuple) and value and all(self._number_ok(v, int) for v in value):
                 return None
@@ -463,7 +475,7 @@ class Bounds:
         if self.typ is bool:
             return [1, "yes"]
         if self.typ is str:
-            return ["", 3]
+            return ["", 3] if self._shortest else [3, None]
         if self.typ is tuple:
             return [(), (0,) if self.lo is not None and self.lo > 0 else (1.5,)]
         bad: list[Any] = [True, "1"]
@@ -504,7 +516,7 @@ BOUNDS: dict[str, Bounds] = {
     # RunConfig
     "run.seed": _ints(0), "run.outdir": _NAME, "run.eval_episodes": _ints(),
     "run.eval_every": _ints(0), "run.log_every": _ints(), "run.checkpoint_every": _ints(0),
-    "run.progress": _FLAG,
+    "run.progress": _FLAG, "run.wandb": Bounds(str, lo=0),
     # both domains
     "game": _NAME, "task": _NAME, "image_size": _ints(), "frame_stack": _ints(),
     "num_envs": _ints(), "gamma": _reals(0.0, 1.0), "batch_size": _ints(),

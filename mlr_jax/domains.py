@@ -49,6 +49,8 @@ class Domain:
         ``step`` is the 0-based index of the agent step about to be taken.
       eval_act: ``(replicated_state, obs, key) -> actions``, the evaluation policy, jitted
         once per run.
+      eval_policy: what ``eval_act`` does, for the evaluation protocol (Atari: epsilon,
+        noisy nets off; DMC: the policy's mean action on a centre crop).
       store: ``(replay, obs, actions, step_record)`` stores one agent step.
       sample: ``(replay, step, rng) -> batch`` for the train step.
       after_update: ``(replay, batch, metrics)`` (Atari: priority update).
@@ -66,6 +68,7 @@ class Domain:
     make_replay: Callable[[], Any]
     explore: Callable[..., np.ndarray]
     eval_act: Callable[..., Any]
+    eval_policy: dict[str, Any]
     store: Callable[..., None]
     sample: Callable[..., Any]
     after_update: Callable[..., None]
@@ -201,7 +204,8 @@ def _atari(cfg: AtariConfig, env: VecEnv) -> Domain:
         updates_per_step=cfg.updates_per_step, env_steps_per_step=cfg.frame_skip, unit=1,
         budget="100k" if cfg.steps == 100_000 else str(cfg.steps),
         agent=agent, make_replay=lambda: make_replay(cfg),
-        explore=explore, eval_act=parallel.on_first_replica(agent.eval_act), store=store,
+        explore=explore, eval_act=parallel.on_first_replica(agent.eval_act),
+        eval_policy={"epsilon": cfg.eval_epsilon, "noisy_nets": "off"}, store=store,
         sample=functools.partial(sample_batch, cfg), after_update=after_update)
 
 
@@ -227,8 +231,10 @@ def _dmc(cfg: DMCConfig, env: VecEnv) -> Domain:
         kind="dmc", name=cfg.task, total_steps=cfg.agent_steps, learning_starts=cfg.seed_steps,
         updates_per_step=1, env_steps_per_step=cfg.action_repeat, unit=cfg.action_repeat,
         budget=budget, agent=agent, make_replay=lambda: make_replay(cfg, env.action_dim),
-        explore=explore, eval_act=parallel.on_first_replica(agent.eval_act), store=store,
-        sample=functools.partial(sample_batch, cfg), after_update=lambda *_: None)
+        explore=explore, eval_act=parallel.on_first_replica(agent.eval_act),
+        eval_policy={"actions": "mean of the policy",
+                     "crop": f"centre {cfg.crop_size}x{cfg.crop_size} of {cfg.image_size}"},
+        store=store, sample=functools.partial(sample_batch, cfg), after_update=lambda *_: None)
 
 
 def make_domain(cfg: AtariConfig | DMCConfig, env: VecEnv) -> Domain:

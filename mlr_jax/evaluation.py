@@ -4,9 +4,7 @@ The reference numbers (human, random and every method of the paper's Tables 1 an
 ``mlr_jax/data/reference_scores.json``, package data that installs with the library
 (``experiments/reference_scores.json`` links to it); :func:`reference_scores` is the one
 loader of that file.
-Aggregates follow rliable (Agarwal et al., 2021): the interquartile mean is the 25%-trimmed
-mean of all scores (``scipy.stats.trim_mean(x, 0.25)``) and the optimality gap is
-``gamma - mean(min(x, gamma))``.
+Aggregates over many runs, with intervals, are :mod:`mlr_jax.stats` and :mod:`mlr_jax.report`.
 """
 
 from __future__ import annotations
@@ -15,7 +13,6 @@ import copy
 import functools
 import importlib.resources
 import json
-import pathlib
 from typing import Any, Sequence
 
 import numpy as np
@@ -55,6 +52,12 @@ def reference_scores() -> dict[str, Any]:
     return copy.deepcopy(_load_reference())
 
 
+def benchmark_key(domain: str, budget: str) -> str | None:
+    """The reference table of a benchmark (``"atari100k"``, ``"dmc100k"``, ``"dmc500k"``), or
+    None for a budget the paper does not report."""
+    return _BENCHMARKS.get((domain, budget))
+
+
 def _benchmark(domain: str, budget: str) -> dict[str, Any]:
     key = _BENCHMARKS.get((domain, budget))
     if key is None:
@@ -82,22 +85,6 @@ def _as_scores(values: Sequence[float] | np.ndarray) -> np.ndarray:
     if not np.all(np.isfinite(x)):
         raise ValueError(f"scores must be finite, got {x[~np.isfinite(x)][:5]}")
     return x
-
-
-def iqm(values: Sequence[float] | np.ndarray) -> float:
-    """Interquartile mean: mean after dropping ``int(0.25 n)`` lowest and highest values.
-
-    Identical to ``scipy.stats.trim_mean(values, 0.25, axis=None)`` as used by rliable; a
-    runs x tasks matrix is flattened first.
-    """
-    x = np.sort(_as_scores(values))
-    cut = int(0.25 * x.size)
-    return float(x[cut:x.size - cut].mean())
-
-
-def optimality_gap(values: Sequence[float] | np.ndarray, gamma: float = 1.0) -> float:
-    """How far (normalised) scores fall short of ``gamma``: ``gamma - mean(min(x, gamma))``."""
-    return float(gamma - np.minimum(_as_scores(values), gamma).mean())
 
 
 def paper_reference(domain: str, name: str, budget: str = "100k") -> dict[str, dict[str, float | None]]:
@@ -164,82 +151,3 @@ def has_reference(domain: str, name: str, budget: str = "100k") -> bool:
     key = _BENCHMARKS.get((domain, budget))
     table = _load_reference()[key]["games" if domain == "atari" else "tasks"] if key else {}
     return name in table
-
-
-# --------------------------------------------------------------------------- many runs
-
-def collect_runs(root: str | pathlib.Path) -> list[dict[str, Any]]:
-    """Finished runs below ``root``: one record per run directory holding ``final_eval.json``
-    (with ``aux`` and ``seed`` from its ``config.json``)."""
-    records = []
-    for final in sorted(pathlib.Path(root).rglob("final_eval.json")):
-        config = json.loads((final.parent / "config.json").read_text())
-        result = json.loads(final.read_text())
-        records.append({**result, "aux": config["aux"], "seed": config["run"]["seed"],
-                        "run_dir": str(final.parent)})
-    return records
-
-
-def aggregate(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Per game/task and per benchmark aggregates of final evaluations.
-
-    Returns ``{"rows": [...], "aggregates": [...]}``. A row is one (domain, budget, name, aux):
-    the mean over seeds of each run's mean score, its std over seeds, the number of seeds, and
-    the paper's number. An aggregate is one (domain, budget, aux) over the paper's games/tasks
-    that were run: Atari IQM and optimality gap of the human-normalised run scores
-    (runs x games, as rliable), DMC mean and median of the per-task means.
-    """
-    groups: dict[tuple, list[dict[str, Any]]] = {}
-    for r in records:
-        groups.setdefault((r["domain"], r["budget"], r["name"], r["aux"]), []).append(r)
-    rows = []
-    for (domain, budget, name, aux), runs in sorted(groups.items()):
-        means = np.array([r["mean"] for r in runs])
-        paper = (paper_reference(domain, name, budget)[paper_method(aux)]["mean"]
-                 if has_reference(domain, name, budget) else None)
-        rows.append({"domain": domain, "budget": budget, "name": name, "aux": aux,
-                     "seeds": len(runs), "mean": float(means.mean()), "std": float(means.std()),
-                     "paper": paper})
-    aggregates = []
-    for domain, budget, aux in sorted({(r["domain"], r["budget"], r["aux"]) for r in rows}):
-        mine = [r for r in rows if (r["domain"], r["budget"], r["aux"]) == (domain, budget, aux)
-                and r["paper"] is not None]
-        if not mine:
-            continue
-        method = paper_method(aux)
-        entry: dict[str, Any] = {"domain": domain, "budget": budget, "aux": aux,
-                                 "tasks": len(mine)}
-        if domain == "atari":
-            normalized = [human_normalized(r["name"], run["mean"]) for r in mine
-                          for run in groups[(domain, budget, r["name"], aux)]]
-            aggs = _load_reference()["atari100k"]["aggregates"]
-            entry |= {"iqm": iqm(normalized), "optimality_gap": optimality_gap(normalized),
-                      "paper_iqm": aggs["iqm"][method],
-                      "paper_optimality_gap": aggs["optimality_gap"][method]}
-        else:
-            task_means = [r["mean"] for r in mine]
-            aggs = _load_reference()[_BENCHMARKS[(domain, budget)]]["aggregates"]
-            entry |= {"mean": float(np.mean(task_means)), "median": float(np.median(task_means)),
-                      "paper_mean": aggs["mean"][method], "paper_median": aggs["median"][method]}
-        aggregates.append(entry)
-    return {"rows": rows, "aggregates": aggregates}
-
-
-def report_markdown(agg: dict[str, Any]) -> str:
-    """A readable markdown report of :func:`aggregate`'s output."""
-
-    def num(x):
-        return "-" if x is None else (f"{x:,.1f}" if abs(x) >= 10 else f"{x:.3f}")
-
-    lines = ["# mlr-jax results", "", "| domain | budget | game/task | aux | seeds | score (mean ± std over seeds) | paper |",
-             "|---|---|---|---|---:|---:|---:|"]
-    lines += [f"| {r['domain']} | {r['budget']} | {r['name']} | {r['aux']} | {r['seeds']} | "
-              f"{num(r['mean'])} ± {num(r['std'])} | {num(r['paper'])} |" for r in agg["rows"]]
-    if agg["aggregates"]:
-        lines += ["", "## Aggregates over the paper's games/tasks that were run", "",
-                  "| domain | budget | aux | games/tasks | metric | ours | paper |", "|---|---|---|---:|---|---:|---:|"]
-        for a in agg["aggregates"]:
-            metrics = ("iqm", "optimality_gap") if a["domain"] == "atari" else ("mean", "median")
-            lines += [f"| {a['domain']} | {a['budget']} | {a['aux']} | {a['tasks']} | {m} | "
-                      f"{num(a[m])} | {num(a['paper_' + m])} |" for m in metrics]
-    return "\n".join(lines) + "\n"

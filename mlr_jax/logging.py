@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import importlib.util
 import json
 import math
 import os
@@ -139,9 +140,12 @@ class MetricsWriter:
       run: the run directory.
       keep_until: when resuming from a checkpoint at this step, rows logged after it by the
         interrupted run are removed first (and TensorBoard purges them).
+      tracker: also send every row there (:class:`WandbTracker`); closed with the writer.
     """
 
-    def __init__(self, run: RunDir, keep_until: int | None = None):
+    def __init__(self, run: RunDir, keep_until: int | None = None,
+                 tracker: "WandbTracker | None" = None):
+        self._tracker = tracker
         self._jsonl_path, self._csv_path = run.metrics_jsonl, run.metrics_csv
         if keep_until is not None:
             self._truncate(keep_until)
@@ -175,17 +179,59 @@ class MetricsWriter:
         for k, v in values.items():
             self._tb.add_scalar(k, v, int(step))
         self._tb.flush()
+        if self._tracker is not None:
+            self._tracker.log(int(step), values)
 
     def close(self) -> None:
         self._jsonl.close()
         self._csv_file.close()
         self._tb.close()
+        if self._tracker is not None:
+            self._tracker.close()
 
     def __enter__(self) -> "MetricsWriter":
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+WANDB_INSTALL = "pip install wandb (or: pip install 'mlr-jax[track]')"
+
+
+def check_wandb(project: str) -> None:
+    """Raise :class:`~mlr_jax.config.ConfigError` with the install command when
+    ``run.wandb`` names a project but wandb is not installed (checked at start-up)."""
+    if project and importlib.util.find_spec("wandb") is None:
+        raise ConfigError(f"run.wandb={project!r} streams the run to Weights & Biases, but wandb "
+                          f"is not installed: {WANDB_INSTALL}")
+
+
+class WandbTracker:
+    """A run's metric rows, evaluations, learning curve and evaluation GIF, also in Weights &
+    Biases (``run.wandb``). The wandb run's id is the run directory's name, so ``--resume``
+    continues the same wandb run; its files go below the run directory (``wandb/``).
+    wandb keeps only rows at steps after the last one it has, so after a resume the rows
+    between the checkpoint and the interruption keep their first values there (the run
+    directory's files hold the resumed ones)."""
+
+    def __init__(self, run: RunDir, project: str, mode: str, config: Mapping[str, Any]):
+        import wandb
+
+        self._wandb = wandb
+        self._run = wandb.init(project=project, mode=mode, dir=str(run.root), id=run.root.name,
+                               name=run.root.name, config=dict(config), resume="allow")
+
+    def log(self, step: int, values: Mapping[str, float]) -> None:
+        self._run.log(dict(values), step=step)
+
+    def media(self, step: int, curve: pathlib.Path, video: pathlib.Path) -> None:
+        """The learning curve (PNG) and the evaluation video (GIF) at ``step``."""
+        self._run.log({"learning_curve": self._wandb.Image(str(curve)),
+                       "eval/video": self._wandb.Video(str(video), format="gif")}, step=step)
+
+    def close(self) -> None:
+        self._run.finish()
 
 
 class NoMetrics:

@@ -19,7 +19,7 @@ import json
 import pathlib
 import signal
 import time
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import numpy as np
@@ -93,20 +93,30 @@ class EvaluationStopped(Exception):
     """:func:`evaluate` gave up because its ``stop`` callback said so (a stop signal)."""
 
 
+class Evaluation(NamedTuple):
+    """What :func:`evaluate` returns: ``scores[episodes]``; ``video``, the newest frame of the
+    first environment at each of its first ``record`` steps (uint8[T, C, H, W]; empty if 0);
+    ``protocol``, what an evaluation episode was (the environment's own settings, the
+    policy's, the number of episodes)."""
+
+    scores: np.ndarray
+    video: np.ndarray
+    protocol: dict[str, Any]
+
+
 def evaluate(domain: Domain, cfg: AtariConfig | DMCConfig, state: Any, episodes: int,
              seed: int, key: jax.Array, record: int = 0,
-             stop: Callable[[], bool] = lambda: False) -> tuple[np.ndarray, np.ndarray]:
+             stop: Callable[[], bool] = lambda: False) -> Evaluation:
     """Scores of ``episodes`` full evaluation episodes, run as one batch of environments.
 
     ``state`` is the replicated training state (:func:`mlr_jax.parallel.replicate`).
-    Returns ``(scores[episodes], video)`` where ``video`` holds the newest frame of the first
-    environment at each of its first ``record`` steps (uint8[T, C, H, W]; empty if 0).
     Every environment plays exactly one episode (the first one to end is kept); actions come
     from the agent's evaluation policy (Atari: epsilon 0.001, no noise; DMC: the mean action).
     ``stop`` is asked before every step; when it answers True the evaluation is abandoned
     with :class:`EvaluationStopped` (an Atari evaluation can take many minutes).
     """
     env = envs.make_env(cfg, episodes, seed, evaluation=True)
+    protocol = {"episodes": episodes, **env.protocol, **domain.eval_policy}
     act = domain.eval_act
     channels = env.obs_shape[0] // cfg.frame_stack
     scores = np.full(episodes, np.nan, np.float32)
@@ -125,7 +135,7 @@ def evaluate(domain: Domain, cfg: AtariConfig | DMCConfig, state: Any, episodes:
                 video.append(obs[0, -channels:])
     finally:
         env.close()
-    return scores, np.asarray(video, np.uint8)
+    return Evaluation(scores, np.asarray(video, np.uint8), protocol)
 
 
 def _quiet(*_: Any) -> None:
@@ -189,10 +199,11 @@ def evaluate_checkpoint(run_dir: str | pathlib.Path, step: int | None = None,
     episodes = cfg.run.eval_episodes if episodes is None else episodes
     _, eval_key = jax.random.split(jax.numpy.asarray(loop_state["key"]))
     log(f"[mlr-jax] evaluating {run.root} at step {step}: {episodes} episodes, seed {eval_seed}")
-    scores, video = evaluate(domain, cfg, parallel.replicate(state), episodes, eval_seed, eval_key,
-                             VIDEO_FRAMES if gif else 0)
+    scores, video, protocol = evaluate(domain, cfg, parallel.replicate(state), episodes,
+                                       eval_seed, eval_key, VIDEO_FRAMES if gif else 0)
     summary = evaluation.summarize_scores(domain.kind, domain.name, scores.tolist(),
                                           budget=domain.budget)
+    summary["protocol"] = protocol
     summary.update(agent_steps=step, env_steps=step * domain.env_steps_per_step,
                    checkpoint_step=step, eval_seed=eval_seed)
     out = run.root / "evals" / f"step_{step}.json"
@@ -248,6 +259,7 @@ def train(cfg: AtariConfig | DMCConfig, resume: str | pathlib.Path | None = None
         if hasattr(cfg, field):
             parallel.check_divisible(getattr(cfg, field), parallel.device_count(), field)
     check_memory(cfg)
+    runlog.check_wandb(cfg.run.wandb)
     if resume is not None:
         run = runlog.RunDir.open(resume)
         checkpoint.check_resumable(run.checkpoints, to_dict(cfg))
@@ -285,7 +297,10 @@ def train(cfg: AtariConfig | DMCConfig, resume: str | pathlib.Path | None = None
     train_step = device_frames.parallel_train_step(domain.agent.train_step, replay.device_frames)
     updates = int(state.step)  # updates done (both agents' states count them)
     pstate = parallel.replicate(state)
-    metrics_writer = (runlog.MetricsWriter(run, keep_until=step if resume is not None else None)
+    tracker = (runlog.WandbTracker(run, cfg.run.wandb, cfg.run.wandb_mode, to_dict(cfg))
+               if primary and cfg.run.wandb else None)
+    metrics_writer = (runlog.MetricsWriter(run, keep_until=step if resume is not None else None,
+                                           tracker=tracker)
                       if primary else runlog.NoMetrics())
     unit = domain.unit  # progress counts the steps the user gave: DMC environment steps
     progress = runlog.Progress(domain.total_steps * unit, initial=step * unit,
@@ -353,7 +368,7 @@ def train(cfg: AtariConfig | DMCConfig, resume: str | pathlib.Path | None = None
                 if _due(step, unit, cfg.run.eval_every) and step < domain.total_steps:
                     key, eval_key = jax.random.split(key)
                     try:
-                        scores, _ = run_eval(eval_key)
+                        scores = run_eval(eval_key).scores
                         metrics_writer.write(step, {runlog.EVAL_MEAN: float(scores.mean()),
                                                     runlog.EVAL_STD: float(scores.std())})
                     except EvaluationStopped:
@@ -368,7 +383,7 @@ def train(cfg: AtariConfig | DMCConfig, resume: str | pathlib.Path | None = None
             save_checkpoint()  # a stop signal now waits for it: the checkpoint stays whole
             if stopped_by is None:
                 key, eval_key = jax.random.split(key)
-                scores, video = run_eval(eval_key, record=VIDEO_FRAMES)
+                scores, video, protocol = run_eval(eval_key, record=VIDEO_FRAMES)
         except EvaluationStopped:
             stopped_by = stop.requested
         except NonFiniteUpdate:
@@ -383,13 +398,15 @@ def train(cfg: AtariConfig | DMCConfig, resume: str | pathlib.Path | None = None
         raise TrainingInterrupted(step, run.root, stopped_by, final=step == domain.total_steps)
     metrics_writer.write(step, {runlog.EVAL_MEAN: float(scores.mean()),
                                 runlog.EVAL_STD: float(scores.std())})
-    metrics_writer.close()
     summary = evaluation.summarize_scores(kind, name, scores.tolist(), budget=domain.budget)
     summary["agent_steps"] = step
     summary["env_steps"] = step * domain.env_steps_per_step
-    summary.update(evaluation.preset_note(cfg.run.preset))
+    summary.update(evaluation.preset_note(cfg.run.preset), protocol=protocol)
     if primary:
         _write_results(run, cfg, domain, summary, video, counts, wall_time=wall_time())
+        if tracker is not None:
+            tracker.media(step, run.learning_curve, run.eval_video)
+    metrics_writer.close()
     note = f" ({summary['note']})" if "note" in summary else ""
     log(f"[mlr-jax] final evaluation: {summary['mean']:.2f} ± {summary['std']:.2f} over "
         f"{len(scores)} episodes{note}")

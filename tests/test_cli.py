@@ -121,6 +121,20 @@ def test_bench_without_torch_stops_before_timing_anything(capsys, monkeypatch, t
     assert seen["outdir"] == runner.DEFAULT_OUTDIR == "runs/bench"
 
 
+def test_wandb_without_the_package_fails_at_start(capsys, monkeypatch, tmp_path):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "wandb" else real(name, *a))
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train", "atari", "--preset", "smoke", "--outdir", str(tmp_path),
+                  "run.wandb=my-project"])
+    assert exit_info.value.code == 2 and not any(tmp_path.iterdir())
+    assert ("run.wandb='my-project' streams the run to Weights & Biases, but wandb is not "
+            "installed: pip install wandb") in capsys.readouterr().err
+
+
 def test_a_full_disk_exits_4_with_one_line(capsys, monkeypatch):
     import errno
 

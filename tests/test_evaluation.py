@@ -1,10 +1,9 @@
 """Reference scores (transcription checks) and the score aggregates."""
-import json
 
 import numpy as np
 import pytest
 
-from mlr_jax import evaluation
+from mlr_jax import evaluation, stats
 from mlr_jax.config import ATARI_GAMES, DMC_PAPER_TASKS
 
 ATARI_METHODS = ["DER", "OTR", "CURL", "DrQ", "SPR", "PlayVirtual", "Baseline", "MLR"]
@@ -64,13 +63,13 @@ def test_paper_iqm_reproduced_from_per_game_scores(ref):
     """The paper aggregates ALL runs (rliable); the table only has per-game means, so the IQM of
     the means can differ. For MLR it matches to 0.003; for Baseline it is 0.325 vs the printed
     0.292 (runs with extreme scores are trimmed differently than means)."""
-    assert evaluation.iqm(_hn_column(ref, "MLR")) == pytest.approx(0.432, abs=0.005)
-    assert evaluation.iqm(_hn_column(ref, "Baseline")) == pytest.approx(0.325, abs=0.001)
-    assert evaluation.optimality_gap(_hn_column(ref, "MLR")) == pytest.approx(0.522, abs=0.005)
+    assert _row(stats.iqm, _hn_column(ref, "MLR")) == pytest.approx(0.432, abs=0.005)
+    assert _row(stats.iqm, _hn_column(ref, "Baseline")) == pytest.approx(0.325, abs=0.001)
+    assert _row(stats.optimality_gap, _hn_column(ref, "MLR")) == pytest.approx(0.522, abs=0.005)
     # mean(min(x, 1)) over runs <= min(mean, 1) per game (Jensen): the gap of the per-game
     # means can only be smaller than the paper's run-level gap, for every method.
     for method in ATARI_METHODS:
-        gap = evaluation.optimality_gap(_hn_column(ref, method))
+        gap = _row(stats.optimality_gap, _hn_column(ref, method))
         assert gap <= ref["atari100k"]["aggregates"]["optimality_gap"][method] + 0.005, method
 
 
@@ -83,25 +82,26 @@ def test_human_normalized():
         evaluation.human_normalized("mspacman", 1.0)
 
 
+def _row(metric, values):
+    """``metric`` of one run over the tasks ``values``."""
+    return float(metric(np.asarray(values, np.float64).reshape(1, -1)))
+
+
 def test_iqm_and_optimality_gap_by_hand():
-    assert evaluation.iqm([8, 1, 7, 2, 6, 3, 5, 4]) == pytest.approx(4.5)  # mean of 3..6
-    assert evaluation.iqm([100, 1, 2, 3, 4, 5, 6, 7, 8, -50]) == pytest.approx(4.5)  # 2 cut each side
-    assert evaluation.iqm([1.0, 2.0, 6.0]) == pytest.approx(3.0)  # int(0.75) = 0: nothing cut
-    assert evaluation.iqm(np.arange(12.0).reshape(3, 4)) == pytest.approx(5.5)  # runs x tasks flattened
-    assert evaluation.optimality_gap([0.5, 1.5, 0.2]) == pytest.approx(1 - (0.5 + 1.0 + 0.2) / 3)
-    assert evaluation.optimality_gap([2.0, 3.0], gamma=2.5) == pytest.approx(0.25)
-    with pytest.raises(ValueError, match="empty"):
-        evaluation.iqm([])
-    with pytest.raises(ValueError, match="finite"):
-        evaluation.optimality_gap([1.0, np.nan])
+    assert _row(stats.iqm, [8, 1, 7, 2, 6, 3, 5, 4]) == pytest.approx(4.5)  # mean of 3..6
+    assert _row(stats.iqm, [100, 1, 2, 3, 4, 5, 6, 7, 8, -50]) == pytest.approx(4.5)  # 2 cut each side
+    assert _row(stats.iqm, [1.0, 2.0, 6.0]) == pytest.approx(3.0)  # int(0.75) = 0: nothing cut
+    assert float(stats.iqm(np.arange(12.0).reshape(3, 4))) == pytest.approx(5.5)  # runs x tasks flattened
+    assert _row(stats.optimality_gap, [0.5, 1.5, 0.2]) == pytest.approx(1 - (0.5 + 1.0 + 0.2) / 3)
+    assert float(stats.optimality_gap(np.array([[2.0, 3.0]]), gamma=2.5)) == pytest.approx(0.25)
 
 
 def test_iqm_matches_scipy_trim_mean():
-    stats = pytest.importorskip("scipy.stats")
+    scipy_stats = pytest.importorskip("scipy.stats")
     rng = np.random.default_rng(0)
     for n in (1, 2, 5, 26, 101):
         x = rng.standard_cauchy(n)
-        assert evaluation.iqm(x) == pytest.approx(stats.trim_mean(x, 0.25))
+        assert _row(stats.iqm, x) == pytest.approx(scipy_stats.trim_mean(x, 0.25))
 
 
 def test_summarize_scores_atari():
@@ -145,45 +145,10 @@ def test_reference_loader_returns_copies_and_names_a_missing_file(monkeypatch, t
         evaluation._load_reference.cache_clear()
 
 
-def _record(domain, name, aux, seed, mean, budget="100k"):
-    return {"domain": domain, "name": name, "budget": budget, "aux": aux, "seed": seed,
-            "mean": mean, "n": 1, "scores": [mean], "run_dir": f"{name}{seed}"}
-
-
-def test_aggregate_runs_against_independent_numbers():
-    records = [_record("atari", "pong", "mlr", s, m) for s, m in ((1, 4.0), (2, 6.0))]
-    records += [_record("atari", "boxing", "mlr", 1, 12.1), _record("atari", "pooyan", "mlr", 1, 50.0)]
-    records += [_record("dmc", t, "none", 1, m) for t, m in (("walker_walk", 400.0), ("cheetah_run", 300.0),
-                                                            ("reacher_easy", 900.0))]
-    agg = evaluation.aggregate(records)
-    pong = next(r for r in agg["rows"] if r["name"] == "pong")
-    assert (pong["seeds"], pong["mean"], pong["std"], pong["paper"]) == (2, 5.0, 1.0, 4.9)
-    assert next(r for r in agg["rows"] if r["name"] == "pooyan")["paper"] is None
-    atari = next(a for a in agg["aggregates"] if a["domain"] == "atari")
-    # runs x games of the paper's games: pong seeds 1 and 2, boxing (human level: 1.0)
-    hn = [(4.0 + 20.7) / 35.3, (6.0 + 20.7) / 35.3, 1.0]
-    assert atari["tasks"] == 2 and atari["iqm"] == pytest.approx(np.mean(hn))  # n=3: nothing trimmed
-    assert atari["optimality_gap"] == pytest.approx(1 - np.mean(np.minimum(hn, 1)))
-    assert atari["paper_iqm"] == 0.432
-    dmc = next(a for a in agg["aggregates"] if a["domain"] == "dmc")
-    assert (dmc["mean"], dmc["median"], dmc["paper_mean"]) == (pytest.approx(1600 / 3), 400.0, 616.8)
-    text = evaluation.report_markdown(agg)
-    assert "| atari | 100k | pong | mlr | 2 | 5.000 ± 1.000 | 4.900 |" in text and "iqm" in text
-
-
-def test_collect_runs_reads_run_directories(tmp_path):
-    run = tmp_path / "a" / "run1"
-    run.mkdir(parents=True)
-    (run / "config.json").write_text(json.dumps({"aux": "none", "run": {"seed": 3}}))
-    (run / "final_eval.json").write_text(json.dumps(_record("atari", "pong", "x", 0, 1.0)))
-    (rec,) = evaluation.collect_runs(tmp_path)
-    assert (rec["aux"], rec["seed"], rec["run_dir"]) == ("none", 3, str(run))
-
-
 def test_aux_settings_map_to_the_papers_methods_explicitly():
     assert evaluation.paper_method("mlr") == "MLR"
     assert evaluation.paper_method("none") == "Baseline"
     with pytest.raises(ValueError, match="aux='spr' has no paper method"):
         evaluation.paper_method("spr")
     with pytest.raises(ValueError, match="did you mean 'mlr'"):
-        evaluation.aggregate([_record("atari", "pong", "mlrr", 1, 3.0)])
+        evaluation.paper_method("mlrr")

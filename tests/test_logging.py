@@ -169,3 +169,22 @@ def test_write_summary_markdown(tmp_path):
     assert text.startswith("# atari pong (mlr, seed 1)\n\n> a smoke run: ") and "paper MLR" not in text
     assert smoke["preset"] == "smoke" and "no number to compare" in smoke["note"]
     assert evaluation.preset_note("paper") == {"preset": "paper"}
+
+
+def test_wandb_tracker_streams_rows_and_media_offline(tmp_path):
+    """``run.wandb``: every metric row, then the learning curve and the evaluation GIF, in an
+    offline wandb run below the run directory whose id is the run directory's name."""
+    run = mlog.RunDir.create(tmp_path, "atari", "pong", "mlr", 1)
+    tracker = mlog.WandbTracker(run, "mlr-jax-test", "offline", {"game": "pong"})
+    with mlog.MetricsWriter(run, tracker=tracker) as writer:
+        writer.write(100, {mlog.EPISODE_SCORE: -21.0, "train/rl_loss": 0.125})
+        writer.write(200, {mlog.EVAL_MEAN: -20.5, mlog.EVAL_STD: 0.5})
+        mlog.plot_learning_curve(run.metrics_jsonl, run.learning_curve)
+        mlog.write_gif(run.eval_video, np.zeros((3, 1, 8, 8), np.uint8))
+        tracker.media(200, run.learning_curve, run.eval_video)
+    (offline,) = (run.root / "wandb").glob(f"offline-run-*-{run.root.name}")
+    history = (offline / f"run-{run.root.name}.wandb").read_bytes()
+    for key in (b"episode/score", b"train/rl_loss", b"eval/mean", b"learning_curve", b"eval/video"):
+        assert key in history, key
+    media = [p.suffix for p in (offline / "files" / "media").rglob("*.*")]
+    assert ".png" in media and ".gif" in media

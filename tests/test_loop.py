@@ -131,10 +131,12 @@ def test_a_stop_during_the_final_checkpoint_or_evaluation_then_resume(tmp_path, 
     --resume only evaluates; Ctrl-C during that evaluation stops it again, the same way. The
     resumed run's summary counts the wall time of every part. ``mlr-jax eval`` that cannot
     write prints the scores first. Then a resume with a changed network, and a run too big for
-    memory, are refused before an environment is built."""
+    memory, are refused before an environment is built. The run streams to an offline wandb
+    run (run.wandb) that every resumed part continues."""
     quiet = lambda *_: None  # noqa: E731
     cfg = make_config("atari", "toy_catch", "toy", ["steps=310", "run.eval_episodes=3",
-                                                    f"run.outdir={tmp_path}", *SHORT])
+                                                    f"run.outdir={tmp_path}", *SHORT,
+                                                    "run.wandb=mlr-jax-test", "run.wandb_mode=offline"])
     _interrupting(monkeypatch, checkpoint, "save")  # the only save is the final one
     with pytest.raises(loop.TrainingInterrupted) as info:
         loop.train(cfg, log=quiet)
@@ -155,11 +157,16 @@ def test_a_stop_during_the_final_checkpoint_or_evaluation_then_resume(tmp_path, 
     assert not run.final_eval.exists()
 
     result = loop.train(cfg, resume=run_dir, log=quiet)
-    assert result.steps == 310 and json.loads(run.final_eval.read_text())["n"] == 3
+    final = json.loads(run.final_eval.read_text())
+    assert result.steps == 310 and final["n"] == 3
+    assert final["protocol"] == {"episodes": 3, "epsilon": cfg.eval_epsilon, "noisy_nets": "off"}
     evals = [r for r in read_metrics(run.metrics_jsonl) if "eval/mean" in r]
     assert [r["step"] for r in evals] == [310]
     # the last part only evaluated (about a second); the summary adds the training's time
     assert first_wall > 5 and _wall_time(run.summary) >= round(first_wall, 1)
+    # run.wandb: each part went to the wandb run named after the run directory
+    parts = sorted(p.name for p in (run_dir / "wandb").glob("offline-run-*"))
+    assert parts and all(p.endswith(f"-{run_dir.name}") for p in parts)
 
     # `mlr-jax eval` into a run directory it cannot write: the scores are printed first
     final_scores = json.loads(run.final_eval.read_text())["scores"]

@@ -20,7 +20,7 @@ import pytest
 import multiprocess_worker as worker
 from conftest import FAST_COMPILE_FLAG
 from mlr_jax import parallel
-from test_train_end_to_end import LONG_SMOKE_RUN, check_run_dir, only_run_dir, wait_for_metrics_step
+from test_train_end_to_end import LONG_SMOKE_RUN, check_run_dir, wait_for_metrics_step
 
 pytestmark = pytest.mark.slow
 

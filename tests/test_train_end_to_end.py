@@ -71,6 +71,15 @@ def test_smoke_run_then_resume(tmp_path, capsys, domain, name, first, more, step
     assert "no number to compare" in first_final["note"]
     assert "> a smoke run: " in (run / "summary.md").read_text()
     assert "over 2 episodes (a smoke run: " in capsys.readouterr().out
+    protocol = first_final["protocol"]  # read from the evaluation environment itself
+    if domain == "atari":
+        assert protocol == {"episodes": 2, "episode_end": "game over", "noop_max": 30,
+                            "sticky_actions": 0.0, "max_frames_per_episode": 400 * 4,
+                            "frame_skip": 4, "epsilon": 0.001, "noisy_nets": "off"}
+    else:
+        assert protocol == {"episodes": 2, "max_control_steps_per_episode": 1000,
+                            "action_repeat": 8, "frame_size": 100, "actions": "mean of the policy",
+                            "crop": "centre 84x84 of 100"}
     counts = json.loads((run / "param_counts.json").read_text())
     assert counts["decoder"] > 0
     if domain == "dmc":  # the periodic evaluation ran too

@@ -100,6 +100,17 @@ class AtariVecEnv(VecEnv):
         """The envpool configuration in effect (for logging and checks)."""
         return dict(self._pool.config)
 
+    @property
+    def protocol(self) -> dict:
+        """Episodes as envpool runs them: no-op starts, sticky actions, the frame cap, and
+        whether a life loss ends the episode (training) or only game over (evaluation)."""
+        config = self._pool.config
+        return {"episode_end": "game over" if self._evaluation else "game over or life lost",
+                "noop_max": int(config["noop_max"]),
+                "sticky_actions": float(config["repeat_action_probability"]),
+                "max_frames_per_episode": int(config["max_episode_steps"]) * int(config["frame_skip"]),
+                "frame_skip": int(config["frame_skip"])}
+
     def reset(self) -> np.ndarray:
         """Start new games in every environment; returns uint8[N, stack, H, W]."""
         obs, info = self._pool.reset()

@@ -65,6 +65,13 @@ class VecEnv(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None: ...
 
+    @property
+    def protocol(self) -> dict:
+        """What an evaluation episode in this environment is, as read from the environment
+        itself (recorded in ``final_eval.json``; ``mlr-jax report`` refuses to mix runs
+        whose protocols differ). The base has nothing to say."""
+        return {}
+
 
 class FrameStack:
     """The last ``F`` frames of every environment, oldest first along the channel axis.

@@ -107,6 +107,12 @@ class DMCVecEnv(VecEnv):
         return self._high.copy()
 
     @property
+    def protocol(self) -> dict:
+        """Episodes as envpool runs them: control steps per episode, action repeat, frames."""
+        return {"max_control_steps_per_episode": int(self._pool.config["max_episode_steps"]),
+                "action_repeat": self._repeat, "frame_size": self._obs_shape[1]}
+
+    @property
     def episode_length(self) -> int:
         """Agent steps per episode: ``ceil(control-step limit / action_repeat)``."""
         return math.ceil(self._pool.config["max_episode_steps"] / self._repeat)
