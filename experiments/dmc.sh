@@ -12,4 +12,4 @@ for seed in $(seq 1 "$SEEDS"); do
     done
   done
 done
-.venv/bin/mlr-jax report "$OUTDIR"
+.venv/bin/mlr-jax report "$OUTDIR" --compare mlr,none

@@ -384,6 +384,17 @@ def train(cfg: AtariConfig | DMCConfig, resume: str | pathlib.Path | None = None
             if stopped_by is None:
                 key, eval_key = jax.random.split(key)
                 scores, video, protocol = run_eval(eval_key, record=VIDEO_FRAMES)
+                # from here on a stop signal changes nothing: the results are written whole
+                metrics_writer.write(step, {runlog.EVAL_MEAN: float(scores.mean()),
+                                            runlog.EVAL_STD: float(scores.std())})
+                summary = evaluation.summarize_scores(kind, name, scores.tolist(),
+                                                      budget=domain.budget)
+                summary.update(agent_steps=step, env_steps=step * domain.env_steps_per_step,
+                               protocol=protocol, **evaluation.preset_note(cfg.run.preset))
+                if primary:
+                    _write_results(run, cfg, domain, summary, video, counts, wall_time=wall_time())
+                    if tracker is not None:
+                        tracker.media(step, run.learning_curve, run.eval_video)
         except EvaluationStopped:
             stopped_by = stop.requested
         except NonFiniteUpdate:
@@ -393,20 +404,9 @@ def train(cfg: AtariConfig | DMCConfig, resume: str | pathlib.Path | None = None
             progress.close()
             env.close()
 
-    if stopped_by is not None:
-        metrics_writer.close()
-        raise TrainingInterrupted(step, run.root, stopped_by, final=step == domain.total_steps)
-    metrics_writer.write(step, {runlog.EVAL_MEAN: float(scores.mean()),
-                                runlog.EVAL_STD: float(scores.std())})
-    summary = evaluation.summarize_scores(kind, name, scores.tolist(), budget=domain.budget)
-    summary["agent_steps"] = step
-    summary["env_steps"] = step * domain.env_steps_per_step
-    summary.update(evaluation.preset_note(cfg.run.preset), protocol=protocol)
-    if primary:
-        _write_results(run, cfg, domain, summary, video, counts, wall_time=wall_time())
-        if tracker is not None:
-            tracker.media(step, run.learning_curve, run.eval_video)
     metrics_writer.close()
+    if stopped_by is not None:
+        raise TrainingInterrupted(step, run.root, stopped_by, final=step == domain.total_steps)
     note = f" ({summary['note']})" if "note" in summary else ""
     log(f"[mlr-jax] final evaluation: {summary['mean']:.2f} ± {summary['std']:.2f} over "
         f"{len(scores)} episodes{note}")
