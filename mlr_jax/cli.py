@@ -58,6 +58,9 @@ def _add_run_options(p: argparse.ArgumentParser, domain: str) -> None:
                             "budget / action repeat of the task")
         p.add_argument("--env-steps", type=int, default=None,
                        help="ENVIRONMENT steps (overrides --budget); agent steps = env steps / action repeat")
+        p.add_argument("--env-backend", choices=("envpool", "dm_control"), default=None,
+                       help="envpool (default, fast) or dm_control (the suite itself, as the "
+                            "authors ran it through dmc2gym)")
     p.add_argument("--preset", default="paper",
                    help="paper (default), smoke (tiny, same code path), toy (the learning tests' "
                         "toy tasks) or cpu (reduced sizes for real tasks on a CPU)")
@@ -188,6 +191,8 @@ def requested_overrides(args: argparse.Namespace) -> tuple[str | None, list[str]
             flags["env_steps"] = DMC_BUDGETS[args.budget]
         if args.env_steps is not None:
             flags["env_steps"] = args.env_steps
+        if args.env_backend is not None:
+            flags["env_backend"] = args.env_backend
     for flag, key in (("aux", "aux"), ("seed", "run.seed"), ("eval_episodes", "run.eval_episodes"),
                       ("eval_every", "run.eval_every"), ("outdir", "run.outdir"),
                       ("precision", "run.precision")):

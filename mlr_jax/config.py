@@ -172,6 +172,9 @@ class DMCConfig:
     frame_stack: int = 3
     camera_id: int = 0
     num_envs: int = 1
+    # "envpool" (fast, its own port of the suite) or "dm_control" (the suite itself, through
+    # a dmc2gym-equivalent wrapper, as the authors ran it; see README: DMC backends)
+    env_backend: str = "envpool"
     # encoder / networks
     num_filters: int = 64
     num_conv_layers: int = 4
@@ -414,6 +417,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "stack_reset": ("zero", "repeat"),
     "done_n_rule": ("first_step", "any_step"),
     "sac_crop_rule": ("exclusive", "inclusive"),
+    "env_backend": ("envpool", "dm_control"),
 }
 
 

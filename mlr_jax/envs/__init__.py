@@ -1,5 +1,6 @@
-"""Vector environments on envpool: Atari-100k and DMControl from pixels, plus two synthetic
-tasks for learning tests (:mod:`mlr_jax.envs.toy`).
+"""Vector environments on envpool: Atari-100k and DMControl from pixels (also on dm_control
+itself, :mod:`mlr_jax.envs.dmc_suite`), plus two synthetic tasks for learning tests
+(:mod:`mlr_jax.envs.toy`).
 
 ``make_env(cfg, num_envs, seed, evaluation)`` picks the domain from the config type and the
 game or task name; every environment satisfies :class:`VecEnv` and returns :class:`Step`
@@ -14,11 +15,13 @@ from mlr_jax.config import AtariConfig, DMCConfig
 from mlr_jax.envs.atari import AtariVecEnv, atari_task_id, atari_tasks
 from mlr_jax.envs.base import Step, VecEnv, resolve_task
 from mlr_jax.envs.dmc import DMCVecEnv, dmc_task_id, dmc_tasks
+from mlr_jax.envs.dmc_suite import SuiteVecEnv, suite_tasks
 from mlr_jax.envs.gl import ensure_gl
 from mlr_jax.envs.toy import TOY_GAMES, TOY_TASKS, CatchVecEnv, ReachVecEnv
 
 __all__ = [
-    "AtariVecEnv", "CatchVecEnv", "DMCVecEnv", "ReachVecEnv", "Step", "TOY_GAMES", "TOY_TASKS",
+    "AtariVecEnv", "CatchVecEnv", "DMCVecEnv", "ReachVecEnv", "Step", "SuiteVecEnv", "TOY_GAMES",
+    "TOY_TASKS", "suite_tasks",
     "VecEnv", "atari_task_id", "atari_tasks", "check_name", "dmc_task_id", "dmc_tasks",
     "constant_action_scores", "ensure_gl", "make_env", "random_policy_scores",
 ]
@@ -29,6 +32,8 @@ def check_name(cfg: AtariConfig | DMCConfig) -> None:
     game or task, or one of the toy tasks."""
     if isinstance(cfg, AtariConfig):
         resolve_task(cfg.game, atari_tasks() | {g: g for g in TOY_GAMES}, "Atari game")
+    elif cfg.env_backend == "dm_control":
+        resolve_task(cfg.task, suite_tasks() | {t: t for t in TOY_TASKS}, "DMC task")
     else:
         resolve_task(cfg.task, dmc_tasks() | {t: t for t in TOY_TASKS}, "DMC task")
 
@@ -48,8 +53,10 @@ def make_env(cfg: AtariConfig | DMCConfig, num_envs: int, seed: int,
         toy = cfg.game in TOY_GAMES
         return (CatchVecEnv if toy else AtariVecEnv)(cfg, num_envs, seed, evaluation)
     if isinstance(cfg, DMCConfig):
-        toy = cfg.task in TOY_TASKS
-        return (ReachVecEnv if toy else DMCVecEnv)(cfg, num_envs, seed, evaluation)
+        if cfg.task in TOY_TASKS:
+            return ReachVecEnv(cfg, num_envs, seed, evaluation)
+        backend = SuiteVecEnv if cfg.env_backend == "dm_control" else DMCVecEnv
+        return backend(cfg, num_envs, seed, evaluation)
     raise TypeError(f"make_env expects an AtariConfig or DMCConfig, got {type(cfg).__name__}")
 
 

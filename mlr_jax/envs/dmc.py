@@ -22,6 +22,7 @@ and checked by ``tests/envs/test_dmc_env.py``):
 
 from __future__ import annotations
 
+import abc
 import functools
 import math
 import re
@@ -57,40 +58,32 @@ def dmc_task_id(task: str) -> str:
     return resolve_task(task, dmc_tasks(), "DMC task")
 
 
-class DMCVecEnv(VecEnv):
-    """``num_envs`` DMC tasks from pixels in lock-step; see the module docstring.
+class PixelControlVecEnv(VecEnv):
+    """What both DMC backends share: the CURL/MLR protocol of the module docstring (action
+    repeat with summed rewards, frames rendered after the last control step of each agent
+    step, the last ``frame_stack`` of them stacked), episode scores and the hidden auto-reset.
 
-    ``evaluation`` changes nothing (DMC has no life-loss terminals); it is accepted so both
-    domains share one factory signature.
+    A backend sets ``_low``/``_high`` (the action bounds the agent sees), ``_limit`` (control
+    steps per episode) and implements :meth:`_control` (``action_repeat`` control steps of
+    every environment still running), :meth:`_restart` and :meth:`_render`.
     """
 
-    def __init__(self, cfg: DMCConfig, num_envs: int, seed: int, evaluation: bool = False):
-        del evaluation
-        task_id = dmc_task_id(cfg.task)
+    backend: str
+
+    def __init__(self, cfg: DMCConfig, num_envs: int):
         if cfg.action_repeat < 1 or cfg.frame_stack < 1:
             raise ValueError(f"action_repeat={cfg.action_repeat} and frame_stack="
                              f"{cfg.frame_stack} must be >= 1")
         self._num_envs = check_num_envs(num_envs)
-        ensure_gl()
-        self._pool = envpool.make_gymnasium(
-            task_id,
-            num_envs=self._num_envs,
-            seed=int(seed),
-            render_mode="rgb_array",
-            render_width=int(cfg.image_size),
-            render_height=int(cfg.image_size),
-            render_camera_id=int(cfg.camera_id),
-        )
         self._repeat = int(cfg.action_repeat)
-        space = self._pool.action_space
-        self._low = np.asarray(space.low, np.float32)
-        self._high = np.asarray(space.high, np.float32)
         self._obs_shape = (3 * int(cfg.frame_stack), int(cfg.image_size), int(cfg.image_size))
         self._stack = FrameStack(self._num_envs, int(cfg.frame_stack),
                                  (3, int(cfg.image_size), int(cfg.image_size)), "repeat")
         self._all_ids = np.arange(self._num_envs, dtype=np.int32)
         self._scores = ScoreTracker(self._num_envs)
         self._started = False
+        self._low = self._high = np.zeros(0, np.float32)
+        self._limit = 0
 
     @property
     def action_dim(self) -> int:
@@ -108,18 +101,19 @@ class DMCVecEnv(VecEnv):
 
     @property
     def protocol(self) -> dict:
-        """Episodes as envpool runs them: control steps per episode, action repeat, frames."""
-        return {"max_control_steps_per_episode": int(self._pool.config["max_episode_steps"]),
+        """Episodes as the backend runs them: which backend, control steps per episode,
+        action repeat, frame size."""
+        return {"backend": self.backend, "max_control_steps_per_episode": self._limit,
                 "action_repeat": self._repeat, "frame_size": self._obs_shape[1]}
 
     @property
     def episode_length(self) -> int:
         """Agent steps per episode: ``ceil(control-step limit / action_repeat)``."""
-        return math.ceil(self._pool.config["max_episode_steps"] / self._repeat)
+        return math.ceil(self._limit / self._repeat)
 
     def reset(self) -> np.ndarray:
         """Start new episodes everywhere; returns uint8[N, 3 * frame_stack, H, W]."""
-        self._pool.reset()
+        self._restart(self._all_ids)
         self._push(np.ones(self._num_envs, bool))
         self._scores.reset()
         self._started = True
@@ -127,7 +121,75 @@ class DMCVecEnv(VecEnv):
 
     def step(self, actions: np.ndarray) -> Step:
         """Repeat ``actions`` float[N, A] for ``action_repeat`` control steps."""
-        actions = self._check_actions(actions)
+        reward, terminal, episode_end = self._control(self._check_actions(actions))
+        score = self._scores.update(reward, episode_end)
+        if episode_end.any():
+            self._restart(np.flatnonzero(episode_end).astype(np.int32))
+        self._push(episode_end)
+        return Step(obs=self._stack.stacks, reward=reward.astype(np.float32),
+                    terminal=terminal, episode_end=episode_end, score=score)
+
+    def _push(self, fresh: np.ndarray) -> None:
+        """Render every env; shift the new frame into the stacks; environments with
+        ``fresh[N]`` (new episodes) get the frame in every stack slot."""
+        self._stack.push(self._all_ids, self._render().transpose(0, 3, 1, 2), fresh)
+
+    def _check_actions(self, actions: np.ndarray) -> np.ndarray:
+        if not self._started:
+            raise RuntimeError("call reset() before step()")
+        actions = np.asarray(actions, np.float64)
+        if actions.shape != (self._num_envs, self.action_dim):
+            raise ValueError(f"actions must have shape ({self._num_envs}, {self.action_dim}), "
+                             f"got {list(actions.shape)}")
+        if not np.all(np.isfinite(actions)) or np.any(actions < self._low - 1e-6) \
+                or np.any(actions > self._high + 1e-6):
+            raise ValueError(f"actions must be finite and within [{self._low.min()}, "
+                             f"{self._high.max()}], got min {actions.min()} max {actions.max()}")
+        return np.clip(actions, self._low, self._high)
+
+    @abc.abstractmethod
+    def _control(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``action_repeat`` control steps -> ``(reward float64[N] summed, terminal bool[N],
+        episode_end bool[N])``; an environment whose episode ends stops there."""
+
+    @abc.abstractmethod
+    def _restart(self, env_ids: np.ndarray) -> None:
+        """Start new episodes in ``env_ids``."""
+
+    @abc.abstractmethod
+    def _render(self) -> np.ndarray:
+        """uint8[N, H, W, 3] of every environment's current state."""
+
+
+class DMCVecEnv(PixelControlVecEnv):
+    """``num_envs`` DMC tasks from pixels on envpool, in lock-step; see the module docstring.
+
+    ``evaluation`` changes nothing (DMC has no life-loss terminals); it is accepted so both
+    domains share one factory signature.
+    """
+
+    backend = "envpool"
+
+    def __init__(self, cfg: DMCConfig, num_envs: int, seed: int, evaluation: bool = False):
+        del evaluation
+        task_id = dmc_task_id(cfg.task)
+        super().__init__(cfg, num_envs)
+        ensure_gl()
+        self._pool = envpool.make_gymnasium(
+            task_id,
+            num_envs=self._num_envs,
+            seed=int(seed),
+            render_mode="rgb_array",
+            render_width=int(cfg.image_size),
+            render_height=int(cfg.image_size),
+            render_camera_id=int(cfg.camera_id),
+        )
+        space = self._pool.action_space
+        self._low = np.asarray(space.low, np.float32)
+        self._high = np.asarray(space.high, np.float32)
+        self._limit = int(self._pool.config["max_episode_steps"])
+
+    def _control(self, actions):
         n = self._num_envs
         reward = np.zeros(n, np.float64)
         terminal = np.zeros(n, bool)
@@ -142,31 +204,16 @@ class DMCVecEnv(VecEnv):
             active = np.flatnonzero(~episode_end).astype(np.int32)
             if active.size == 0:
                 break
-        score = self._scores.update(reward, episode_end)
-        if episode_end.any():
-            self._pool.reset(np.flatnonzero(episode_end).astype(np.int32))
-        self._push(episode_end)
-        return Step(obs=self._stack.stacks, reward=reward.astype(np.float32),
-                    terminal=terminal, episode_end=episode_end, score=score)
+        return reward, terminal, episode_end
+
+    def _restart(self, env_ids):
+        if len(env_ids) == self._num_envs:
+            self._pool.reset()
+        else:
+            self._pool.reset(env_ids)
+
+    def _render(self):
+        return self._pool.render(env_ids=self._all_ids)
 
     def close(self) -> None:
         self._pool.close()
-
-    def _push(self, fresh: np.ndarray) -> None:
-        """Render every env; shift the new frame into the stacks; environments with
-        ``fresh[N]`` (new episodes) get the frame in every stack slot."""
-        frames = self._pool.render(env_ids=self._all_ids).transpose(0, 3, 1, 2)
-        self._stack.push(self._all_ids, frames, fresh)
-
-    def _check_actions(self, actions: np.ndarray) -> np.ndarray:
-        if not self._started:
-            raise RuntimeError("call reset() before step()")
-        actions = np.asarray(actions, np.float64)
-        if actions.shape != (self._num_envs, self.action_dim):
-            raise ValueError(f"actions must have shape ({self._num_envs}, {self.action_dim}), "
-                             f"got {list(actions.shape)}")
-        if not np.all(np.isfinite(actions)) or np.any(actions < self._low - 1e-6) \
-                or np.any(actions > self._high + 1e-6):
-            raise ValueError(f"actions must be finite and within [{self._low.min()}, "
-                             f"{self._high.max()}], got min {actions.min()} max {actions.max()}")
-        return np.clip(actions, self._low, self._high)
