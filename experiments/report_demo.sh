@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 OUTDIR=${1:-runs/report_demo}; RESULTS=${2:-benchmarks/report_demo}
 mkdir -p "$OUTDIR/logs"
 train() {  # one run, its console output in OUTDIR/logs, its wall time on stdout
-  local log="$OUTDIR/logs/$(echo "$*" | tr -s ' -=' '_').log" start=$SECONDS
+  local log="$OUTDIR/logs/$(echo "$*" | tr -s ' =-' '_').log" start=$SECONDS
   .venv/bin/mlr-jax train "$@" --outdir "$OUTDIR" --no-progress > "$log" 2>&1
   echo "[report_demo] $* ($((SECONDS - start)) s): $(grep 'final evaluation' "$log" | cut -c1-60)"
 }

@@ -217,12 +217,17 @@ def write_report(report: dict[str, Any], records: Sequence[dict[str, Any]],
     return paths + figures
 
 
-def _num(x: float | None) -> str:
-    return "-" if x is None else (f"{x:,.1f}" if abs(x) >= 10 else f"{x:.3f}")
+def _num(x: float | None, scale: float | None = None) -> str:
+    """``x`` with 1 decimal from 10 on, 3 below (judged by ``scale``, default ``|x|``)."""
+    if x is None:
+        return "-"
+    return f"{x:,.1f}" if (abs(x) if scale is None else scale) >= 10 else f"{x:.3f}"
 
 
 def _ci(est: dict[str, float]) -> str:
-    return f"{_num(est['value'])} [{_num(est['low'])}, {_num(est['high'])}]"
+    """``value [low, high]``, the three with the same number of decimals."""
+    scale = max(abs(est["value"]), abs(est["low"]), abs(est["high"]))
+    return f"{_num(est['value'], scale)} [{_num(est['low'], scale)}, {_num(est['high'], scale)}]"
 
 
 def report_markdown(report: dict[str, Any], figures: Sequence[str] = ()) -> str:
@@ -328,9 +333,11 @@ def _plot_profiles(report, records, path) -> pathlib.Path | None:
         runs = [r for r in records if (r["domain"], r["budget"]) == (domain, budget)]
         mats = {a["aux"]: score_matrix([r for r in runs if r["aux"] == a["aux"]], a["tasks"])[0]
                 for a in mine}
-        top = max(float(x.max()) for x in mats.values())
-        taus = np.linspace(min(0.0, min(float(x.min()) for x in mats.values())),
-                           max(top, 1e-6) * 1.05, 81)
+        lo = min(float(x.min()) for x in mats.values())
+        lo = min(lo, 0.0) if domain == "atari" else lo  # Atari profiles start at random (0)
+        hi = max(float(x.max()) for x in mats.values())
+        pad = 0.05 * (hi - lo) or 0.05
+        taus = np.linspace(lo - pad, hi + pad, 101)
         for a in mine:
             prof = stats.performance_profile(mats[a["aux"]], taus, report["reps"])
             ax.plot(taus, prof["value"], color=colors[a["aux"]], label=a["aux"])

@@ -77,7 +77,7 @@ def test_smoke_run_then_resume(tmp_path, capsys, domain, name, first, more, step
                             "sticky_actions": 0.0, "max_frames_per_episode": 400 * 4,
                             "frame_skip": 4, "epsilon": 0.001, "noisy_nets": "off"}
     else:
-        assert protocol == {"episodes": 2, "max_control_steps_per_episode": 1000,
+        assert protocol == {"episodes": 2, "backend": "envpool", "max_control_steps_per_episode": 1000,
                             "action_repeat": 8, "frame_size": 100, "actions": "mean of the policy",
                             "crop": "centre 84x84 of 100"}
     counts = json.loads((run / "param_counts.json").read_text())
