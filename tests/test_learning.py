@@ -1,9 +1,7 @@
-"""Proof of learning, shared by ``test_learning_atari.py`` and ``test_learning_dmc.py`` (one
-file per domain, so that ``--dist loadfile`` runs the two on different workers): both agents,
-with MLR and without (the Baseline), trained by the whole loop (exploration schedule, replay,
-n-step targets, updates, targets, evaluation) on the toy pixel tasks of
-:mod:`mlr_jax.envs.toy` with the ``toy`` preset, must end far above the random policy.
-``pytest -m learning`` runs just these.
+"""Proof of learning: both agents, with MLR and without (the Baseline), trained by the whole
+loop (exploration schedule, replay, n-step targets, updates, targets, evaluation) on the toy
+pixel tasks of :mod:`mlr_jax.envs.toy` with the ``toy`` preset, must end far above the random
+policy. ``pytest -m learning`` runs just these.
 
 Thresholds were set from measured runs on the 2-core CI machine (README "Proof of learning"
 lists them) with a wide margin, and each test was checked to fail when learning is broken
@@ -22,22 +20,20 @@ from mlr_jax import envs
 from mlr_jax.config import make_config
 from test_train_end_to_end import only_run_dir
 
+pytestmark = pytest.mark.learning
+
 # (domain, task, aux, the final evaluation's mean must reach, random play's mean)
-CASES = {
-    "atari": [("atari", "toy_catch", "none", 0.3, -0.6), ("atari", "toy_catch", "mlr", 0.3, -0.6)],
-    "dmc": [("dmc", "toy_reach", "none", -15.0, -38.0), ("dmc", "toy_reach", "mlr", -15.0, -38.0)],
-}
+CASES = [
+    ("atari", "toy_catch", "none", 0.3, -0.6),
+    ("atari", "toy_catch", "mlr", 0.3, -0.6),
+    ("dmc", "toy_reach", "none", -15.0, -38.0),
+    ("dmc", "toy_reach", "mlr", -15.0, -38.0),
+]
 
 
-def learning_cases(domain: str):
-    """The parametrization of one domain's learning test."""
-    return pytest.mark.parametrize("domain,task,aux,threshold,random_mean", CASES[domain],
-                                   ids=[f"{c[1]}-{c[2]}" for c in CASES[domain]])
-
-
-def check_learns(domain, task, aux, threshold, random_mean, tmp_path):
-    """Train ``task`` with ``aux`` as a user would; its final evaluation must reach
-    ``threshold`` (random play: about ``random_mean``, measured again here)."""
+@pytest.mark.parametrize("domain,task,aux,threshold,random_mean", CASES,
+                         ids=[f"{c[1]}-{c[2]}" for c in CASES])
+def test_agent_learns_far_above_random(domain, task, aux, threshold, random_mean, tmp_path):
     cfg = make_config(domain, task, "toy", [f"aux={aux}"])
     random_mean_now = float(envs.random_policy_scores(cfg, 1000 if domain == "atari" else 200).mean())
     assert random_mean_now == pytest.approx(random_mean, abs=0.15 * abs(random_mean))
