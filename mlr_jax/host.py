@@ -148,9 +148,17 @@ class _AlarmFilter:
                     self._skip = 0 if self._stars == 2 else self._skip
             else:
                 out.append(line + b"\n")
-        if self._partial and not self._skip and SLOW_COMPILE_MARK not in self._partial:
-            out.append(self._partial)
-            self._partial, self._midline = b"", True
+        if self._partial and not self._skip:
+            # pass on at once what cannot begin a log line (a progress bar's text); hold
+            # what may (a timestamp or absl's "E1130"): it may turn out to be an alarm
+            cut = self._partial.rfind(b"\r") + 1
+            tail = self._partial[cut:]
+            if tail[:1].isdigit() or (tail[:1] in (b"E", b"W", b"I", b"F") and tail[1:2].isdigit()):
+                out.append(self._partial[:cut])
+                self._partial, self._midline = tail, self._midline and not cut
+            else:
+                out.append(self._partial)
+                self._partial, self._midline = b"", True
         return b"".join(out)
 
     def flush(self) -> bytes:

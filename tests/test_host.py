@@ -93,3 +93,12 @@ def test_the_alarm_filter_never_swallows_more_than_an_alarm_block():
     lines = [b"line %d\n" % i for i in range(20)]  # an alarm line without its asterisks
     out = alarms.feed(b"E slow_operation_alarm.cc:73] changed format\n" + b"".join(lines))
     assert out == b"".join(lines[host._ALARM_MAX_LINES:])
+
+
+def test_an_alarm_split_across_reads_is_still_dropped():
+    """The pipe may hand the filter an alarm line in pieces: a piece that may begin a log
+    line (a timestamp) is held until its line is complete; a progress bar's text is not."""
+    alarms = host._AlarmFilter()
+    out = alarms.feed(b"step 1/9\r") + alarms.feed(TOOK[:50]) + alarms.feed(TOOK[50:])
+    out += alarms.feed(b"after\n") + alarms.flush()
+    assert out == b"step 1/9\rafter\n"

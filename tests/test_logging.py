@@ -2,6 +2,7 @@
 import csv
 import io
 import json
+import time
 
 import jax.numpy as jnp
 import numpy as np
@@ -183,7 +184,12 @@ def test_wandb_tracker_streams_rows_and_media_offline(tmp_path):
         mlog.write_gif(run.eval_video, np.zeros((3, 1, 8, 8), np.uint8))
         tracker.media(200, run.learning_curve, run.eval_video)
     (offline,) = (run.root / "wandb").glob(f"offline-run-*-{run.root.name}")
-    history = (offline / f"run-{run.root.name}.wandb").read_bytes()
+    history = b""
+    for _ in range(60):  # wandb-core, a process of its own, may still be writing
+        history = (offline / f"run-{run.root.name}.wandb").read_bytes()
+        if b"eval/video" in history:
+            break
+        time.sleep(0.5)
     for key in (b"episode/score", b"train/rl_loss", b"eval/mean", b"learning_curve", b"eval/video"):
         assert key in history, key
     media = [p.suffix for p in (offline / "files" / "media").rglob("*.*")]
