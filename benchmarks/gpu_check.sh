@@ -7,7 +7,8 @@
 #   PRESET=smoke DEVICE=cpu bash benchmarks/gpu_check.sh /tmp/dry   # a dry run on a CPU
 #
 # Paper-size updates, each against the PyTorch port on the same GPU:
-#   Atari MLR fp32, Atari MLR bf16 (JAX only: the port is fp32), Atari Baseline (aux=none), DMC MLR.
+#   Atari MLR fp32, Atari MLR bf16 (JAX only: the port is fp32), Atari Baseline (aux=none),
+#   Atari SPR (aux=spr), DMC MLR.
 # Targets (issue 5 and the brief): JAX >= 3x torch; bf16 Atari >= 35% of the bf16 peak; on an
 # H100 Atari MLR <= 9 ms (bf16 <= 5 ms), Baseline <= 2 ms, DMC <= 30 ms per update.
 set -uo pipefail
@@ -36,6 +37,7 @@ bench() {
 bench --domain atari --frameworks jax,torch --repeats 20 --warmup 3 --profile /tmp/mlr_profile_atari
 bench --domain atari --frameworks jax --precision bf16 --repeats 20 --warmup 3
 bench --domain atari --frameworks jax,torch --repeats 20 --warmup 3 aux=none
+bench --domain atari --frameworks jax,torch --repeats 20 --warmup 3 aux=spr
 bench --domain dmc --frameworks jax,torch --repeats 10 --warmup 2 --profile /tmp/mlr_profile_dmc
 for domain in atari dmc; do
   trace=$(ls /tmp/mlr_profile_$domain/plugins/profile/*/perfetto_trace.json.gz 2>/dev/null | tail -1)

@@ -52,7 +52,10 @@ COMPATIBILITY_KEYS: tuple[str, ...] = (
     "mlr.num_layers", "mlr.num_heads", "mlr.mlp_ratio",
 )
 _MISSING = "<missing>"
-FORMAT = 1  # the layout of a checkpoint's items; a checkpoint of another format is refused
+# The layout of a checkpoint's items; a checkpoint of another format is refused.
+# 1: mlr-jax 0.1 (state fields momentum_params / mlr, mlr_opt, momentum);
+# 2: mlr-jax 0.2, the auxiliary-objective seam (aux_target / aux, aux_opt, aux_target).
+FORMAT = 2
 FORMAT_KEY = "checkpoint_format"  # loop-state keys written by save()
 VERSION_KEY = "mlr_jax_version"
 

@@ -14,6 +14,7 @@ import sys
 from typing import Sequence
 
 from mlr_jax.config import (
+    AUX_OBJECTIVES,
     DMC_BUDGETS,
     ConfigError,
     apply_overrides,
@@ -64,8 +65,10 @@ def _add_run_options(p: argparse.ArgumentParser, domain: str) -> None:
     p.add_argument("--preset", default="paper",
                    help="paper (default), smoke (tiny, same code path), toy (the learning tests' "
                         "toy tasks) or cpu (reduced sizes for real tasks on a CPU)")
-    p.add_argument("--aux", choices=("mlr", "none"), default=None,
-                   help="auxiliary loss: mlr (default) or none (the paper's Baseline)")
+    aux = AUX_OBJECTIVES[domain]
+    p.add_argument("--aux", choices=aux, default=None,
+                   help=f"auxiliary objective: {', '.join(aux)} (default mlr; none = the "
+                        f"paper's Baseline" + ("; spr = SPR's own objective)" if "spr" in aux else ")"))
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--eval-episodes", type=int, default=None)
     unit = "agent steps" if domain == "atari" else "ENVIRONMENT steps"
@@ -203,9 +206,15 @@ def requested_overrides(args: argparse.Namespace) -> tuple[str | None, list[str]
 
 
 def config_from_args(args: argparse.Namespace):
-    """The validated config that ``args`` describe."""
+    """The validated config that ``args`` describe, its game or task name checked too."""
     name, overrides = requested_overrides(args)
-    return make_config(args.domain, name, args.preset, overrides)
+    cfg = make_config(args.domain, name, args.preset, overrides)
+    try:
+        from mlr_jax import envs
+    except ImportError:  # no envpool (e.g. an image used only to benchmark updates): unchecked
+        return cfg
+    envs.check_name(cfg)
+    return cfg
 
 
 def _config(args: argparse.Namespace) -> int:

@@ -16,11 +16,12 @@ Three entry points are used by the rest of the library:
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import math
 import typing
 from typing import Any, Mapping, Sequence
+
+from mlr_jax.names import close_matches
 
 
 class ConfigError(ValueError):
@@ -58,6 +59,24 @@ class MLRConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class SPRConfig:
+    """Self-predictive representations (Schwarzer et al., 2021), Atari only: ``aux="spr"``.
+
+    The values are SPR's own (mila-iqia/spr ``scripts/run.py``, run "with augmentation"),
+    which the MLR code base inherited as ``--jumps`` / ``--model-spr-weight`` (see the README's
+    SPR table for every setting and the pieces that are fixed).
+
+    Attributes:
+      jumps: K, the number of steps the transition model rolls out (the loss covers steps
+        1..K; the code's ``t0_spr_loss_weight`` is 0).
+      weight: multiplier of the SPR loss (``model_spr_weight``).
+    """
+
+    jumps: int = 5
+    weight: float = 5.0
+
+
+@dataclasses.dataclass(frozen=True)
 class RunConfig:
     """Loop, logging and checkpoint settings common to both domains.
 
@@ -90,7 +109,7 @@ class AtariConfig:
     """MLR on the SPR-style data-efficient Rainbow (Atari-100k)."""
 
     game: str = "pong"
-    aux: str = "mlr"  # "mlr" or "none" (the paper's Baseline)
+    aux: str = "mlr"  # "mlr", "spr" (SPR's own objective) or "none" (the paper's Baseline)
     steps: int = 100_000  # agent steps (x4 frames)
     # environment (Atari-100k protocol)
     image_size: int = 84
@@ -155,6 +174,7 @@ class AtariConfig:
     momentum_tau: float = 1.0  # 1 = exact copy every update (SPR/MLR setting)
     scale_masked_input: bool = False  # code: masked online frames stay 0-255; True: /255
     mlr: MLRConfig = MLRConfig(patch_size=12, block_size=8, mask_count_rule="keep_floor")
+    spr: SPRConfig = SPRConfig()
     run: RunConfig = RunConfig(eval_episodes=100, eval_every=0, checkpoint_every=10_000)
 
 
@@ -309,12 +329,6 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 
 # --------------------------------------------------------------------------- helpers
 
-def close_matches(name: str, options: Sequence[str], n: int = 3) -> str:
-    """A ``did you mean`` suffix listing close matches of ``name`` in ``options``."""
-    matches = difflib.get_close_matches(name, list(options), n=n, cutoff=0.5)
-    return f"; did you mean {', '.join(repr(m) for m in matches)}?" if matches else ""
-
-
 def _field_types(cls: type) -> dict[str, Any]:
     hints = typing.get_type_hints(cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
@@ -404,9 +418,13 @@ def from_dict(cls: type, data: Mapping[str, Any]) -> Any:
     return apply_overrides(cls(), dict(data))
 
 
+# The auxiliary objectives of each domain (``aux``); "none" is the paper's Baseline. Each is
+# implemented behind one interface: mlr_jax.agents.atari_aux / mlr_jax.agents.dmc_aux.
+AUX_OBJECTIVES: dict[str, tuple[str, ...]] = {"atari": ("mlr", "spr", "none"), "dmc": ("mlr", "none")}
+
 # Fields that take one of a few names: dotted key -> the names (checked by :func:`validate`).
 CHOICES: dict[str, tuple[str, ...]] = {
-    "aux": ("mlr", "none"),
+    "aux": tuple(dict.fromkeys(name for names in AUX_OBJECTIVES.values() for name in names)),
     "mlr.mask_count_rule": ("keep_floor", "mask_floor"),
     "run.precision": ("fp32", "bf16"),
     "run.conv_impl": ("auto", "xla", "im2col"),
@@ -517,6 +535,7 @@ BOUNDS: dict[str, Bounds] = {
     "mlr.mask_ratio": _reals(0.0, 1.0, lo_open=False, hi_open=True),
     "mlr.mask_per_sample": _FLAG, "mlr.num_layers": _ints(), "mlr.num_heads": _ints(),
     "mlr.mlp_ratio": _reals(), "mlr.weight": _reals(lo_open=False),
+    "spr.jumps": _ints(), "spr.weight": _reals(lo_open=False),
     # RunConfig
     "run.seed": _ints(0), "run.outdir": _NAME, "run.eval_episodes": _ints(),
     "run.eval_every": _ints(0), "run.log_every": _ints(), "run.checkpoint_every": _ints(0),
@@ -574,12 +593,13 @@ def _get(cfg: Any, key: str) -> Any:
 def validate(cfg: Any) -> Any:
     """Raise :class:`ConfigError` naming the first inconsistent value; return cfg."""
     m = cfg.mlr
+    choices = {**CHOICES, "aux": AUX_OBJECTIVES[domain_of(cfg)]}  # the domain's own objectives
     for key in field_keys(cfg):  # each field on its own: type and range, or one of its names
         value = _get(cfg, key)
-        if key in CHOICES:
-            if value not in CHOICES[key]:
-                raise ConfigError(f"{key} must be one of {', '.join(CHOICES[key])}; got {value!r}"
-                                  + close_matches(str(value), CHOICES[key]))
+        if key in choices:
+            if value not in choices[key]:
+                raise ConfigError(f"{key} must be one of {', '.join(choices[key])}; got {value!r}"
+                                  + close_matches(str(value), choices[key]))
         elif (problem := BOUNDS[key].error(key, value)) is not None:
             raise ConfigError(problem)
     # relations between fields
@@ -632,6 +652,10 @@ def make_config(domain: str, name: str | None = None, preset: str = "paper",
       preset: a key of :data:`PRESETS`: ``"paper"`` (defaults), ``"smoke"`` (tiny, same code
         path), ``"toy"`` (the toy tasks of the learning tests) or ``"cpu"`` (reduced real runs).
       overrides: dotted-key overrides applied last.
+
+    The game or task name is checked against the environments by
+    :func:`mlr_jax.envs.check_name` (the CLI and :func:`mlr_jax.loop.train` call it), so that
+    the config imports no environment library.
     """
     if domain not in PRESETS:
         raise ConfigError(f"unknown domain {domain!r}; expected one of {sorted(PRESETS)}")
@@ -648,25 +672,7 @@ def make_config(domain: str, name: str | None = None, preset: str = "paper",
             cfg = dataclasses.replace(cfg, task=name)
         cfg = apply_overrides(cfg, DMC_TASK_PRESETS.get(cfg.task, {}))
     cfg = apply_overrides(cfg, {**PRESETS[domain][preset], "run.preset": preset})
-    cfg = apply_overrides(cfg, overrides)
-    check_name(cfg)
-    return validate(cfg)
-
-
-def check_name(cfg: AtariConfig | DMCConfig) -> None:
-    """Raise :class:`ConfigError` (with close matches) if envpool has no such game / task.
-
-    Without envpool installed (e.g. a GPU image used only to benchmark updates) names cannot
-    be checked and this does nothing; making an environment then fails on the import."""
-    try:
-        from mlr_jax import envs  # envpool is only imported when a name must be checked
-    except ImportError:
-        return
-
-    try:
-        envs.check_name(cfg)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
+    return validate(apply_overrides(cfg, overrides))
 
 
 def domain_of(cfg: AtariConfig | DMCConfig) -> str:

@@ -11,14 +11,16 @@ import dataclasses
 import functools
 from typing import TYPE_CHECKING, Any, Callable
 
-import jax
 import numpy as np
 
 from mlr_jax import host, parallel
 from mlr_jax.agents import atari as atari_agent
+from mlr_jax.agents import atari_aux
 from mlr_jax.agents import dmc as dmc_agent
+from mlr_jax.agents import dmc_aux
 from mlr_jax.agents.common import Agent
 from mlr_jax.config import AtariConfig, ConfigError, DMCConfig
+from mlr_jax.device_frames import DeviceFrames
 from mlr_jax.replay.atari import AtariReplay
 from mlr_jax.replay.dmc import DMCReplay
 
@@ -91,15 +93,16 @@ def memory_needed(cfg: AtariConfig | DMCConfig) -> dict[str, tuple[int, str]]:
     size = "x".join(map(str, frame_shape(cfg)))
     if isinstance(cfg, AtariConfig):
         stored = min(cfg.replay_capacity, cfg.steps)
-        window = max(cfg.mlr.seq_len, cfg.n_step + 1)
-        batch = (cfg.batch_size * window * cfg.frame_stack * frame,
-                 f"batch_size={cfg.batch_size} x {window} steps x {cfg.frame_stack} frames of {size}")
+        steps = max(atari_aux.window(cfg), cfg.n_step + 1)
+        batch = (cfg.batch_size * steps * cfg.frame_stack * frame,
+                 f"batch_size={cfg.batch_size} x {steps} steps x {cfg.frame_stack} frames of {size}")
     else:
         stored = min(cfg.replay_capacity, cfg.agent_steps)
-        seqs = cfg.aux_batch_size * cfg.mlr.seq_len if cfg.aux == "mlr" else 0
+        seq_len = dmc_aux.objective(cfg).sequence_length(cfg)
+        seqs = cfg.aux_batch_size * seq_len
         batch = ((2 * cfg.batch_size + seqs) * cfg.frame_stack * frame,
                  f"(2 x batch_size={cfg.batch_size}" + (f" + aux_batch_size={cfg.aux_batch_size} "
-                                                        f"x {cfg.mlr.seq_len} steps" if seqs else "")
+                                                        f"x {seq_len} steps" if seqs else "")
                  + f") x {cfg.frame_stack} frames of {size}")
     return {"replay": (stored * frame, f"{stored} stored frames of {size} "
                                        f"(replay_capacity={cfg.replay_capacity})"),
@@ -117,11 +120,12 @@ def check_memory(cfg: AtariConfig | DMCConfig, host_bytes: int | None = None,
     on_device = parallel.replay_frames(cfg.run.replay_frames) == "device"
     if host_bytes is None:
         host_bytes = host.available_memory()
-    if device_bytes is None and jax.default_backend() != "cpu":
-        device_bytes = (jax.local_devices()[0].memory_stats() or {}).get("bytes_limit")
+    accelerator = parallel.on_accelerator()
+    if device_bytes is None and accelerator:
+        device_bytes = parallel.device_memory_limit()
     n_dev = parallel.device_count()
     budgets = [("this host", host_bytes, {"replay": 1.0, "batch": 0.0 if on_device else 1.0})]
-    if jax.default_backend() != "cpu" or device_bytes is not None:
+    if accelerator or device_bytes is not None:
         budgets.append(("each device", device_bytes,
                         {"replay": 1.0 if on_device else 0.0, "batch": 1.0 / n_dev}))
     for where, available, share in budgets:
@@ -138,16 +142,17 @@ def make_replay(cfg: AtariConfig | DMCConfig, action_dim: int = 1) -> AtariRepla
     """An empty replay for ``cfg`` (``action_dim``: DMC's action size; unused for Atari),
     keeping its frames where ``run.replay_frames`` says (:func:`mlr_jax.parallel.replay_frames`)."""
     on_device = parallel.replay_frames(cfg.run.replay_frames) == "device"
+    mirror = DeviceFrames if on_device else None
     if isinstance(cfg, AtariConfig):
         zero = cfg.stack_reset == "zero"  # the stacks the env shows the agent (envs/atari.py)
         return AtariReplay(
-            cfg.replay_capacity, cfg.frame_stack, cfg.mlr.seq_len, cfg.n_step, cfg.gamma,
+            cfg.replay_capacity, cfg.frame_stack, atari_aux.window(cfg), cfg.n_step, cfg.gamma,
             cfg.priority_exponent, frame_shape=frame_shape(cfg),
             stack_fill="zero" if zero else "repeat", reset_stack_on_terminal=zero,
             initial_priority=1.0,  # rlpyt's default priority for new data, as the authors ran it
-            frames_on_device=on_device, done_n_rule=cfg.done_n_rule)
+            mirror=mirror, done_n_rule=cfg.done_n_rule)
     return DMCReplay(cfg.replay_capacity, action_dim, cfg.frame_stack, cfg.mlr.seq_len,
-                     frame_shape=frame_shape(cfg), frames_on_device=on_device)
+                     frame_shape=frame_shape(cfg), mirror=mirror)
 
 
 def _linear(x: int, x0: int, x1: int, y0: float, y1: float) -> float:
@@ -181,7 +186,8 @@ def sample_batch(cfg: AtariConfig | DMCConfig, replay: AtariReplay | DMCReplay, 
     if isinstance(cfg, AtariConfig):
         return replay.sample(cfg.batch_size, importance_beta(cfg, step), rng)
     sac = replay.sample(cfg.batch_size, rng)
-    seq = replay.sample_sequences(cfg.aux_batch_size, rng) if cfg.aux == "mlr" else None
+    uses_sequences = dmc_aux.objective(cfg).sequence_length(cfg) > 0
+    seq = replay.sample_sequences(cfg.aux_batch_size, rng) if uses_sequences else None
     return dmc_agent.DMCBatch(sac=sac, seq=seq)
 
 

@@ -17,12 +17,13 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from mlr_jax.config import close_matches
+from mlr_jax.names import close_matches
 
 REFERENCE_PATH = importlib.resources.files("mlr_jax") / "data" / "reference_scores.json"
-PAPER_METHODS = ("Baseline", "MLR")
+# The methods of the paper's tables that mlr-jax trains, per domain (SPR: Atari's Table 1).
+PAPER_METHODS = {"atari": ("Baseline", "MLR", "SPR"), "dmc": ("Baseline", "MLR")}
 # The paper's name for the method each ``aux`` setting trains.
-AUX_METHODS = {"mlr": "MLR", "none": "Baseline"}
+AUX_METHODS = {"mlr": "MLR", "none": "Baseline", "spr": "SPR"}
 _BENCHMARKS = {("atari", "100k"): "atari100k", ("dmc", "100k"): "dmc100k", ("dmc", "500k"): "dmc500k"}
 
 
@@ -36,7 +37,8 @@ def _load_reference() -> dict[str, Any]:
 
 
 def paper_method(aux: str) -> str:
-    """The paper's name (``"MLR"``, ``"Baseline"``) for the method an ``aux`` setting trains.
+    """The paper's name (``"MLR"``, ``"Baseline"``, ``"SPR"``) for the method an ``aux``
+    setting trains.
 
     Raises:
       ValueError: an ``aux`` the paper has no numbers for, named with close matches.
@@ -88,16 +90,17 @@ def _as_scores(values: Sequence[float] | np.ndarray) -> np.ndarray:
 
 
 def paper_reference(domain: str, name: str, budget: str = "100k") -> dict[str, dict[str, float | None]]:
-    """The paper's Baseline and MLR numbers for one game/task: ``{method: {mean, std}}``.
+    """The paper's numbers for one game/task: ``{method: {mean, std}}`` for the methods of
+    :data:`PAPER_METHODS` (Atari: Baseline, MLR and SPR; DMC: Baseline and MLR).
 
     Atari-100k reports means only (``std`` is None).
     """
     bench = _benchmark(domain, budget)
     if domain == "atari":
         game = _entry(bench["games"], name)
-        return {m: {"mean": game[m], "std": None} for m in PAPER_METHODS}
+        return {m: {"mean": game[m], "std": None} for m in PAPER_METHODS[domain]}
     task = _entry(bench["tasks"], name)
-    return {m: dict(task[m]) for m in PAPER_METHODS}
+    return {m: dict(task[m]) for m in PAPER_METHODS[domain]}
 
 
 def summarize_scores(domain: str, name: str, scores: Sequence[float], budget: str = "100k") -> dict[str, Any]:

@@ -29,7 +29,7 @@ from mlr_jax import logging as runlog
 from mlr_jax.agents.common import FINITE
 from mlr_jax.config import AtariConfig, DMCConfig, domain_of, from_dict, name_of, to_dict
 from mlr_jax.domains import Domain, check_memory, make_domain
-from mlr_jax.replay import device_frames
+from mlr_jax import device_frames
 
 
 VIDEO_FRAMES = 500  # frames of the final evaluation's first episode kept in eval.gif
@@ -255,6 +255,7 @@ def train(cfg: AtariConfig | DMCConfig, resume: str | pathlib.Path | None = None
     kind, name, seed = domain_of(cfg), name_of(cfg), cfg.run.seed
     primary = parallel.is_primary()  # the process that writes files and prints
     log = log if primary else _quiet
+    envs.check_name(cfg)
     for field in ("batch_size", "aux_batch_size"):  # fail before anything is built
         if hasattr(cfg, field):
             parallel.check_divisible(getattr(cfg, field), parallel.device_count(), field)

@@ -142,6 +142,16 @@ def device_description() -> str:
     return f"{dev.platform}:{getattr(dev, 'device_kind', 'unknown')} x{jax.local_device_count()}"
 
 
+def on_accelerator() -> bool:
+    """Whether JAX runs on an accelerator (GPU, TPU) rather than the CPU."""
+    return jax.default_backend() != "cpu"
+
+
+def device_memory_limit() -> int | None:
+    """Bytes one local device can hold (``memory_stats()["bytes_limit"]``), None if unknown."""
+    return (jax.local_devices()[0].memory_stats() or {}).get("bytes_limit")
+
+
 def conv_impl(requested: str) -> str:
     """The convolution implementation for ``run.conv_impl`` (see :mod:`mlr_jax.nets.conv`):
     ``"auto"`` is ``"im2col"`` on the CPU backend (XLA:CPU convolutions are slow) and
@@ -153,7 +163,7 @@ def conv_impl(requested: str) -> str:
 
 def replay_frames(requested: str) -> str:
     """Where the replay's frames live for ``run.replay_frames`` (see
-    :mod:`mlr_jax.replay.device_frames`): ``"auto"`` is ``"device"`` on accelerators, where
+    :mod:`mlr_jax.device_frames`): ``"auto"`` is ``"device"`` on accelerators, where
     it removes the per-update host gather and pixel copy, and ``"host"`` on the CPU backend,
     where the device is the host and a second copy of the frames would only cost memory."""
     if requested == "auto":

@@ -266,7 +266,7 @@ def _benchmarks(items: Sequence[dict[str, Any]]) -> list[tuple[str, str]]:
 
 
 def _colors(auxes: Sequence[str]) -> dict[str, str]:
-    palette = {"mlr": "tab:blue", "none": "tab:orange"}
+    palette = {"mlr": "tab:blue", "none": "tab:orange", "spr": "tab:green"}
     return {a: palette.get(a, f"C{i + 2}") for i, a in enumerate(sorted(auxes))}
 
 

@@ -37,7 +37,8 @@ def setup():
         returns=rng.uniform(-2, 2, b).astype(np.float32),
         discounts=np.full(b, cfg.gamma ** cfg.n_step, np.float32),
         weights=rng.uniform(0.3, 1.0, b).astype(np.float32),
-        indices=np.arange(b, dtype=np.int64))
+        indices=np.arange(b, dtype=np.int64),
+        first_done=np.full(b, length, np.int32))
     return agent, agent.init(jax.random.PRNGKey(0)), batch
 
 

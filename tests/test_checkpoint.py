@@ -1,5 +1,6 @@
 """Checkpoint round trip, retention, compatibility checks, unreadable checkpoints, a full disk."""
 import os
+import re
 import shutil
 
 import chex
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 from flax import struct
 
-from mlr_jax import checkpoint
+from mlr_jax import __version__, checkpoint
 from mlr_jax.config import make_config, to_dict
 
 
@@ -128,11 +129,13 @@ def test_check_resumable_refuses_early_a_changed_config_or_another_format(tmp_pa
     wider = to_dict(make_config("atari", "pong", "smoke", ["hidden_size=512"]))
     with pytest.raises(checkpoint.CheckpointMismatch, match="hidden_size: checkpoint=256 current=512"):
         checkpoint.check_resumable(tmp_path / "ckpt", wider)
-    monkeypatch.setattr(checkpoint, "FORMAT", 2)  # this mlr-jax reads another layout
+    written = checkpoint.FORMAT
+    monkeypatch.setattr(checkpoint, "FORMAT", written + 1)  # this mlr-jax reads another layout
     for check in (lambda: checkpoint.check_resumable(tmp_path / "ckpt", CONFIG),
                   lambda: checkpoint.restore(tmp_path / "ckpt", make_state(), CONFIG)):
         with pytest.raises(checkpoint.CheckpointMismatch,
-                           match=r"has format 1 \(written by mlr-jax 0\.1\.0\); .* reads format 2"):
+                           match=rf"has format {written} \(written by mlr-jax {re.escape(__version__)}\); "
+                                 rf".* reads format {written + 1}"):
             check()
     assert (tmp_path / "ckpt" / "1").is_dir()  # refused, not set aside
 

@@ -248,6 +248,14 @@ def test_every_field_refuses_a_bad_value_naming_it(cfg):
                 validate(broken)
 
 
+def test_aux_names_the_objectives_of_its_domain():
+    assert make_config("atari", "pong", "smoke", ["aux=spr"]).aux == "spr"
+    with pytest.raises(ConfigError, match="aux must be one of mlr, none; got 'spr'"):
+        make_config("dmc", "cartpole_swingup", "smoke", ["aux=spr"])
+    with pytest.raises(ConfigError, match="did you mean 'spr'"):
+        make_config("atari", "pong", "smoke", ["aux=sprr"])
+
+
 def _replace(cfg, path, value):
     import dataclasses
     if len(path) == 1:

@@ -111,7 +111,8 @@ def test_summarize_scores_atari():
     assert s["mean"] == pytest.approx(np.mean(scores)) and s["std"] == pytest.approx(np.std(scores))
     assert (s["median"], s["min"], s["max"]) == (4.5, -3.0, 10.0)
     assert s["human_normalized"] == pytest.approx((4.0 + 20.7) / 35.3)
-    assert s["paper"] == {"Baseline": {"mean": -3.1, "std": None}, "MLR": {"mean": 4.9, "std": None}}
+    assert s["paper"] == {"Baseline": {"mean": -3.1, "std": None}, "MLR": {"mean": 4.9, "std": None},
+                          "SPR": {"mean": -5.4, "std": None}}  # Table 1's SPR column
 
 
 def test_summarize_scores_dmc_and_errors():
@@ -148,7 +149,8 @@ def test_reference_loader_returns_copies_and_names_a_missing_file(monkeypatch, t
 def test_aux_settings_map_to_the_papers_methods_explicitly():
     assert evaluation.paper_method("mlr") == "MLR"
     assert evaluation.paper_method("none") == "Baseline"
-    with pytest.raises(ValueError, match="aux='spr' has no paper method"):
-        evaluation.paper_method("spr")
+    assert evaluation.paper_method("spr") == "SPR"
+    with pytest.raises(ValueError, match="aux='curl' has no paper method"):
+        evaluation.paper_method("curl")
     with pytest.raises(ValueError, match="did you mean 'mlr'"):
         evaluation.paper_method("mlrr")

@@ -37,7 +37,9 @@ def check_run_dir(run: pathlib.Path, steps: int, episodes: int) -> dict:
     assert final["agent_steps"] == steps and final["n"] == episodes == len(final["scores"])
     rows = read_metrics(run / "metrics.jsonl")
     assert max(r["step"] for r in rows) == steps
-    assert any("train/mlr_loss" in r for r in rows), "no update metrics logged"
+    assert any("train/rl_loss" in r or "train/critic_loss" in r for r in rows), "no update metrics"
+    aux = json.loads((run / "config.json").read_text())["aux"]
+    assert any(f"train/{aux}_loss" in r for r in rows), f"no {aux} metrics logged"
     assert any("perf/sps" in r for r in rows)
     return final
 
@@ -45,13 +47,15 @@ def check_run_dir(run: pathlib.Path, steps: int, episodes: int) -> dict:
 XLA_CONVS = "run.conv_impl=xla"
 # (domain, name, first run, resumed run, agent steps of each); DMC counts environment steps.
 # The Atari run keeps its replay frames on the (CPU) devices, the DMC run on the host (the
-# CPU default), so both batch paths train and resume end to end.
+# CPU default), so both batch paths train and resume end to end. The Atari run trains SPR
+# (train, resume, eval of the third objective), DMC and the Ctrl-C run below train MLR.
 # Updates start at agent step 200 (Atari) / 100 (DMC) in the smoke preset; each run makes a
 # few of them and logs every 20 steps, so the run directory holds update metrics. These runs
 # use XLA's convolutions (the CPU default is im2col, tests/nets/test_conv.py): compiling the
 # update, not running it, is what costs time here, and XLA's convs compile in about half.
 CASES = [
-    ("atari", "pong", ["steps=220", "run.eval_every=0", "run.replay_frames=device", XLA_CONVS],
+    ("atari", "pong", ["steps=220", "run.eval_every=0", "run.replay_frames=device", XLA_CONVS,
+                       "--aux", "spr"],
      ["steps=240"], 220, 240),
     ("dmc", "cartpole_swingup", ["env_steps=1200", "run.eval_every=600", XLA_CONVS],
      ["env_steps=1400"], 150, 175),
@@ -81,7 +85,7 @@ def test_smoke_run_then_resume(tmp_path, capsys, domain, name, first, more, step
                             "action_repeat": 8, "frame_size": 100, "actions": "mean of the policy",
                             "crop": "centre 84x84 of 100"}
     counts = json.loads((run / "param_counts.json").read_text())
-    assert counts["decoder"] > 0
+    assert counts["dynamics" if domain == "atari" else "decoder"] > 0
     if domain == "dmc":  # the periodic evaluation ran too
         assert any("eval/mean" in r and r["step"] == 75 for r in read_metrics(run / "metrics.jsonl"))
 

@@ -6,8 +6,8 @@ One update (:func:`train_step`) reproduces the order of the authors' ``MTMSacAge
    the code's numpy crop, ``cfg.sac_crop_rule``), soft Bellman
    target from the current actor, target critic and temperature; critic Adam step (trains
    the encoder's convs, Linear and LayerNorm and both Q MLPs);
-2. MLR (``cfg.aux == "mlr"``): cube mask on the 100x100 sequence frames (all 9 channels),
-   then random crop + intensity per frame for the masked online view and, separately, for the
+2. the auxiliary objective (:mod:`mlr_jax.agents.dmc_aux`); MLR (``aux="mlr"``): cube mask
+   on the 100x100 sequence frames (all 9 channels), then random crop + intensity per frame for the masked online view and, separately, for the
    unmasked target view; masked latents from the critic's encoder (as updated by step 1),
    interleaved with action tokens through the decoder, projection and predictor, against the
    momentum encoder + momentum projection; its own Adam (lr ``aux_lr * aux_lr_scale`` with the
@@ -51,17 +51,16 @@ import jax.numpy as jnp
 import optax
 
 from mlr_jax import ema, parallel
-from mlr_jax.agents.common import FINITE, Agent, all_finite, clip_by_global_norm, count_params
+from mlr_jax.agents.common import FINITE, Agent, all_finite, count_params
+from mlr_jax.agents.dmc_aux import AuxObjective, inverse_sqrt_warmup, objective
 from mlr_jax.config import DMCConfig
-from mlr_jax.mlr import augment, loss as mlr_loss_lib, masking
+from mlr_jax.mlr import augment
 from mlr_jax.nets import dmc as nets_lib
 from mlr_jax.nets.decoder import PredictiveLatentDecoder, linear_init
 from mlr_jax.rl import sac
 
 # Hidden width of the MLR projection and predictor MLPs (the official ``latent_dim: 100``).
 MLR_HIDDEN_DIM = 100
-# The warm-up factor starts here and rises linearly to 1 (the code's InverseSquareRootSchedule).
-WARMUP_INIT_FACTOR = 5e-4
 
 Params = Any
 
@@ -70,7 +69,7 @@ class DMCBatch(NamedTuple):
     """One update's data: ``sac`` a SACBatch (``obs u8[B,C,H,W]``, ``action f32[B,A]``,
     ``reward f32[B]``, ``discount f32[B]`` = 1 unless terminal, ``next_obs u8[B,C,H,W]``, all
     at the rendered size, e.g. 9x100x100) and ``seq`` a SeqBatch (``obs u8[Bm,K,C,H,W]``,
-    ``action f32[Bm,K,A]``), or None when ``cfg.aux == "none"``. Any ``(sac, seq)`` pair with
+    ``action f32[Bm,K,A]``), or None when the objective reads no sequences. Any ``(sac, seq)`` pair with
     those fields works."""
 
     sac: Any
@@ -83,9 +82,11 @@ class DMCState:
 
     critic: ``{"encoder": {"convs", "head"}, "q1", "q2"}`` (the encoder's convs are also the
       actor's); critic_target: same tree; actor: ``{"head", "trunk"}``; log_alpha: f32[];
-    mlr: ``{"action_embed", "decoder", "projection", "predictor"}`` (empty without MLR);
-    momentum: ``{"encoder", "projection"}`` (empty without MLR);
-    *_opt: optax states (``mlr_opt`` over ``{"encoder": critic encoder, **mlr}``);
+    aux: the auxiliary objective's modules, MLR's ``{"action_embed", "decoder",
+      "projection", "predictor"}`` (empty for the Baseline);
+    aux_target: its momentum target, MLR's ``{"encoder", "projection"}`` (empty for the
+      Baseline);
+    *_opt: optax states (``aux_opt`` over ``{"encoder": critic encoder, **aux}``);
     step: int32[] number of updates done.
     """
 
@@ -93,12 +94,12 @@ class DMCState:
     critic_target: Params
     actor: Params
     log_alpha: jax.Array
-    mlr: Params
-    momentum: Params
+    aux: Params
+    aux_target: Params
     critic_opt: optax.OptState
     actor_opt: optax.OptState
     alpha_opt: optax.OptState
-    mlr_opt: optax.OptState
+    aux_opt: optax.OptState
     step: jax.Array
 
 
@@ -118,34 +119,14 @@ class DMCNetworks(NamedTuple):
     critic_tx: optax.GradientTransformation
     actor_tx: optax.GradientTransformation
     alpha_tx: optax.GradientTransformation
-    mlr_tx: optax.GradientTransformation
-
-
-def inverse_sqrt_warmup(peak_lr: float, warmup_steps: int) -> optax.Schedule:
-    """The authors' MLR learning-rate schedule (``InverseSquareRootSchedule`` in LambdaLR).
-
-    ``peak_lr * f(count)`` with ``f = 5e-4 + (1 - 5e-4) * count / warmup_steps`` while
-    ``count < warmup_steps``, then ``sqrt(warmup_steps / count)``; ``count`` = optimiser steps
-    already taken (0 for the first).
-    """
-    if warmup_steps < 1:
-        raise ValueError(f"aux_warmup_steps must be >= 1, got {warmup_steps}")
-
-    def schedule(count: chex.Numeric) -> jax.Array:
-        count = jnp.asarray(count, jnp.float32)
-        rising = WARMUP_INIT_FACTOR + (1.0 - WARMUP_INIT_FACTOR) / warmup_steps * count
-        decaying = jnp.sqrt(warmup_steps / jnp.maximum(count, 1.0))
-        return peak_lr * jnp.where(count < warmup_steps, rising, decaying)
-
-    return schedule
+    aux_tx: optax.GradientTransformation
+    objective: AuxObjective
 
 
 def build_networks(cfg: DMCConfig, action_dim: int) -> DMCNetworks:
     """Modules and optimisers of the agent for ``action_dim``-dimensional actions in [-1, 1]."""
     if action_dim < 1:
         raise ValueError(f"action_dim must be >= 1, got {action_dim}")
-    if cfg.aux not in ("mlr", "none"):
-        raise ValueError(f"aux must be 'mlr' or 'none', got {cfg.aux!r}")
     dtype = jnp.bfloat16 if cfg.run.precision == "bf16" else jnp.float32
     conv = parallel.conv_impl(cfg.run.conv_impl)
     m = cfg.mlr
@@ -167,14 +148,10 @@ def build_networks(cfg: DMCConfig, action_dim: int) -> DMCNetworks:
         critic_tx=optax.adam(cfg.critic_lr, b1=cfg.critic_beta1, b2=0.999),
         actor_tx=optax.adam(cfg.actor_lr, b1=cfg.actor_beta1, b2=0.999),
         alpha_tx=optax.adam(cfg.alpha_lr, b1=cfg.alpha_beta1, b2=0.999),
-        mlr_tx=optax.adam(inverse_sqrt_warmup(cfg.aux_lr * cfg.aux_lr_scale, cfg.aux_warmup_steps),
+        aux_tx=optax.adam(inverse_sqrt_warmup(cfg.aux_lr * cfg.aux_lr_scale, cfg.aux_warmup_steps),
                           b1=0.9, b2=0.999),
+        objective=objective(cfg),
     )
-
-
-def _mlr_opt_params(state_critic: Params, mlr: Params) -> Params:
-    """The parameters the MLR optimiser steps: the critic's encoder and the MLR modules."""
-    return {"encoder": state_critic["encoder"], **mlr}
 
 
 def init(nets: DMCNetworks, key: chex.PRNGKey) -> DMCState:
@@ -183,33 +160,18 @@ def init(nets: DMCNetworks, key: chex.PRNGKey) -> DMCState:
     channels = 3 * cfg.frame_stack
     obs = jnp.zeros((1, channels, cfg.crop_size, cfg.crop_size), jnp.uint8)
     action = jnp.zeros((1, nets.action_dim), jnp.float32)
-    keys = jax.random.split(key, 9)
+    keys = jax.random.split(key, 9)  # 0-1 critic and actor, 2-8 the auxiliary objective
     critic = nets.critic.init(keys[0], obs, action)["params"]
     conv_features = nets.convs.apply({"params": critic["encoder"]["convs"]}, obs)
     actor = nets.actor.init(keys[1], conv_features)["params"]
     critic_target = critic
-    mlr, momentum = {}, {}
-    if cfg.aux == "mlr":
-        momentum_encoder = critic["encoder"]
-        if cfg.reinit_encoder_linear:
-            critic = {**critic, "encoder": nets_lib.reinit_feature_head(keys[2], critic["encoder"])}
-            momentum_encoder = nets_lib.reinit_feature_head(keys[3], momentum_encoder)
-        seq = jnp.zeros((1, cfg.mlr.seq_len, cfg.feature_dim), jnp.float32)
-        mlr = {
-            "action_embed": nets.action_embed.init(keys[4], action)["params"],
-            "decoder": nets.decoder.init(keys[5], seq, seq)["params"],
-            "projection": nets.projection.init(keys[6], seq)["params"],
-            "predictor": nets.predictor.init(keys[7], seq)["params"],
-        }
-        momentum = {"encoder": momentum_encoder,
-                    "projection": nets.projection.init(keys[8], seq)["params"]}
+    critic, aux, aux_target, aux_opt = nets.objective.init(nets, keys[2:], critic)
     log_alpha = jnp.asarray(math.log(cfg.init_temperature), jnp.float32)
     return DMCState(
         critic=critic, critic_target=critic_target, actor=actor, log_alpha=log_alpha,
-        mlr=mlr, momentum=momentum,
+        aux=aux, aux_target=aux_target,
         critic_opt=nets.critic_tx.init(critic), actor_opt=nets.actor_tx.init(actor),
-        alpha_opt=nets.alpha_tx.init(log_alpha),
-        mlr_opt=nets.mlr_tx.init(_mlr_opt_params(critic, mlr)) if cfg.aux == "mlr" else optax.EmptyState(),
+        alpha_opt=nets.alpha_tx.init(log_alpha), aux_opt=aux_opt,
         step=jnp.zeros((), jnp.int32))
 
 
@@ -250,49 +212,6 @@ def update_critic(nets: DMCNetworks, state: DMCState, obs: jax.Array, action: ja
     metrics = {"critic_loss": loss, "q1": jnp.mean(q1), "batch_reward": jnp.mean(reward), "alpha": alpha}
     metrics = parallel.pmean(metrics, axis_name)
     return state, metrics | {"critic_grad_norm": optax.tree.norm(grads)}
-
-
-def update_mlr(nets: DMCNetworks, state: DMCState, online_frames: jax.Array, target_frames: jax.Array,
-               actions: jax.Array, axis_name: str | None = None) -> tuple[DMCState, dict[str, jax.Array]]:
-    """One MLR Adam step (clipped) on augmented sequences.
-
-    Args:
-      online_frames: f32[B, K, C, crop, crop] masked, augmented frames (0-255 range).
-      target_frames: f32[B, K, C, crop, crop] unmasked, separately augmented frames.
-      actions: f32[B, K, A], ``actions[:, i]`` taken at frame i.
-    """
-    cfg = nets.cfg
-    chex.assert_rank([online_frames, target_frames, actions], [5, 5, 3])
-    chex.assert_equal_shape([online_frames, target_frames])
-    batch, seq_len = online_frames.shape[:2]
-
-    def encode(module_apply, params, frames):
-        flat = frames.reshape((batch * seq_len,) + frames.shape[2:])
-        return module_apply({"params": params}, flat).reshape(batch, seq_len, -1)
-
-    target_latents = encode(nets.encoder.apply, state.momentum["encoder"], target_frames)
-    targets = nets.projection.apply({"params": state.momentum["projection"]}, target_latents)
-
-    def loss_fn(params):
-        latents = encode(nets.encoder.apply, params["encoder"], online_frames)
-        action_tokens = nets.action_embed.apply({"params": params["action_embed"]}, actions)
-        decoded = nets.decoder.apply({"params": params["decoder"]}, latents, action_tokens)
-        projected = nets.projection.apply({"params": params["projection"]}, decoded)
-        predictions = nets.predictor.apply({"params": params["predictor"]}, projected)
-        loss, _ = mlr_loss_lib.mlr_loss(predictions, targets)
-        return cfg.mlr.weight * loss
-
-    params = _mlr_opt_params(state.critic, state.mlr)
-    loss, grads = jax.value_and_grad(loss_fn)(params)
-    grads, grad_norm = clip_by_global_norm(parallel.pmean(grads, axis_name), cfg.aux_clip_norm)
-    updates, mlr_opt = nets.mlr_tx.update(grads, state.mlr_opt, params)
-    new = optax.apply_updates(params, updates)
-    schedule = inverse_sqrt_warmup(cfg.aux_lr * cfg.aux_lr_scale, cfg.aux_warmup_steps)
-    metrics = {"mlr_loss": parallel.pmean(loss, axis_name), "mlr_grad_norm": grad_norm,
-               "mlr_lr": schedule(state.step)}  # the MLR optimiser steps on every update
-    state = state.replace(critic={**state.critic, "encoder": new["encoder"]},
-                          mlr={k: v for k, v in new.items() if k != "encoder"}, mlr_opt=mlr_opt)
-    return state, metrics
 
 
 def update_actor_and_alpha(nets: DMCNetworks, state: DMCState, obs: jax.Array, noise: jax.Array,
@@ -337,19 +256,15 @@ ACTOR_METRICS = ("actor_loss", "alpha_loss", "entropy")
 
 
 def update_targets(nets: DMCNetworks, state: DMCState) -> DMCState:
-    """Soft updates: critic target (Qs ``critic_tau``, encoder ``encoder_tau``) and, with MLR,
-    momentum encoder and projection (``momentum_tau``)."""
+    """Soft updates: critic target (Qs ``critic_tau``, encoder ``encoder_tau``) and the
+    auxiliary objective's momentum target (MLR: encoder and projection, ``momentum_tau``)."""
     cfg = nets.cfg
     critic_target = {
         name: ema.ema_update(target, state.critic[name],
                              cfg.encoder_tau if name == "encoder" else cfg.critic_tau)
         for name, target in state.critic_target.items()}
-    momentum = state.momentum
-    if cfg.aux == "mlr":
-        momentum = {
-            "encoder": ema.ema_update(momentum["encoder"], state.critic["encoder"], cfg.momentum_tau),
-            "projection": ema.ema_update(momentum["projection"], state.mlr["projection"], cfg.momentum_tau)}
-    return state.replace(critic_target=critic_target, momentum=momentum)
+    return state.replace(critic_target=critic_target,
+                         aux_target=nets.objective.refresh(nets, state))
 
 
 def _global_normal(key: chex.PRNGKey, shape: tuple[int, ...], axis_name: str | None) -> jax.Array:
@@ -367,40 +282,6 @@ def _random_crops(key: chex.PRNGKey, obs: jax.Array, cfg: DMCConfig, axis_name: 
         keys, obs)
 
 
-def mlr_views(nets: DMCNetworks, key: chex.PRNGKey, frames: jax.Array,
-              axis_name: str | None = None) -> tuple[jax.Array, jax.Array]:
-    """Masked online view and target view of a sequence batch.
-
-    Args:
-      frames: u8[B, K, C, H, W] at the rendered size.
-
-    Returns:
-      ``(online, target)`` f32[B, K, C, crop, crop]: the online view is cube-masked in pixel
-      space first; each view then gets a random crop and an intensity factor per frame.
-    """
-    cfg, m = nets.cfg, nets.cfg.mlr
-    batch = frames.shape[0]
-    mask_key, online_key, target_key = jax.random.split(key, 3)
-    draw = functools.partial(masking.cube_mask, seq_len=m.seq_len, image_size=cfg.image_size,
-                             patch_size=m.patch_size, block_size=m.block_size,
-                             mask_ratio=m.mask_ratio, rule=m.mask_count_rule)
-    if m.mask_per_sample:
-        mask = jax.vmap(draw)(parallel.sample_keys(mask_key, batch, axis_name))
-    else:
-        mask = draw(mask_key)
-
-    def augment_sequence(k, sequence):
-        crop_key, intensity_key = jax.random.split(k)
-        cropped = augment.random_crop(crop_key, sequence, cfg.crop_size).astype(jnp.float32)
-        return augment.intensity(intensity_key, cropped, cfg.intensity_scale)
-
-    def augment_batch(k, x):
-        return jax.vmap(augment_sequence)(parallel.sample_keys(k, batch, axis_name), x)
-
-    online = augment_batch(online_key, masking.apply_cube_mask(frames, mask))
-    return online, augment_batch(target_key, frames)
-
-
 def _check_batch(nets: DMCNetworks, sac_batch: Any, seq: Any) -> None:
     cfg = nets.cfg
     obs_shape = (3 * cfg.frame_stack, cfg.image_size, cfg.image_size)
@@ -409,15 +290,16 @@ def _check_batch(nets: DMCNetworks, sac_batch: Any, seq: Any) -> None:
             raise ValueError(f"{name} has shape {x.shape}; expected [B, *{obs_shape}]")
     if sac_batch.action.shape[1:] != (nets.action_dim,):
         raise ValueError(f"sac.action has shape {sac_batch.action.shape}; expected [B, {nets.action_dim}]")
-    if cfg.aux == "mlr":
+    seq_len = nets.objective.sequence_length(cfg)
+    if seq_len:
         if seq is None:
-            raise ValueError("cfg.aux='mlr' needs a sequence batch (batch.seq is None)")
-        expected = (cfg.mlr.seq_len,) + obs_shape
+            raise ValueError(f"cfg.aux={cfg.aux!r} needs a sequence batch (batch.seq is None)")
+        expected = (seq_len,) + obs_shape
         if seq.obs.shape[1:] != expected:
             raise ValueError(f"seq.obs has shape {seq.obs.shape}; expected [B, *{expected}]")
-        if seq.action.shape[1:] != (cfg.mlr.seq_len, nets.action_dim):
+        if seq.action.shape[1:] != (seq_len, nets.action_dim):
             raise ValueError(f"seq.action has shape {seq.action.shape}; "
-                             f"expected [B, {cfg.mlr.seq_len}, {nets.action_dim}]")
+                             f"expected [B, {seq_len}, {nets.action_dim}]")
 
 
 def train_step(nets: DMCNetworks, state: DMCState, batch: Any, key: chex.PRNGKey,
@@ -446,10 +328,9 @@ def train_step(nets: DMCNetworks, state: DMCState, batch: Any, key: chex.PRNGKey
     state, metrics = update_critic(nets, state, obs, sac_batch.action, sac_batch.reward,
                                    sac_batch.discount, next_obs,
                                    _global_normal(keys[2], noise_shape, axis_name), axis_name)
-    if cfg.aux == "mlr":
-        online, target = mlr_views(nets, keys[3], seq.obs, axis_name)
-        state, mlr_metrics = update_mlr(nets, state, online, target, seq.action, axis_name)
-        metrics.update(mlr_metrics)
+    if nets.objective.update is not None:
+        state, aux_metrics = nets.objective.update(nets, state, seq, keys[3], axis_name)
+        metrics.update(aux_metrics)
 
     actor_noise = _global_normal(keys[4], noise_shape, axis_name)
     skipped = {name: jnp.full((), jnp.nan, jnp.float32) for name in ACTOR_METRICS}
@@ -494,11 +375,11 @@ def param_counts(state: DMCState) -> dict[str, int]:
         "encoder": count_params(state.critic["encoder"]),
         "critic_q": count_params({k: v for k, v in state.critic.items() if k != "encoder"}),
         "actor": count_params(state.actor),
-        "decoder": count_params(state.mlr.get("decoder", {})),
-        "mlr_heads": count_params({k: v for k, v in state.mlr.items() if k != "decoder"}),
+        "decoder": count_params(state.aux.get("decoder", {})),
+        "mlr_heads": count_params({k: v for k, v in state.aux.items() if k != "decoder"}),
     }
     counts["trained_total"] = sum(counts.values()) + 1  # + log_alpha
-    counts["momentum"] = count_params(state.momentum)
+    counts["momentum"] = count_params(state.aux_target)
     return counts
 
 

@@ -1,5 +1,5 @@
 """What it costs to get one update's batch onto the device, with the replay frames on the host
-or on the device (``run.replay_frames``, :mod:`mlr_jax.replay.device_frames`).
+or on the device (``run.replay_frames``, :mod:`mlr_jax.device_frames`).
 
 For each mode, a replay of the config's shapes is filled with ``fill_steps`` random steps and
 one update's batch is drawn (:func:`mlr_jax.domains.sample_batch`) and made ready on the first
@@ -27,7 +27,7 @@ import numpy as np
 from mlr_jax import domains, parallel
 from mlr_jax.bench.runner import median_ms
 from mlr_jax.config import AtariConfig, DMCConfig
-from mlr_jax.replay.device_frames import gather_batch
+from mlr_jax.device_frames import gather_batch
 
 MODES = ("host", "device")
 

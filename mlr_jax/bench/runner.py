@@ -33,7 +33,7 @@ import numpy as np
 
 from mlr_jax import domains, host, parallel
 from mlr_jax.bench.profile import trace_units
-from mlr_jax.replay import device_frames
+from mlr_jax import device_frames
 from mlr_jax.replay.frames import FrameRows
 from mlr_jax.config import AtariConfig, ConfigError, DMCConfig, make_config, to_dict
 
@@ -70,17 +70,20 @@ def random_batch(cfg: AtariConfig | DMCConfig, num_actions: int, seed: int = 0) 
         return rng.integers(0, 256, shape, dtype=np.uint8)
 
     if isinstance(cfg, AtariConfig):
+        from mlr_jax.agents.atari_aux import window
         from mlr_jax.replay.atari import AtariBatch
 
-        b, length = cfg.batch_size, max(cfg.mlr.seq_len, cfg.n_step + 1)
+        b, length = cfg.batch_size, max(window(cfg), cfg.n_step + 1)
         return AtariBatch(
             obs=frames(b, length, cfg.frame_stack, cfg.image_size, cfg.image_size),
             actions=rng.integers(0, num_actions, (b, length)).astype(np.int32),
             returns=rng.normal(size=b).astype(np.float32),
             discounts=np.full(b, cfg.gamma ** cfg.n_step, np.float32),
             weights=rng.uniform(0.5, 1.0, b).astype(np.float32),
-            indices=np.arange(b, dtype=np.int64))
+            indices=np.arange(b, dtype=np.int64),
+            first_done=np.full(b, length, np.int32))
     from mlr_jax.agents.dmc import DMCBatch
+    from mlr_jax.agents.dmc_aux import objective
     from mlr_jax.replay.dmc import SACBatch, SeqBatch
 
     shape = (3 * cfg.frame_stack, cfg.image_size, cfg.image_size)
@@ -90,7 +93,7 @@ def random_batch(cfg: AtariConfig | DMCConfig, num_actions: int, seed: int = 0) 
                    next_obs=frames(b, *shape))
     seq = SeqBatch(obs=frames(bs, k, *shape),
                    action=rng.uniform(-1, 1, (bs, k, num_actions)).astype(np.float32))
-    return DMCBatch(sac=sac, seq=seq if cfg.aux == "mlr" else None)
+    return DMCBatch(sac=sac, seq=seq if objective(cfg).sequence_length(cfg) else None)
 
 
 def as_frame_rows(batch: Any, frame_shape: tuple[int, ...]) -> tuple[np.ndarray, Any]:
@@ -432,7 +435,7 @@ def run_benchmark(domain: str = "atari", device: str = "cpu", preset: str = "pap
                                                 / record["jax"]["median_ms"])
     record["device"] = record.get("jax", record.get("torch", {})).get("device")
     record["summary"] = summary_line(record)
-    agent = "" if cfg.aux == "mlr" else "-baseline"
+    agent = {"mlr": "", "none": "-baseline"}.get(cfg.aux, f"-{cfg.aux}")
     return write_record(record, outdir, f"{domain}_{preset}{agent}_{device}_{cfg.run.precision}")
 
 
@@ -457,7 +460,8 @@ def _json_default(value: Any) -> Any:
 
 def summary_line(record: dict[str, Any]) -> str:
     """One human-readable line of a benchmark record."""
-    agent = "" if record["config"].get("aux", "mlr") == "mlr" else " Baseline"
+    aux = record["config"].get("aux", "mlr")
+    agent = {"mlr": "", "none": " Baseline"}.get(aux, f" {aux.upper()}")
     parts = [f"{record['domain']}/{record['preset']}{agent} on {record['device_kind']} ({record.get('device')})"]
     for fw in FRAMEWORKS:
         if fw in record:

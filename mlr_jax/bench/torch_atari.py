@@ -29,8 +29,17 @@ One update follows the authors' ``PVCategoricalDQN.optimize_agent`` / ``PVCatDqn
 8. target network := full copy of the online model (rlpyt copies the whole state dict,
    transformer and noise buffers included).
 
+With ``cfg.aux == "spr"`` step 4 is SPR's instead (mila-iqia/spr ``SPRCatDqnModel.forward``
+and ``do_spr_loss``): the transition model (conv3x3 on ``[latent, one-hot action]`` ->
+ReLU -> BatchNorm in training mode -> conv3x3 -> ReLU -> renormalise) rolls the online
+latent of the RL input forward ``spr.jumps`` steps; projection + predictor of each step against
+the momentum encoder + projection on the augmented ``obs[:, k]``; per sample the mean over
+k = 1..K of ``nonterminal_k * ||n(p) - n(t)||^2``; the transition model is its own clip group
+and the total is ``mean(w * rl) + spr.weight * mean(w * spr)``.
+
 Deliberate omissions (no effect on the losses): the authors' unused dynamics models and
-reward predictor (the latter runs a tiny forward whose output is discarded).
+reward predictor (the latter runs a tiny forward whose output is discarded; SPR's reward loss
+has weight 0).
 """
 
 from __future__ import annotations
@@ -184,7 +193,8 @@ def load_conv(conv: nn.Conv2d, params: Mapping[str, Any], name: str) -> None:
     copy_into(conv.bias, params["bias"], f"{name}/bias")
 
 
-def load_layer_norm(norm: nn.LayerNorm, params: Mapping[str, Any], name: str) -> None:
+def load_layer_norm(norm: nn.LayerNorm | nn.BatchNorm2d, params: Mapping[str, Any], name: str) -> None:
+    """Flax LayerNorm / :class:`~mlr_jax.nets.atari.BatchNorm2d` (scale, bias) -> torch."""
     copy_into(norm.weight, params["scale"], f"{name}/scale")
     copy_into(norm.bias, params["bias"], f"{name}/bias")
 
@@ -307,9 +317,29 @@ class AtariQNet(nn.Module):
         return torch.cat([self.value_hidden(latent, False), self.adv_hidden(latent, False)], -1)
 
 
-class AtariMLRModel(nn.Module):
-    """Online model: Q network + predictive latent decoder, action embedding, predictor
-    (the decoder has no blocks for the Baseline, ``cfg.aux == "none"``)."""
+class TransitionModel(nn.Module):
+    """SPR's ``TransitionModel(blocks=0, norm_type="bn", residual=False)`` on [N, C, h, w]."""
+
+    def __init__(self, channels: int, num_actions: int, renorm: bool):
+        super().__init__()
+        self.num_actions, self.renorm = num_actions, renorm
+        self.conv_0 = nn.Conv2d(channels + num_actions, channels, 3, padding=1)
+        self.norm = nn.BatchNorm2d(channels)
+        self.conv_1 = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, latent: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """latent f32[N, C, h, w], action long[N] -> f32[N, C, h, w]."""
+        one_hot = torch.zeros(latent.shape[0], self.num_actions, *latent.shape[2:],
+                              device=latent.device)
+        one_hot[torch.arange(latent.shape[0], device=latent.device), action] = 1.0
+        x = self.conv_1(self.norm(F.relu(self.conv_0(torch.cat([latent, one_hot], 1)))))
+        x = F.relu(x)
+        return renormalize(x) if self.renorm else x
+
+
+class AtariModel(nn.Module):
+    """Online model: Q network, predictor and the objective's modules: MLR's predictive latent
+    decoder and action embedding (no blocks otherwise), SPR's transition model."""
 
     def __init__(self, cfg: AtariConfig, num_actions: int):
         super().__init__()
@@ -321,6 +351,8 @@ class AtariMLRModel(nn.Module):
         self.action_embedding = nn.Linear(num_actions, dim)
         self.predictor = nn.Linear(2 * cfg.hidden_size, 2 * cfg.hidden_size)
         self.register_buffer("position", sinusoidal_table(m.seq_len, dim))
+        self.dynamics = (TransitionModel(cfg.channels[-1], num_actions, cfg.renormalize)
+                         if cfg.aux == "spr" else None)
 
     def decode(self, latents: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """latents f32[B, T, D], actions long[B, T] -> predictions f32[B, T, 2 * hidden]."""
@@ -340,8 +372,8 @@ class AtariInputs(NamedTuple):
 
     rl_obs, next_online, next_target: f32[B, C, H, W] (0-1 scale) for the online Q, the
     double-DQN argmax and the target evaluation; masked_seq f32[B, T, C, H, W] (masked, then
-    augmented; 0-255 unless ``scale_masked_input``); target_seq f32[B, T, C, H, W] (0-1); both
-    None without MLR.
+    augmented; 0-255 unless ``scale_masked_input``; MLR only); target_seq f32[B, T, C, H, W]
+    (0-1; SPR: the K frames ``obs[:, 1:K+1]``); nonterminal f32[B, K] (SPR only).
     actions long[B, L]; returns, discounts, weights f32[B].
     """
 
@@ -350,6 +382,7 @@ class AtariInputs(NamedTuple):
     next_target: torch.Tensor
     masked_seq: torch.Tensor | None
     target_seq: torch.Tensor | None
+    nonterminal: torch.Tensor | None
     actions: torch.Tensor
     returns: torch.Tensor
     discounts: torch.Tensor
@@ -366,8 +399,9 @@ class AtariUpdate:
 
     def __init__(self, cfg: AtariConfig, num_actions: int, device: Any = "cpu"):
         self.cfg, self.device = cfg, torch.device(device)
-        self.use_mlr = cfg.aux == "mlr"
-        self.model = AtariMLRModel(cfg, num_actions).to(self.device)
+        self.aux = cfg.aux
+        self.aux_weight = {"mlr": cfg.mlr.weight, "spr": cfg.spr.weight, "none": 0.0}[cfg.aux]
+        self.model = AtariModel(cfg, num_actions).to(self.device)
         self.target = copy.deepcopy(self.model).requires_grad_(False)
         self.momentum = copy.deepcopy(self.model.net).requires_grad_(False)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, eps=cfg.adam_eps)
@@ -399,19 +433,26 @@ class AtariUpdate:
         """
         obs = to_tensor(batch.obs, self.device)
         aug = self._augment if augment else (lambda x: x)
-        masked_seq = target_seq = None
-        if self.use_mlr:
+        masked_seq = target_seq = nonterminal = None
+        if self.aux == "mlr":
             seq = obs[:, :self.cfg.mlr.seq_len].float()
             if mask is None:
                 mask = self.draw_mask(obs.shape[0])
             masked = seq * mask[..., None, :, :]
             masked_seq = aug(masked / 255.0 if self.cfg.scale_masked_input else masked)
             target_seq = aug(seq / 255.0)
+        elif self.aux == "spr":
+            jumps = self.cfg.spr.jumps
+            target_seq = aug(obs[:, 1:jumps + 1].float() / 255.0)
+            first_done = to_tensor(batch.first_done, self.device, torch.long)
+            # the code's 1 - sign(cumsum(done)): 0 from the first done on
+            steps = torch.arange(1, jumps + 1, device=self.device)
+            nonterminal = (steps[None, :] < first_done[:, None]).float()
         scaled = obs.float() / 255.0
         n = self.cfg.n_step
         return AtariInputs(
             rl_obs=aug(scaled[:, 0]), next_online=aug(scaled[:, n]), next_target=aug(scaled[:, n]),
-            masked_seq=masked_seq, target_seq=target_seq,
+            masked_seq=masked_seq, target_seq=target_seq, nonterminal=nonterminal,
             actions=to_tensor(batch.actions, self.device, torch.long),
             returns=to_tensor(batch.returns, self.device, torch.float32),
             discounts=to_tensor(batch.discounts, self.device, torch.float32),
@@ -440,6 +481,22 @@ class AtariUpdate:
         preds = self.model.decode(latents, inp.actions[:, :seq_len])
         return normalized_mse(preds.flatten(0, 1), targets).view(batch, seq_len).mean(1)
 
+    def _spr_per_sample(self, inp: AtariInputs, latent: torch.Tensor) -> torch.Tensor:
+        """Rollout from the RL input's latent; masked normalised MSE averaged over k: f32[B]."""
+        batch, jumps = inp.target_seq.shape[:2]
+        with torch.no_grad():
+            targets = self.momentum.projection(self.momentum.features(inp.target_seq.flatten(0, 1)))
+        z = latent.view(batch, self.cfg.channels[-1], -1)
+        side = int(round(math.sqrt(z.shape[-1])))
+        z = z.view(batch, -1, side, side)
+        rollout = []
+        for k in range(jumps):
+            z = self.model.dynamics(z, inp.actions[:, k])
+            rollout.append(z.flatten(1))
+        preds = self.model.predictor(self.model.net.projection(torch.stack(rollout, 1)))
+        per_step = normalized_mse(preds.flatten(0, 1), targets).view(batch, jumps)
+        return (inp.nonterminal * per_step).mean(1)
+
     def loss_terms(self, inp: AtariInputs, noisy: bool = True) -> dict[str, torch.Tensor]:
         """Losses at the current weights, with the current noise buffers.
 
@@ -448,20 +505,26 @@ class AtariUpdate:
           noisy: False evaluates every noisy layer at its mean (for equivalence tests).
 
         Returns:
-          ``rl_loss`` = mean(w * CE), ``mlr_loss`` = mean(w * mlr) (0 without MLR),
-          ``total``, per-sample ``rl_per_sample``, ``mlr_per_sample`` and KL ``priorities``.
+          ``rl_loss`` = mean(w * CE), ``total``, per-sample ``rl_per_sample``, KL
+          ``priorities`` and, with an objective, ``<aux>_loss`` = mean(w * aux) and
+          ``<aux>_per_sample``.
         """
         target_p = self._projected_target(inp, noisy)
-        log_p = self.model.net.log_probs(self.model.net.features(inp.rl_obs), noisy)
+        latent = self.model.net.features(inp.rl_obs)
+        log_p = self.model.net.log_probs(latent, noisy)
         log_p = log_p[torch.arange(len(log_p), device=self.device), inp.actions[:, 0]]
         rl = -(target_p * log_p).sum(1)
         clamped = target_p.clamp(self.EPS, 1)
         kl = (clamped * (clamped.log() - log_p.detach())).sum(1).clamp(self.EPS, 1 / self.EPS)
-        mlr = self._mlr_per_sample(inp) if self.use_mlr else torch.zeros_like(rl)
-        rl_loss, mlr_loss = (inp.weights * rl).mean(), (inp.weights * mlr).mean()
-        return {"rl_loss": rl_loss, "mlr_loss": mlr_loss,
-                "total": rl_loss + self.cfg.mlr.weight * mlr_loss,
-                "rl_per_sample": rl, "mlr_per_sample": mlr, "priorities": kl}
+        rl_loss = (inp.weights * rl).mean()
+        terms = {"rl_loss": rl_loss, "total": rl_loss, "rl_per_sample": rl, "priorities": kl}
+        if self.aux != "none":
+            aux = (self._mlr_per_sample(inp) if self.aux == "mlr"
+                   else self._spr_per_sample(inp, latent))
+            aux_loss = (inp.weights * aux).mean()
+            terms |= {f"{self.aux}_loss": aux_loss, f"{self.aux}_per_sample": aux,
+                      "total": rl_loss + self.aux_weight * aux_loss}
+        return terms
 
     # ---------------------------------------------------------------- update
     @torch.no_grad()
@@ -492,14 +555,16 @@ class AtariUpdate:
         if resample_noise:
             self.model.net.reset_noise()
         terms = self.loss_terms(self.prepare(batch, **prepare_kwargs))
-        if self.use_mlr:
+        if self.aux != "none":
             self._momentum_update()
         self.optimizer.zero_grad()
         terms["total"].backward()
         clip = self.cfg.clip_norm
         terms["grad_norm"] = nn.utils.clip_grad_norm_(self.model.net.parameters(), clip)
-        if self.use_mlr:
+        if self.aux == "mlr":
             terms["decoder_grad_norm"] = nn.utils.clip_grad_norm_(self.model.transformer.parameters(), clip)
+        if self.aux == "spr":
+            terms["dynamics_grad_norm"] = nn.utils.clip_grad_norm_(self.model.dynamics.parameters(), clip)
         self.optimizer.step()
         self._target_update()
         return {k: v.detach() for k, v in terms.items()}
@@ -512,9 +577,12 @@ class AtariUpdate:
         return (probs * self.atoms).sum(-1).argmax(-1)
 
     def param_counts(self) -> dict[str, int]:
-        return {"q_network": count_parameters(self.model.net),
-                "decoder": count_parameters(self.model.transformer),
-                "total": count_parameters(self.model)}
+        counts = {"q_network": count_parameters(self.model.net),
+                  "decoder": count_parameters(self.model.transformer),
+                  "total": count_parameters(self.model)}
+        if self.model.dynamics is not None:
+            counts["dynamics"] = count_parameters(self.model.dynamics)
+        return counts
 
     # ---------------------------------------------------------------- JAX weights
     def load_jax_state(self, state: Any) -> None:
@@ -522,12 +590,12 @@ class AtariUpdate:
         load_jax_params(self.model, state.params)
         self.target.load_state_dict(self.model.state_dict())
         load_qnet(self.target.net, state.target_params)
-        if self.use_mlr:
+        if self.aux != "none":
             self.momentum.load_state_dict(self.model.net.state_dict())
-            load_qnet(self.momentum, state.momentum_params, head=False)
+            load_qnet(self.momentum, state.aux_target, head=False)
             for name, layer in (("value_hidden", self.momentum.value_hidden),
                                 ("advantage_hidden", self.momentum.adv_hidden)):
-                load_noisy(layer, state.momentum_params["projection"][name], f"projection/{name}")
+                load_noisy(layer, state.aux_target["projection"][name], f"projection/{name}")
 
 
 def make_update(cfg: AtariConfig, num_actions: int, device: Any = "cpu") -> AtariUpdate:
@@ -578,16 +646,23 @@ def load_jax_noise(net: AtariQNet, noise_key: Any) -> None:
         copy_into(layer.eps_out, eps_out, "eps_out")
 
 
-def load_jax_params(model: AtariMLRModel, params: Mapping[str, Any]) -> None:
+def load_jax_params(model: AtariModel, params: Mapping[str, Any]) -> None:
     """Copy the JAX Atari agent's online ``AtariState.params`` into ``model``.
 
     Mapping: ``encoder/conv_i`` (HWIO) -> ``net.conv`` (OIHW); ``head/{value,advantage}_{hidden,
     out}`` NoisyDense ([in, out]) -> NoisyLinear ([out, in]); ``head/advantage_bias``;
     ``decoder/block_i`` -> ``transformer[i]``; ``action_embedding``, ``predictor`` Dense ->
-    Linear. Latents are flattened in C, H, W order on both sides, so no permutation is needed.
+    Linear; ``dynamics/{conv_0, norm, conv_1}`` -> the transition model. Latents are flattened
+    in C, H, W order on both sides, so no permutation is needed.
     """
     load_qnet(model.net, params)
     if "decoder" in params:
         load_blocks(model.transformer, params["decoder"])
         load_dense(model.action_embedding, params["action_embedding"], "action_embedding")
+    if "dynamics" in params:
+        dynamics = params["dynamics"]
+        load_conv(model.dynamics.conv_0, dynamics["conv_0"], "dynamics/conv_0")
+        load_layer_norm(model.dynamics.norm, dynamics["norm"], "dynamics/norm")
+        load_conv(model.dynamics.conv_1, dynamics["conv_1"], "dynamics/conv_1")
+    if "predictor" in params:
         load_dense(model.predictor, params["predictor"], "predictor")

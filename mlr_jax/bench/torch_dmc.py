@@ -371,7 +371,7 @@ class DMCUpdate:
         load_mlp(self.actor.trunk, state.actor["trunk"], "actor/trunk")
         copy_into(self.log_alpha, state.log_alpha, "log_alpha")
         if self.use_mlr:
-            mlr, momentum = state.mlr, state.momentum
+            mlr, momentum = state.aux, state.aux_target
             load_dense(self.mlr.action_emb, mlr["action_embed"], "mlr/action_embed")
             load_blocks(self.mlr.transformer, mlr["decoder"])
             load_mlp(self.mlr.projection, mlr["projection"], "mlr/projection")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mlr_jax.config import AtariConfig, DMCConfig
+from mlr_jax.config import AtariConfig, ConfigError, DMCConfig
 from mlr_jax.envs.atari import AtariVecEnv, atari_task_id, atari_tasks
 from mlr_jax.envs.base import Step, VecEnv, resolve_task
 from mlr_jax.envs.dmc import DMCVecEnv, dmc_task_id, dmc_tasks
@@ -28,14 +28,18 @@ __all__ = [
 
 
 def check_name(cfg: AtariConfig | DMCConfig) -> None:
-    """Raise ValueError (with close matches) unless ``cfg``'s game or task exists: an envpool
-    game or task, or one of the toy tasks."""
-    if isinstance(cfg, AtariConfig):
-        resolve_task(cfg.game, atari_tasks() | {g: g for g in TOY_GAMES}, "Atari game")
-    elif cfg.env_backend == "dm_control":
-        resolve_task(cfg.task, suite_tasks() | {t: t for t in TOY_TASKS}, "DMC task")
-    else:
-        resolve_task(cfg.task, dmc_tasks() | {t: t for t in TOY_TASKS}, "DMC task")
+    """Raise :class:`~mlr_jax.config.ConfigError` (with close matches) unless ``cfg``'s game or
+    task exists: an envpool game or task (a dm_control one with ``env_backend="dm_control"``),
+    or one of the toy tasks."""
+    try:
+        if isinstance(cfg, AtariConfig):
+            resolve_task(cfg.game, atari_tasks() | {g: g for g in TOY_GAMES}, "Atari game")
+        elif cfg.env_backend == "dm_control":
+            resolve_task(cfg.task, suite_tasks() | {t: t for t in TOY_TASKS}, "DMC task")
+        else:
+            resolve_task(cfg.task, dmc_tasks() | {t: t for t in TOY_TASKS}, "DMC task")
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def make_env(cfg: AtariConfig | DMCConfig, num_envs: int, seed: int,

@@ -13,7 +13,7 @@ from typing import Mapping, NamedTuple
 
 import numpy as np
 
-from mlr_jax.config import close_matches
+from mlr_jax.names import close_matches
 
 
 class Step(NamedTuple):

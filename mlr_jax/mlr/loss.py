@@ -26,6 +26,24 @@ def normalize(x: jax.Array, eps: float = 1e-3, axis: int = -1) -> jax.Array:
     return x / jnp.sqrt(jnp.maximum(squared, eps * eps))
 
 
+def normalized_mse(pred: jax.Array, target: jax.Array, eps: float = 1e-3) -> jax.Array:
+    """``||n(pred) - n(target)||^2`` over the last axis (= ``2 - 2 cos`` for norms >= eps),
+    the SPR/MLR codes' ``F.mse_loss(normalize(p), normalize(t)).sum(-1)``.
+
+    Args:
+      pred: f32[..., D] predictions (gradients flow).
+      target: f32[..., D] targets (wrapped in ``stop_gradient``).
+      eps: lower bound of the norms in :func:`normalize`.
+
+    Returns:
+      f32[...], each in [0, 4].
+    """
+    chex.assert_equal_shape([pred, target])
+    pred = normalize(pred.astype(jnp.float32), eps)
+    target = normalize(jax.lax.stop_gradient(target).astype(jnp.float32), eps)
+    return jnp.sum(jnp.square(pred - target), axis=-1)
+
+
 def cosine_loss(pred: jax.Array, target: jax.Array, eps: float = 1e-3) -> jax.Array:
     """Per-sample ``0.5 ||n(pred) - n(target)||^2`` (= ``1 - cos`` for norms >= eps),
     averaged over time.
@@ -39,11 +57,7 @@ def cosine_loss(pred: jax.Array, target: jax.Array, eps: float = 1e-3) -> jax.Ar
       f32[B], each in [0, 2].
     """
     chex.assert_rank([pred, target], 3)
-    chex.assert_equal_shape([pred, target])
-    pred = normalize(pred.astype(jnp.float32), eps)
-    target = normalize(jax.lax.stop_gradient(target).astype(jnp.float32), eps)
-    distance = 0.5 * jnp.sum(jnp.square(pred - target), axis=-1)  # [B, T]
-    return jnp.mean(distance, axis=-1)
+    return jnp.mean(0.5 * normalized_mse(pred, target, eps), axis=-1)
 
 
 def mlr_loss(pred: jax.Array, target: jax.Array, weights: jax.Array | None = None,

@@ -241,3 +241,80 @@ def torch_dense(features: int, fan_in: int, dtype: Any = jnp.float32,
                 name: str | None = None) -> nn.Dense:
     """``nn.Dense`` with PyTorch's default ``nn.Linear`` init (predictor, action embedding)."""
     return nn.Dense(features, dtype=dtype, name=name, **linear_init("torch_default", fan_in))
+
+
+class BatchNorm2d(nn.Module):
+    """PyTorch's ``BatchNorm2d`` in training mode on NHWC inputs: batch statistics only.
+
+    SPR's transition model runs only inside updates, where torch normalises with the batch's
+    mean and biased variance over (N, H, W); its running averages are never read, so none are
+    kept. With ``axis_name`` the statistics are those of the global batch (devices averaged),
+    so D devices normalise as one does.
+
+    Attributes:
+      eps: added to the variance (torch: 1e-5).
+      axis_name: the data-parallel axis, or None on one device.
+    """
+
+    eps: float = 1e-5
+    axis_name: str | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """x: [N, H, W, C] -> f32[N, H, W, C]."""
+        chex.assert_rank(x, 4)
+        x = x.astype(jnp.float32)
+        scale = self.param("scale", nn.initializers.ones, (x.shape[-1],))
+        bias = self.param("bias", nn.initializers.zeros, (x.shape[-1],))
+        moments = (jnp.mean(x, axis=(0, 1, 2)), jnp.mean(jnp.square(x), axis=(0, 1, 2)))
+        if self.axis_name is not None:
+            moments = jax.lax.pmean(moments, self.axis_name)
+        mean, mean_sq = moments
+        var = jnp.maximum(mean_sq - jnp.square(mean), 0.0)
+        return (x - mean) * jax.lax.rsqrt(var + self.eps) * scale + bias
+
+
+class TransitionModel(nn.Module):
+    """SPR's latent dynamics (``TransitionModel`` with ``blocks=0``, ``residual=False``).
+
+    ``z' = renorm(relu(conv3x3(bn(relu(conv3x3([z, onehot(a)]))))))``: the action is one-hot
+    broadcast over the feature map and appended after the latent channels; both 3x3
+    convolutions are zero-padded to keep the map size (``Conv2dSame``), with PyTorch's default
+    init; the hidden width equals the latent channels, as in the code.
+
+    Attributes:
+      num_actions: A.
+      latent_shape: (C, h, w) of the encoder's output (64, 7, 7 for the paper's network).
+      renormalize: min-max renormalise the output as the encoder does.
+      dtype: computation dtype of the convolutions.
+      conv_impl: ``"xla"`` or ``"im2col"``.
+      axis_name: the data-parallel axis for the batch statistics (see :class:`BatchNorm2d`).
+    """
+
+    num_actions: int
+    latent_shape: tuple[int, int, int]
+    renormalize: bool = True
+    dtype: Any = jnp.float32
+    conv_impl: str = "xla"
+    axis_name: str | None = None
+
+    @nn.compact
+    def __call__(self, latent: jax.Array, action: jax.Array) -> jax.Array:
+        """latent: f32[B, C*h*w] (C, h, w order); action: int32[B] -> f32[B, C*h*w]."""
+        chex.assert_rank([latent, action], [2, 1])
+        channels, height, width = self.latent_shape
+        x = latent.reshape(-1, channels, height, width).transpose(0, 2, 3, 1)
+        one_hot = jax.nn.one_hot(action, self.num_actions, dtype=x.dtype)
+        x = jnp.concatenate([x, jnp.broadcast_to(one_hot[:, None, None, :],
+                                                 x.shape[:3] + (self.num_actions,))], axis=-1)
+
+        def conv(h, name):
+            init = linear_init("torch_default", h.shape[-1] * 9)
+            padded = jnp.pad(h, ((0, 0), (1, 1), (1, 1), (0, 0)))
+            return Conv(channels, 3, 1, impl=self.conv_impl, dtype=self.dtype, name=name,
+                        **init)(padded)
+
+        h = BatchNorm2d(axis_name=self.axis_name, name="norm")(nn.relu(conv(x, "conv_0")))
+        h = nn.relu(conv(h, "conv_1")).astype(jnp.float32)
+        out = h.transpose(0, 3, 1, 2).reshape(latent.shape[0], -1)
+        return renormalize(out) if self.renormalize else out

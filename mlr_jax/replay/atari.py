@@ -43,12 +43,11 @@ sanitized ``s_{t+n}`` (the observation at the done): ``"first_step"``. The textb
 """
 from __future__ import annotations
 
-from typing import Mapping, NamedTuple
+from typing import Callable, Mapping, NamedTuple
 
 import numpy as np
 
-from mlr_jax.replay.device_frames import DeviceFrames
-from mlr_jax.replay.frames import FrameRing, check_state
+from mlr_jax.replay.frames import FrameMirror, FrameRing, check_state
 from mlr_jax.replay.sum_tree import SumTree
 
 DONE_N_RULES = ("first_step", "any_step")
@@ -66,6 +65,9 @@ class AtariBatch(NamedTuple):
       or a done falls within ``r_t .. r_{t+n-1}`` (``"any_step"``).
     weights: float32[B], importance weights ``(1 / (p + 1e-5))^beta / max`` over the batch.
     indices: int64[B], absolute step indices of the starts (for :meth:`update_priorities`).
+    first_done: int32[B], offset in the window of the first done (terminal or episode end)
+      of the transition ``s_{t+i} -> s_{t+i+1}``, ``L`` when there is none; SPR's
+      same-trajectory mask is ``i < first_done``.
     """
 
     obs: np.ndarray
@@ -74,6 +76,7 @@ class AtariBatch(NamedTuple):
     discounts: np.ndarray
     weights: np.ndarray
     indices: np.ndarray
+    first_done: np.ndarray
 
 
 class AtariReplay:
@@ -94,16 +97,17 @@ class AtariReplay:
         textbook n-step cut); see the module docstring.
       initial_priority: priority of new steps; None = the largest priority seen so far
         (1 before any update), 1.0 = the authors' rlpyt buffer (a fixed default).
-      frames_on_device: keep a copy of the frames on every local device
-        (:class:`~mlr_jax.replay.device_frames.DeviceFrames`); batches then carry
-        ``FrameRows`` instead of pixels.
+      mirror: a :class:`~mlr_jax.replay.frames.FrameMirror` factory to keep a copy of the
+        frames elsewhere, e.g. :class:`mlr_jax.device_frames.DeviceFrames` on every local
+        device (:func:`mlr_jax.domains.make_replay` passes it for ``run.replay_frames``);
+        batches then carry ``FrameRows`` instead of pixels. None: frames on the host only.
     """
 
     def __init__(self, capacity: int = 100_000, frame_stack: int = 4, seq_len: int = 16,
                  n_step: int = 10, gamma: float = 0.99, priority_exponent: float = 0.5,
                  frame_shape: tuple[int, int] = (84, 84), stack_fill: str = "repeat",
                  reset_stack_on_terminal: bool = False, initial_priority: float | None = None,
-                 frames_on_device: bool = False, done_n_rule: str = "any_step"):
+                 mirror: Callable[..., FrameMirror] | None = None, done_n_rule: str = "any_step"):
         if n_step < 1 or seq_len < 1:
             raise ValueError(f"n_step={n_step} and seq_len={seq_len} must be >= 1")
         if done_n_rule not in DONE_N_RULES:
@@ -127,7 +131,7 @@ class AtariReplay:
         self._ring = FrameRing(capacity, frame_shape, frame_stack, stack_fill, fields={
             "action": ((), np.int32), "reward": ((), np.float32),
             "terminal": ((), bool), "episode_end": ((), bool)},
-            mirror=DeviceFrames if frames_on_device else None)
+            mirror=mirror)
         self._priority = np.zeros(capacity, dtype=np.float64)  # priority ** alpha per slot
         self._max_priority = 1.0
         self._tree = SumTree(capacity)
@@ -136,8 +140,8 @@ class AtariReplay:
         return len(self._ring)
 
     @property
-    def device_frames(self) -> DeviceFrames | None:
-        """The frames on the devices (``frames_on_device=True``), else None."""
+    def device_frames(self) -> FrameMirror | None:
+        """The mirror of the frames (e.g. on the devices), else None."""
         return self._ring.mirror
 
     def add(self, frame: np.ndarray, action: int, reward: float, terminal: bool,
@@ -192,7 +196,8 @@ class AtariReplay:
             returns=returns.astype(np.float32),
             discounts=discounts.astype(np.float32),
             weights=(weights / weights.max()).astype(np.float32),
-            indices=start)
+            indices=start,
+            first_done=first_done.astype(np.int32))
 
     def update_priorities(self, indices: np.ndarray, priorities: np.ndarray) -> None:
         """Set the priorities of sampled starts (``indices`` from :class:`AtariBatch`).

@@ -31,12 +31,11 @@ have their full size (the official code dropped invalid sequences and shrank the
 """
 from __future__ import annotations
 
-from typing import Mapping, NamedTuple
+from typing import Callable, Mapping, NamedTuple
 
 import numpy as np
 
-from mlr_jax.replay.device_frames import DeviceFrames
-from mlr_jax.replay.frames import FrameRing, check_state
+from mlr_jax.replay.frames import FrameMirror, FrameRing, check_state
 from mlr_jax.replay.sum_tree import SumTree
 
 
@@ -77,14 +76,15 @@ class DMCReplay:
       frame_stack: frames per observation ``F``.
       seq_len: MLR sequence length ``K``.
       frame_shape: ``(3, H, W)`` of one RGB frame.
-      frames_on_device: keep a copy of the frames on every local device
-        (:class:`~mlr_jax.replay.device_frames.DeviceFrames`); batches then carry
-        ``FrameRows`` instead of pixels.
+      mirror: a :class:`~mlr_jax.replay.frames.FrameMirror` factory to keep a copy of the
+        frames elsewhere, e.g. :class:`mlr_jax.device_frames.DeviceFrames` on every local
+        device (:func:`mlr_jax.domains.make_replay` passes it for ``run.replay_frames``);
+        batches then carry ``FrameRows`` instead of pixels. None: frames on the host only.
     """
 
     def __init__(self, capacity: int = 100_000, action_dim: int = 1, frame_stack: int = 3,
                  seq_len: int = 16, frame_shape: tuple[int, int, int] = (3, 100, 100),
-                 frames_on_device: bool = False):
+                 mirror: Callable[..., FrameMirror] | None = None):
         if action_dim < 1 or seq_len < 1:
             raise ValueError(f"action_dim={action_dim} and seq_len={seq_len} must be >= 1")
         if capacity < max(seq_len, 2) + frame_stack - 1:
@@ -96,7 +96,7 @@ class DMCReplay:
         self._ring = FrameRing(capacity, frame_shape, frame_stack, "repeat", fields={
             "action": ((self.action_dim,), np.float32), "reward": ((), np.float32),
             "terminal": ((), bool), "episode_end": ((), bool)},
-            mirror=DeviceFrames if frames_on_device else None)
+            mirror=mirror)
         self._transitions = SumTree(capacity)  # 0/1 leaves: valid transition starts
         self._sequences = SumTree(capacity)  # 0/1 leaves: valid sequence starts
 
@@ -104,8 +104,8 @@ class DMCReplay:
         return len(self._ring)
 
     @property
-    def device_frames(self) -> DeviceFrames | None:
-        """The frames on the devices (``frames_on_device=True``), else None."""
+    def device_frames(self) -> FrameMirror | None:
+        """The mirror of the frames (e.g. on the devices), else None."""
         return self._ring.mirror
 
     def add(self, frame: np.ndarray, action: np.ndarray, reward: float, terminal: bool,

@@ -16,7 +16,7 @@ So no stack ever mixes frames of two segments. Steps are addressed by *absolute*
 (0 for the first step ever added); the stored ones are ``[oldest, count)`` and step ``t``
 lives in slot ``t % capacity``.
 
-A ring may keep a *mirror* of its frames elsewhere (``mlr_jax.replay.device_frames``: a copy
+A ring may keep a *mirror* of its frames elsewhere (``mlr_jax.device_frames``: a copy
 on every accelerator). The mirror sees every frame write and every restore, and
 :meth:`FrameRing.observations` then returns :class:`FrameRows` (which rows of the frame table
 make each stack) instead of pixels, so a batch crosses to the device as a few kilobytes of

@@ -9,6 +9,7 @@ from mlr_jax import parallel
 from mlr_jax.agents.atari import make_agent
 from mlr_jax.config import make_config
 from mlr_jax.nets.atari import DuelingC51Head, NatureCNN, projection_params
+from mlr_jax.agents.atari_aux import window
 from mlr_jax.replay.atari import AtariBatch
 
 NUM_ACTIONS = 3
@@ -21,7 +22,7 @@ SMALL = {"n_step": 3, "hidden_size": 32, "lr": 1e-3}
 def fake_batch(cfg, batch_size=None, seed=0):
     rng = np.random.default_rng(seed)
     b = batch_size or cfg.batch_size
-    length = max(cfg.mlr.seq_len, cfg.n_step + 1)
+    length = max(window(cfg), cfg.n_step + 1)
     size = cfg.image_size
     # Smooth-ish images so that shifts and masks matter but the task is learnable.
     base = rng.integers(0, 256, (b, 1, cfg.frame_stack, size // 12, size // 12))
@@ -29,11 +30,14 @@ def fake_batch(cfg, batch_size=None, seed=0):
     obs = obs + rng.integers(0, 8, (b, length, 1, size, size))
     discounts = np.full(b, cfg.gamma ** cfg.n_step, np.float32)
     discounts[0] = 0.0
+    first_done = np.full(b, length, np.int32)
+    first_done[0] = 0  # a done at s_t (its discount is 0); SPR masks every rollout step
+    first_done[1] = 2  # a done at s_{t+2}: SPR masks steps 2.. of the rollout
     return AtariBatch(obs=np.clip(obs, 0, 255).astype(np.uint8),
                      actions=rng.integers(0, NUM_ACTIONS, (b, length)).astype(np.int32),
                      returns=rng.uniform(-2, 2, b).astype(np.float32), discounts=discounts,
                      weights=rng.uniform(0.3, 1.0, b).astype(np.float32),
-                     indices=np.arange(b, dtype=np.int64))
+                     indices=np.arange(b, dtype=np.int64), first_done=first_done)
 
 
 def subset(params, *names):
@@ -71,7 +75,7 @@ def test_state_layout_and_param_counts(setup):
     cfg, agent, state, _ = setup
     assert set(state.params) == {"encoder", "head", "decoder", "action_embedding", "predictor"}
     assert_trees_close(state.target_params, subset(state.params, "encoder", "head"), rtol=0)
-    assert_trees_close(state.momentum_params, momentum_view(state.params), rtol=0)
+    assert_trees_close(state.aux_target, momentum_view(state.params), rtol=0)
     counts = agent.param_counts(state)
     dim = 16 * 7 * 7
     assert counts["action_embedding"] == NUM_ACTIONS * dim + dim
@@ -86,7 +90,9 @@ def test_aux_none_has_no_decoder_params(setup):
     agent = make_agent(cfg, NUM_ACTIONS)
     # Shapes only: eval_shape traces init and the whole update without compiling them.
     state = jax.eval_shape(agent.init, jax.random.PRNGKey(0))
-    assert set(state.params) == {"encoder", "head"} and state.momentum_params == {}
+    assert set(state.params) == {"encoder", "head"} and state.aux_target == {}
+    assert "mlr_loss" not in jax.eval_shape(agent.train_step, state, fake_batch(cfg),
+                                            jax.random.PRNGKey(1))[1]
     counts, counts_mlr = agent.param_counts(state), agent_mlr.param_counts(state_mlr)
     assert counts["total"] < counts_mlr["total"]
     assert counts["encoder"] == counts_mlr["encoder"] and counts["head"] == counts_mlr["head"]
@@ -117,7 +123,7 @@ def test_paper_config_param_counts_from_shapes():
     # The paper-size update traces (shapes only): L = max(16, 10 + 1) steps of 4x84x84.
     batch = AtariBatch(*(jax.ShapeDtypeStruct(shape, dtype) for shape, dtype in [
         ((32, 16, 4, 84, 84), jnp.uint8), ((32, 16), jnp.int32), ((32,), jnp.float32),
-        ((32,), jnp.float32), ((32,), jnp.float32), ((32,), jnp.int32)]))
+        ((32,), jnp.float32), ((32,), jnp.float32), ((32,), jnp.int32), ((32,), jnp.int32)]))
     new_state, metrics = jax.eval_shape(agent.train_step, shapes, batch, jax.random.PRNGKey(0))
     chex.assert_trees_all_equal_shapes_and_dtypes(new_state, shapes)
     chex.assert_shape(metrics["priorities"], (32,))
@@ -129,7 +135,7 @@ def test_momentum_and_target_after_one_step(setup, one_step):
     state, new_state, metrics, batch = one_step
     assert int(new_state.step) == 1
     # MLR target: copy of the PRE-update online encoder + projection.
-    assert_trees_close(new_state.momentum_params, momentum_view(state.params), rtol=0)
+    assert_trees_close(new_state.aux_target, momentum_view(state.params), rtol=0)
     # RL target: copy of the POST-update online encoder + head, with this update's noise.
     assert_trees_close(new_state.target_params, subset(new_state.params, "encoder", "head"), rtol=0)
     np.testing.assert_array_equal(np.asarray(new_state.target_noise_key),
@@ -153,11 +159,11 @@ def test_loss_has_no_gradient_wrt_target_and_momentum(setup, one_step):
     _, agent, _, _ = setup
     _, state, _, batch = one_step
 
-    def loss(target_params, momentum_params):
-        s = state.replace(target_params=target_params, momentum_params=momentum_params)
+    def loss(target_params, aux_target):
+        s = state.replace(target_params=target_params, aux_target=aux_target)
         return agent.train_step.__wrapped__(s, batch, jax.random.PRNGKey(2))[1]["loss"]
 
-    grads = jax.jit(jax.grad(loss, argnums=(0, 1)))(state.target_params, state.momentum_params)
+    grads = jax.jit(jax.grad(loss, argnums=(0, 1)))(state.target_params, state.aux_target)
     for leaf in jax.tree.leaves(grads):
         np.testing.assert_array_equal(leaf, 0.0)
 
@@ -199,7 +205,7 @@ def test_two_devices_match_one_device_with_per_sample_masks(setup):
         np.testing.assert_allclose(multi[name], single[name], rtol=2e-5, err_msg=name)
     np.testing.assert_allclose(multi["priorities"], single["priorities"], rtol=2e-5, atol=1e-6)
     assert_trees_close(multi_state.params, single_state.params, rtol=1e-4, atol=1e-6)
-    assert_trees_close(multi_state.momentum_params, single_state.momentum_params, rtol=1e-5)
+    assert_trees_close(multi_state.aux_target, single_state.aux_target, rtol=1e-5)
 
     # Soft updates: momentum every update from the pre-update weights; target every 2nd.
     assert_trees_close(single_state.target_params, state.target_params, rtol=0)
@@ -207,8 +213,8 @@ def test_two_devices_match_one_device_with_per_sample_masks(setup):
     def mix(a, b):
         return jax.tree.map(lambda x, y: 0.5 * x + 0.5 * y, a, b)
 
-    assert_trees_close(second_state.momentum_params,
-                       mix(momentum_view(single_state.params), single_state.momentum_params),
+    assert_trees_close(second_state.aux_target,
+                       mix(momentum_view(single_state.params), single_state.aux_target),
                        rtol=1e-6)
     assert_trees_close(second_state.target_params,
                        mix(subset(second_state.params, "encoder", "head"), state.target_params),
@@ -236,3 +242,32 @@ def test_act_uses_latest_noise_and_eval_act_none(setup, one_step):
     np.testing.assert_array_equal(agent.eval_act(state, obs, key), greedy(None))
     random = np.concatenate([agent.act(state, obs, k, 1.0) for k in jax.random.split(key, 20)])
     assert set(random.tolist()) == set(range(NUM_ACTIONS))
+
+
+def test_spr_state_update_and_two_devices():
+    """SPR through the objective seam: its modules, its momentum target (copy of the PRE-update
+    encoder + projection), its own clip group and weight, every group trained; and the update
+    (BatchNorm statistics included) does not depend on the number of devices."""
+    cfg = make_config("atari", "pong", "smoke", {**SMALL, "aux": "spr", "spr.jumps": 3})
+    agent = make_agent(cfg, NUM_ACTIONS)
+    state = agent.init(jax.random.PRNGKey(0))
+    assert set(state.params) == {"encoder", "head", "dynamics", "predictor"}
+    assert_trees_close(state.aux_target, momentum_view(state.params), rtol=0)
+    batch, key = fake_batch(cfg), jax.random.PRNGKey(1)
+    assert batch.obs.shape[1] == max(cfg.spr.jumps + 1, cfg.n_step + 1)
+    new_state, metrics = agent.train_step(state, batch, key)
+    assert_trees_close(new_state.aux_target, momentum_view(state.params), rtol=0)
+    for name in state.params:
+        assert not np.allclose(jax.tree.leaves(state.params[name])[0],
+                               jax.tree.leaves(new_state.params[name])[0]), name
+    assert {"spr_loss", "dynamics_grad_norm"} <= set(metrics) and "mlr_loss" not in metrics
+    expected = float(metrics["rl_loss"]) + cfg.spr.weight * float(metrics["spr_loss"])
+    assert float(metrics["loss"]) == pytest.approx(expected, rel=1e-6)
+    assert float(metrics["spr_loss"]) > 0.1
+
+    pstep = parallel.data_parallel(agent.train_step, num_devices=2)
+    multi_state, multi = pstep(parallel.replicate(state, 2), batch, key)
+    for name in ("loss", "rl_loss", "spr_loss", "grad_norm", "dynamics_grad_norm"):
+        np.testing.assert_allclose(multi[name], metrics[name], rtol=2e-5, err_msg=name)
+    assert_trees_close(parallel.unreplicate(multi_state).params, new_state.params,
+                       rtol=1e-4, atol=1e-6)

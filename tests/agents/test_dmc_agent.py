@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from mlr_jax import parallel
-from mlr_jax.agents import dmc
+from mlr_jax.agents import dmc, dmc_aux
 from mlr_jax.config import make_config
 from mlr_jax.replay.dmc import SACBatch, SeqBatch
 from tolerances import METRIC_RTOL, assert_adam_step_close
@@ -88,7 +88,7 @@ def _changed(a, b):
 
 
 def test_init_copies_and_reinitialisation(state, cfg):
-    critic, target, momentum = state.critic, state.critic_target, state.momentum
+    critic, target, momentum = state.critic, state.critic_target, state.aux_target
     assert _same(target["q1"], critic["q1"]) and _same(target["q2"], critic["q2"])
     for copy in (target["encoder"]["convs"], momentum["encoder"]["convs"]):
         assert _same(copy, critic["encoder"]["convs"])
@@ -98,7 +98,7 @@ def test_init_copies_and_reinitialisation(state, cfg):
     assert not np.allclose(fc[0], fc[1]) and not np.allclose(fc[0], fc[2]) and not np.allclose(fc[1], fc[2])
     assert float(jnp.abs(fc[0]).max()) <= 0.02 + 1e-7 and float(jnp.abs(fc[1]).max()) > 0.02
     # the momentum projection has its own random init
-    assert not np.allclose(momentum["projection"]["fc0"]["kernel"], state.mlr["projection"]["fc0"]["kernel"])
+    assert not np.allclose(momentum["projection"]["fc0"]["kernel"], state.aux["projection"]["fc0"]["kernel"])
     assert float(state.log_alpha) == pytest.approx(np.log(cfg.init_temperature))
     assert int(state.step) == 0
 
@@ -106,14 +106,14 @@ def test_init_copies_and_reinitialisation(state, cfg):
 def test_init_without_reinit_copies_the_encoder_exactly():
     nets = dmc.build_networks(_config(reinit_encoder_linear=False), ACTION_DIM)
     state = dmc.init(nets, jax.random.key(0))
-    chex.assert_trees_all_equal(state.momentum["encoder"], state.critic["encoder"])
+    chex.assert_trees_all_equal(state.aux_target["encoder"], state.critic["encoder"])
     chex.assert_trees_all_equal(state.critic_target, state.critic)
 
 
 def test_baseline_has_no_mlr_parameters():
     agent = dmc.make_agent(_config(aux="none"), ACTION_DIM)
     state = jax.eval_shape(agent.init, jax.random.key(0))
-    assert state.mlr == {} and state.momentum == {}
+    assert state.aux == {} and state.aux_target == {}
     counts = agent.param_counts(state)
     assert counts["decoder"] == 0 and counts["mlr_heads"] == 0 and counts["momentum"] == 0
 
@@ -144,13 +144,13 @@ def test_sub_updates_touch_only_their_parameters(nets, state, cfg):
     batch = _batch(cfg)
     obs = jnp.asarray(batch.sac.obs[:, :, 3:27, 3:27])
     noise = jax.random.normal(jax.random.key(1), (cfg.batch_size, ACTION_DIM))
-    online, target = dmc.mlr_views(nets, jax.random.key(2), jnp.asarray(batch.seq.obs))
+    online, target = dmc_aux.mlr_views(nets, jax.random.key(2), jnp.asarray(batch.seq.obs))
 
     @jax.jit
     def run(s):
         after_critic, _ = dmc.update_critic(nets, s, obs, batch.sac.action, batch.sac.reward,
                                             batch.sac.discount, obs, noise)
-        after_mlr, mlr_metrics = dmc.update_mlr(nets, s, online, target, batch.seq.action)
+        after_mlr, mlr_metrics = dmc_aux.update_mlr(nets, s, online, target, batch.seq.action)
         after_actor, _ = dmc.update_actor_and_alpha(nets, s, obs, noise)
         return after_critic, after_mlr, mlr_metrics, after_actor
 
@@ -158,15 +158,15 @@ def test_sub_updates_touch_only_their_parameters(nets, state, cfg):
     convs = lambda s: s.critic["encoder"]["convs"]
     # critic: all critic parameters move, nothing else
     assert _changed(after_critic.critic, state.critic)
-    assert _same(after_critic.actor, state.actor) and _same(after_critic.mlr, state.mlr)
+    assert _same(after_critic.actor, state.actor) and _same(after_critic.aux, state.aux)
     # MLR: the encoder (convs included) and the MLR modules move, not the Q heads
     assert _changed(convs(after_mlr), convs(state))
-    assert _changed(after_mlr.mlr, state.mlr)
+    assert _changed(after_mlr.aux, state.aux)
     assert _same(after_mlr.critic["q1"], state.critic["q1"]) and _same(after_mlr.actor, state.actor)
-    assert _same(after_mlr.momentum, state.momentum)
+    assert _same(after_mlr.aux_target, state.aux_target)
     # first Adam step moves each parameter by at most lr(0) = 0.5 * 1e-3 * 5e-4
     lr0 = cfg.aux_lr * cfg.aux_lr_scale * 5e-4
-    step = jax.tree.map(lambda a, b: jnp.abs(a - b).max(), after_mlr.mlr["decoder"], state.mlr["decoder"])
+    step = jax.tree.map(lambda a, b: jnp.abs(a - b).max(), after_mlr.aux["decoder"], state.aux["decoder"])
     assert max(float(x) for x in jax.tree.leaves(step)) == pytest.approx(lr0, rel=1e-2)
     assert float(mlr_metrics["mlr_lr"]) == pytest.approx(lr0)
     assert 0.0 < float(mlr_metrics["mlr_loss"]) <= 4.0
@@ -181,7 +181,7 @@ def test_actor_and_soft_updates_only_on_even_updates(trajectory, cfg):
     for i in range(4):
         before, after = states[i], states[i + 1]
         assert int(after.step) == i + 1
-        assert _changed(after.critic, before.critic) and _changed(after.mlr, before.mlr)
+        assert _changed(after.critic, before.critic) and _changed(after.aux, before.aux)
         even = i % cfg.actor_update_freq == 0
         assert _changed(after.actor, before.actor) == even
         assert (float(after.log_alpha) != float(before.log_alpha)) == even
@@ -189,15 +189,15 @@ def test_actor_and_soft_updates_only_on_even_updates(trajectory, cfg):
         assert np.isfinite(metrics[i]["critic_loss"]) and np.isfinite(metrics[i]["mlr_loss"])
         if i % cfg.target_update_freq:
             assert _same(after.critic_target, before.critic_target)
-            assert _same(after.momentum, before.momentum)
+            assert _same(after.aux_target, before.aux_target)
             continue
         # soft updates from the online weights AFTER this update's optimiser steps
         for name, tau in (("q1", cfg.critic_tau), ("q2", cfg.critic_tau), ("encoder", cfg.encoder_tau)):
             chex.assert_trees_all_close(after.critic_target[name],
                                         _mix(before.critic_target[name], after.critic[name], tau),
                                         rtol=1e-5, atol=1e-7)
-        online = {"encoder": after.critic["encoder"], "projection": after.mlr["projection"]}
-        chex.assert_trees_all_close(after.momentum, _mix(before.momentum, online, cfg.momentum_tau),
+        online = {"encoder": after.critic["encoder"], "projection": after.aux["projection"]}
+        chex.assert_trees_all_close(after.aux_target, _mix(before.aux_target, online, cfg.momentum_tau),
                                     rtol=1e-5, atol=1e-7)
 
 

@@ -25,7 +25,7 @@ torch = pytest.importorskip("torch")
 from mlr_jax import host  # noqa: E402
 from mlr_jax.bench import runner, torch_atari, torch_dmc  # noqa: E402  (after importorskip)
 from mlr_jax.config import make_config  # noqa: E402
-from mlr_jax.replay import device_frames  # noqa: E402
+from mlr_jax import device_frames  # noqa: E402
 from tolerances import assert_adam_step_close
 
 NO_RANDOMNESS = ["shift_pad=0", "intensity_scale=0", "mlr.mask_ratio=0",
@@ -36,9 +36,14 @@ ACTION_DIM = 2
 
 
 def _atari_batch(cfg, seed):
+    """A random batch with a done at s_t in every third sample (discount 0) and one two steps
+    later in the second (SPR's rollout is masked from there)."""
     batch = runner.random_batch(cfg, NUM_ACTIONS, seed)
     terminal = np.arange(cfg.batch_size) % 3 == 0
-    return batch._replace(discounts=np.where(terminal, 0.0, batch.discounts).astype(np.float32))
+    first_done = np.where(terminal, 0, batch.first_done)
+    first_done[1] = 2
+    return batch._replace(discounts=np.where(terminal, 0.0, batch.discounts).astype(np.float32),
+                          first_done=first_done.astype(np.int32))
 
 
 def _dmc_batch(cfg, seed):
@@ -49,13 +54,18 @@ def _dmc_batch(cfg, seed):
 # ------------------------------------------------------------------ Atari
 
 
-@pytest.fixture(scope="module")
-def atari_jax_step():
-    """One JAX train_step (compiled once for the module), augmentation and mask off, a small
-    clip norm so both clip groups are active."""
+# the objective's own clip group (the encoder + head group is "grad_norm")
+AUX_CLIP_GROUP = {"mlr": "decoder_grad_norm", "spr": "dynamics_grad_norm"}
+
+
+@pytest.fixture(scope="module", params=["mlr", "spr"])
+def atari_jax_step(request):
+    """One JAX train_step per objective (compiled once for the module), augmentation and mask
+    off, a small clip norm so both clip groups are active."""
     from mlr_jax.agents.atari import make_agent
 
-    cfg = make_config("atari", "pong", "smoke", NO_RANDOMNESS + ["clip_norm=0.5"])
+    cfg = make_config("atari", "pong", "smoke",
+                      NO_RANDOMNESS + ["clip_norm=0.5", f"aux={request.param}"])
     agent = make_agent(cfg, NUM_ACTIONS)
     state = agent.init(jax.random.PRNGKey(3))
     batch = _atari_batch(cfg, seed=3)
@@ -80,9 +90,13 @@ def test_atari_losses_match_jax_agent(atari_jax_step):
     update, fixed = _torch_twin(cfg, state, new_state)
     with torch.no_grad():
         terms = update.loss_terms(update.prepare(batch, **fixed))
-    assert float(terms["mlr_loss"]) > 0.1  # the MLR branch really ran
+    aux = f"{cfg.aux}_loss"
+    assert float(terms[aux]) > 0.1  # the objective really ran
     np.testing.assert_allclose(float(terms["rl_loss"]), float(metrics["rl_loss"]), rtol=RTOL)
-    np.testing.assert_allclose(float(terms["mlr_loss"]), float(metrics["mlr_loss"]), rtol=RTOL)
+    np.testing.assert_allclose(float(terms[aux]), float(metrics[aux]), rtol=RTOL)
+    if cfg.aux == "spr":  # a done at s_t masks the whole rollout
+        per_sample = terms["spr_per_sample"].numpy()
+        assert per_sample[0] == 0.0 and per_sample[3] == 0.0 and per_sample[2] > 0.1
     np.testing.assert_allclose(terms["priorities"].numpy(), np.asarray(metrics["priorities"]),
                                rtol=1e-3, atol=1e-5)
 
@@ -92,17 +106,21 @@ def test_atari_one_step_matches_jax_agent(atari_jax_step):
     cfg, batch, state, new_state, metrics = atari_jax_step
     update, fixed = _torch_twin(cfg, state, new_state)
     out = update.update(batch, resample_noise=False, **fixed)
-    assert min(float(metrics["grad_norm"]), float(metrics["decoder_grad_norm"])) > cfg.clip_norm
-    for mine, theirs in (("total", "loss"), ("grad_norm", "grad_norm"),
-                         ("decoder_grad_norm", "decoder_grad_norm")):
+    group = AUX_CLIP_GROUP[cfg.aux]
+    assert min(float(metrics["grad_norm"]), float(metrics[group])) > cfg.clip_norm
+    for mine, theirs in (("total", "loss"), ("grad_norm", "grad_norm"), (group, group)):
         np.testing.assert_allclose(float(out[mine]), float(metrics[theirs]), rtol=RTOL, err_msg=theirs)
     expected = torch_atari.make_update(cfg, NUM_ACTIONS)
     expected.load_jax_state(new_state)
     used_by_momentum = ("conv.", "value_hidden.", "adv_hidden.")  # encoder + projection
+    # not in the JAX state: noise buffers, the position table, BatchNorm's running statistics
+    # (never read: the transition model only runs in updates) and SPR's unused action embedding
+    skipped = ("eps", "position", "running_", "num_batches_tracked") + (
+        ("action_embedding",) if cfg.aux == "spr" else ())
     for module in ("model", "target", "momentum"):
         want = getattr(expected, module).state_dict()
         for k, v in getattr(update, module).state_dict().items():
-            if "eps" in k or "position" in k or (module == "momentum" and not k.startswith(used_by_momentum)):
+            if any(s in k for s in skipped) or (module == "momentum" and not k.startswith(used_by_momentum)):
                 continue
             # one Adam step (eps 1.5e-4) moves a weight by at most about lr
             np.testing.assert_allclose(v.numpy(), want[k].numpy(), atol=1e-2 * cfg.lr,
@@ -152,7 +170,7 @@ def test_crop_at_is_a_replicate_padded_window():
 def test_dmc_update_matches_jax_agent_functions():
     """Critic, MLR, actor/alpha steps and the EMAs on the same randomly cropped, masked and
     intensity-scaled inputs and the same policy noise."""
-    from mlr_jax.agents import dmc as jax_dmc
+    from mlr_jax.agents import dmc as jax_dmc, dmc_aux
 
     cfg = make_config("dmc", "cartpole_swingup", "smoke", ["aux_warmup_steps=1"])
     nets = jax_dmc.build_networks(cfg, ACTION_DIM)
@@ -174,7 +192,7 @@ def test_dmc_update_matches_jax_agent_functions():
     state, m_critic = jitted(jax_dmc.update_critic)(
         state, j(inp.obs), j(inp.action), j(inp.reward[:, 0]), j(inp.discount[:, 0]),
         j(inp.next_obs), j(critic_noise))
-    state, m_mlr = jitted(jax_dmc.update_mlr)(state, j(inp.masked_seq), j(inp.target_seq),
+    state, m_mlr = jitted(dmc_aux.update_mlr)(state, j(inp.masked_seq), j(inp.target_seq),
                                              j(inp.seq_action))
     state, m_actor = jitted(jax_dmc.update_actor_and_alpha)(state, j(inp.obs), j(actor_noise))
     state = jitted(jax_dmc.update_targets)(state)

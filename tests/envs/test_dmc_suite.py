@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from mlr_jax import cli, loop
+from mlr_jax import cli, envs, loop
 from mlr_jax.bench import dmc_backends
 from mlr_jax.config import ConfigError, make_config
 from mlr_jax.envs import SuiteVecEnv, make_env
@@ -40,7 +40,7 @@ def test_the_suite_backend_steps_like_dmc2gym():
     finally:
         env.close()
     with pytest.raises(ConfigError, match="unknown DMC task 'cartpole_swingupp'; did you mean"):
-        make_config("dmc", "cartpole_swingupp", "paper", ["env_backend=dm_control"])
+        envs.check_name(make_config("dmc", "cartpole_swingupp", "paper", ["env_backend=dm_control"]))
 
 
 def test_envpool_matches_dm_control_from_the_same_state():

@@ -11,7 +11,7 @@ import pytest
 
 from mlr_jax import parallel
 from mlr_jax.config import ConfigError, make_config
-from mlr_jax.replay import device_frames
+from mlr_jax import device_frames
 from mlr_jax.replay.atari import AtariReplay
 from mlr_jax.replay.dmc import DMCReplay
 from mlr_jax.replay.frames import FrameRows
@@ -37,7 +37,7 @@ def host_pixels(replay, batch):
 def test_atari_batches_equal_host_batches(stack_fill, reset_on_terminal):
     kwargs = dict(capacity=100, frame_stack=4, seq_len=5, n_step=3, frame_shape=(8, 8),
                   stack_fill=stack_fill, reset_stack_on_terminal=reset_on_terminal)
-    host, device = AtariReplay(**kwargs), AtariReplay(**kwargs, frames_on_device=True)
+    host, device = AtariReplay(**kwargs), AtariReplay(**kwargs, mirror=device_frames.DeviceFrames)
     assert host.device_frames is None
     fill([host, device], 230, (8, 8), lambda t: t % 3)  # wraps the ring twice
     expected = host.sample(16, 0.4, np.random.default_rng(0))
@@ -53,7 +53,7 @@ def test_atari_batches_equal_host_batches(stack_fill, reset_on_terminal):
 @pytest.mark.parametrize("method", ["sample", "sample_sequences"])
 def test_dmc_batches_equal_host_batches(method):
     kwargs = dict(capacity=60, action_dim=2, frame_stack=3, seq_len=4, frame_shape=(3, 6, 6))
-    host, device = DMCReplay(**kwargs), DMCReplay(**kwargs, frames_on_device=True)
+    host, device = DMCReplay(**kwargs), DMCReplay(**kwargs, mirror=device_frames.DeviceFrames)
     fill([host, device], 150, (3, 6, 6), lambda t: np.full(2, t % 5, np.float32))
     expected = getattr(host, method)(32, np.random.default_rng(0))
     batch = getattr(device, method)(32, np.random.default_rng(0))
@@ -63,7 +63,7 @@ def test_dmc_batches_equal_host_batches(method):
 
 def test_table_copies_follow_writes_and_restore():
     kwargs = dict(capacity=20, action_dim=1, frame_stack=3, seq_len=4, frame_shape=(3, 4, 4))
-    replay = DMCReplay(**kwargs, frames_on_device=True)
+    replay = DMCReplay(**kwargs, mirror=device_frames.DeviceFrames)
     fill([replay], 47, (3, 4, 4), lambda t: np.zeros(1, np.float32))
     table = replay.device_frames.table
     chex.assert_shape(table, (2, 21, 3, 4, 4))  # two devices, capacity + the zero row
@@ -72,7 +72,7 @@ def test_table_copies_follow_writes_and_restore():
     np.testing.assert_array_equal(host[0, :20], replay.state_dict()["ring"]["frames"])
     assert not host[:, 20].any()
 
-    restored = DMCReplay(**kwargs, frames_on_device=True)
+    restored = DMCReplay(**kwargs, mirror=device_frames.DeviceFrames)
     restored.load_state_dict(replay.state_dict())
     chex.assert_trees_all_equal(np.asarray(restored.device_frames.table), host)
     with pytest.raises(ValueError, match=r"frame table of shape \(5, 3, 4, 4\)"):
@@ -100,7 +100,7 @@ def summarize_step(state, batch, key, axis_name=None):
 
 def test_parallel_train_step_reads_the_current_table():
     replay = AtariReplay(capacity=64, frame_stack=4, seq_len=2, n_step=1, frame_shape=(6, 6),
-                         frames_on_device=True)
+                         mirror=device_frames.DeviceFrames)
     fill([replay], 40, (6, 6), lambda t: 0)
     rows = FrameRows(replay._ring.stack_rows(np.arange(30, 38)).astype(np.int32))  # 8 stacks
     extra = np.arange(8, dtype=np.float32)
