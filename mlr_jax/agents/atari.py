@@ -25,8 +25,9 @@ not depend on the number of devices.
 
 from __future__ import annotations
 
+import functools
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import chex
 import flax
@@ -35,7 +36,7 @@ import jax.numpy as jnp
 import optax
 
 from mlr_jax import parallel
-from mlr_jax.agents.atari_aux import AtariParts, make_objective, scaled, window
+from mlr_jax.agents.atari_aux import AtariParts, AuxObjective, make_objective, scaled, window
 from mlr_jax.agents.common import FINITE, Agent, all_finite, clip_by_global_norm, count_params
 from mlr_jax.config import AtariConfig
 from mlr_jax.ema import ema_update
@@ -76,166 +77,217 @@ def _copy(tree: Any) -> Any:
     return jax.tree.map(jnp.copy, tree)
 
 
-def make_agent(cfg: AtariConfig, num_actions: int) -> Agent:
-    """Build the Atari agent's pure functions for ``cfg`` and a game with ``num_actions``."""
+class AtariNetworks(NamedTuple):
+    """Static pieces built from the config (:func:`build_networks`): Flax modules, the C51
+    support, the optimiser and the auxiliary objective. Every stage of an update below is a
+    function of ``(nets, ...)``, so each can be called and tested on its own."""
+
+    cfg: AtariConfig
+    num_actions: int
+    latent_shape: tuple[int, int, int]
+    encoder: NatureCNN
+    head: DuelingC51Head
+    support: jax.Array
+    optimizer: optax.GradientTransformation
+    objective: AuxObjective | None
+
+
+def build_networks(cfg: AtariConfig, num_actions: int) -> AtariNetworks:
+    """Modules, optimiser and objective of the agent for a game with ``num_actions``."""
     if num_actions < 1:
         raise ValueError(f"num_actions must be >= 1, got {num_actions}")
     dtype = jnp.bfloat16 if cfg.run.precision == "bf16" else jnp.float32
     side = conv_output_size(cfg.image_size, cfg.kernels, cfg.strides)
-    latent_shape = (cfg.channels[-1], side, side)
-    dim = math.prod(latent_shape)
     conv = parallel.conv_impl(cfg.run.conv_impl)
-    encoder = NatureCNN(cfg.channels, cfg.kernels, cfg.strides, cfg.renormalize, dtype, conv)
-    head = DuelingC51Head(num_actions, cfg.num_atoms, cfg.hidden_size, cfg.noisy_std,
-                          cfg.head_grad_scale, dtype)
-    support = jnp.linspace(cfg.v_min, cfg.v_max, cfg.num_atoms)
-    optimizer = optax.adam(cfg.lr, eps=cfg.adam_eps)
+    nets = AtariNetworks(
+        cfg=cfg, num_actions=num_actions, latent_shape=(cfg.channels[-1], side, side),
+        encoder=NatureCNN(cfg.channels, cfg.kernels, cfg.strides, cfg.renormalize, dtype, conv),
+        head=DuelingC51Head(num_actions, cfg.num_atoms, cfg.hidden_size, cfg.noisy_std,
+                            cfg.head_grad_scale, dtype),
+        support=jnp.linspace(cfg.v_min, cfg.v_max, cfg.num_atoms),
+        optimizer=optax.adam(cfg.lr, eps=cfg.adam_eps),
+        objective=None)
+    parts = AtariParts(cfg, num_actions, nets.latent_shape, dtype, conv,
+                       functools.partial(encode, nets), functools.partial(augment, nets))
+    return nets._replace(objective=make_objective(parts))
+
+
+def encode(nets: AtariNetworks, params: Any, frames: jax.Array) -> jax.Array:
+    """``params`` of the encoder; frames f32[..., C, H, W] -> latents f32[..., D]."""
+    lead = frames.shape[:-3]
+    latents = nets.encoder.apply({"params": params}, frames.reshape((-1,) + frames.shape[-3:]))
+    return latents.reshape(lead + (math.prod(nets.latent_shape),))
+
+
+def q_log_probs(nets: AtariNetworks, params: Any, latent: jax.Array,
+                noise_key: chex.PRNGKey | None) -> jax.Array:
+    """``params`` with "head"; latent f32[B, D] -> log-probabilities f32[B, A, N]."""
+    return nets.head.apply({"params": params["head"]}, latent, noise_key)
+
+
+def augment(nets: AtariNetworks, key: chex.PRNGKey, frames: jax.Array,
+            axis_name: str | None) -> jax.Array:
+    """Shift + intensity drawn for every frame of f32[B, T, C, H, W] (global-batch draws)."""
+    cfg = nets.cfg
+
+    def one_sample(sample_key, sample):
+        shift_key, intensity_key = jax.random.split(sample_key)
+        shifted = random_shift(shift_key, sample, cfg.shift_pad)
+        return intensity(intensity_key, shifted, cfg.intensity_scale)
+
+    return jax.vmap(one_sample)(parallel.sample_keys(key, frames.shape[0], axis_name), frames)
+
+
+def init(nets: AtariNetworks, key: chex.PRNGKey) -> AtariState:
+    """Fresh agent state: online params, the RL target and the objective's target as copies."""
+    cfg = nets.cfg
+    keys = jax.random.split(key, 6)
+    frames = jnp.zeros((1, cfg.frame_stack, cfg.image_size, cfg.image_size), jnp.float32)
+    params = {"encoder": nets.encoder.init(keys[0], frames)["params"],
+              "head": nets.head.init(keys[1], jnp.zeros((1, math.prod(nets.latent_shape))))["params"]}
+    aux_params, aux_target = nets.objective.init(keys[2], params)
+    params = params | aux_params
+    return AtariState(
+        params=params,
+        target_params=_copy({name: params[name] for name in STEM}),
+        aux_target=aux_target,
+        opt_state=nets.optimizer.init(params),
+        step=jnp.zeros((), jnp.int32),
+        noise_key=keys[5],
+        target_noise_key=keys[5])
+
+
+def check_batch(nets: AtariNetworks, batch: Any) -> None:
+    """A clear error for a batch of the wrong shapes (see :class:`mlr_jax.replay.atari.AtariBatch`)."""
+    cfg = nets.cfg
     min_length = max(window(cfg), cfg.n_step + 1)
+    obs = batch.obs
+    frame_shape = (cfg.frame_stack, cfg.image_size, cfg.image_size)
+    if obs.ndim != 5 or obs.shape[1] < min_length or obs.shape[2:] != frame_shape:
+        raise ValueError(
+            f"batch.obs must be uint8[B, L>={min_length}, {cfg.frame_stack}, "
+            f"{cfg.image_size}, {cfg.image_size}], got shape {obs.shape}")
+    chex.assert_shape(batch.actions, obs.shape[:2])
+    chex.assert_shape([batch.returns, batch.discounts, batch.weights], obs.shape[:1])
 
-    def encode(params, frames):
-        """frames f32[..., C, H, W] -> f32[..., D]."""
-        lead = frames.shape[:-3]
-        latents = encoder.apply({"params": params}, frames.reshape((-1,) + frames.shape[-3:]))
-        return latents.reshape(lead + (dim,))
 
-    def q_log_probs(params, latent, noise_key):
-        """``params`` with "head"; latent f32[B, D] -> f32[B, A, N]."""
-        return head.apply({"params": params["head"]}, latent, noise_key)
+def rl_inputs(nets: AtariNetworks, state: AtariState, batch: Any, keys: jax.Array,
+              noise_key: chex.PRNGKey, axis_name: str | None) -> tuple[jax.Array, jax.Array]:
+    """Augmented s_t f32[B, C, H, W] and the projected double-DQN target f32[B, N].
 
-    def augment(key, frames, axis_name):
-        """Shift + intensity drawn for every frame of f32[B, T, C, H, W]."""
+    ``keys``: three keys (online and target augmentation of s_{t+n}, augmentation of s_t).
+    """
+    n = nets.cfg.n_step
+    next_frames = scaled(batch.obs[:, n:n + 1])
 
-        def one_sample(sample_key, sample):
-            shift_key, intensity_key = jax.random.split(sample_key)
-            shifted = random_shift(shift_key, sample, cfg.shift_pad)
-            return intensity(intensity_key, shifted, cfg.intensity_scale)
+    def next_log_probs(params, key, noise):
+        frames = augment(nets, key, next_frames, axis_name)[:, 0]
+        return q_log_probs(nets, params, encode(nets, params["encoder"], frames), noise)
 
-        return jax.vmap(one_sample)(parallel.sample_keys(key, frames.shape[0], axis_name), frames)
+    online_next = next_log_probs(state.params, keys[0], noise_key)
+    target_next = next_log_probs(state.target_params, keys[1], state.target_noise_key)
+    target = double_dqn_target(jnp.exp(online_next), jnp.exp(target_next), batch.returns,
+                               batch.discounts, nets.support)
+    return augment(nets, keys[2], scaled(batch.obs[:, :1]), axis_name)[:, 0], target
 
-    objective = make_objective(AtariParts(cfg, num_actions, latent_shape, dtype, conv, encode,
-                                          augment))
 
-    def init(key: chex.PRNGKey) -> AtariState:
-        keys = jax.random.split(key, 6)
-        frames = jnp.zeros((1, cfg.frame_stack, cfg.image_size, cfg.image_size), jnp.float32)
-        params = {"encoder": encoder.init(keys[0], frames)["params"],
-                  "head": head.init(keys[1], jnp.zeros((1, dim)))["params"]}
-        aux_params, aux_target = objective.init(keys[2], params)
-        params = params | aux_params
-        return AtariState(
-            params=params,
-            target_params=_copy({name: params[name] for name in STEM}),
-            aux_target=aux_target,
-            opt_state=optimizer.init(params),
-            step=jnp.zeros((), jnp.int32),
-            noise_key=keys[5],
-            target_noise_key=keys[5])
+def refresh_targets(nets: AtariNetworks, state: AtariState, params: Any,
+                    noise_key: chex.PRNGKey) -> AtariState:
+    """The state after an update to ``params``: the objective's target from the PRE-update
+    weights (``state.params``), the RL target from the post-update ``params`` every
+    ``cfg.target_update_period`` updates (taking over ``noise_key``), step + 1."""
+    cfg = nets.cfg
+    step = state.step + 1
+    refresh = step % cfg.target_update_period == 0
+    refreshed = ema_update(state.target_params, {name: params[name] for name in STEM},
+                           cfg.target_tau)
+    return state.replace(
+        params=params, aux_target=nets.objective.refresh(state.aux_target, state.params),
+        step=step, noise_key=noise_key,
+        target_params=jax.tree.map(lambda new, old: jnp.where(refresh, new, old),
+                                   refreshed, state.target_params),
+        target_noise_key=jnp.where(refresh, noise_key, state.target_noise_key))
 
-    def check_batch(batch):
-        obs = batch.obs
-        frame_shape = (cfg.frame_stack, cfg.image_size, cfg.image_size)
-        if obs.ndim != 5 or obs.shape[1] < min_length or obs.shape[2:] != frame_shape:
-            raise ValueError(
-                f"batch.obs must be uint8[B, L>={min_length}, {cfg.frame_stack}, "
-                f"{cfg.image_size}, {cfg.image_size}], got shape {obs.shape}")
-        chex.assert_shape(batch.actions, obs.shape[:2])
-        chex.assert_shape([batch.returns, batch.discounts, batch.weights], obs.shape[:1])
 
-    def rl_inputs(state, batch, keys, noise_key, axis_name):
-        """Augmented s_t f32[B, C, H, W] and the projected double-DQN target f32[B, N]."""
-        n = cfg.n_step
-        next_frames = scaled(batch.obs[:, n:n + 1])
+def train_step(nets: AtariNetworks, state: AtariState, batch: Any, key: chex.PRNGKey,
+               axis_name: str | None = None) -> tuple[AtariState, dict[str, jax.Array]]:
+    """One update on this device's shard of ``batch`` (an AtariBatch); see the module doc."""
+    cfg, objective = nets.cfg, nets.objective
+    check_batch(nets, batch)
+    keys = jax.random.split(key, 7)
+    noise_key = keys[0]  # this update's head noise
+    rl_input, rl_target = rl_inputs(nets, state, batch, keys[1:4], noise_key, axis_name)
+    aux_inputs, aux_targets = objective.prepare(state, batch, keys[4:7], axis_name)
 
-        def next_log_probs(params, key, noise):
-            frames = augment(key, next_frames, axis_name)[:, 0]
-            return q_log_probs(params, encode(params["encoder"], frames), noise)
+    def loss_fn(params):
+        latent = encode(nets, params["encoder"], rl_input)
+        log_probs = q_log_probs(nets, params, latent, noise_key)
+        chosen = select_actions(log_probs, batch.actions[:, 0])
+        rl_loss = jnp.mean(batch.weights * c51_loss(chosen, rl_target))
+        aux_loss, _ = objective.loss(params, aux_inputs, aux_targets, latent, batch, axis_name)
+        return rl_loss + objective.weight * aux_loss, {
+            "rl_loss": rl_loss, "aux_loss": aux_loss, "chosen_log_probs": chosen,
+            "q_mean": jnp.mean(jnp.exp(log_probs) @ nets.support)}
 
-        online_next = next_log_probs(state.params, keys[0], noise_key)
-        target_next = next_log_probs(state.target_params, keys[1], state.target_noise_key)
-        target = double_dqn_target(jnp.exp(online_next), jnp.exp(target_next), batch.returns,
-                                   batch.discounts, support)
-        return augment(keys[2], scaled(batch.obs[:, :1]), axis_name)[:, 0], target
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    grads = parallel.pmean(grads, axis_name)
+    # Clip groups of the code: encoder + head, and each of the objective's own; the
+    # action embedding and the predictor are in none.
+    stem, stem_norm = clip_by_global_norm({name: grads[name] for name in STEM}, cfg.clip_norm)
+    grads = grads | stem
+    metrics = {"loss": loss, "rl_loss": aux["rl_loss"], "q_mean": aux["q_mean"],
+               "grad_norm": stem_norm}
+    if objective.metric:
+        metrics[objective.metric] = aux["aux_loss"]
+    for group in objective.clip_groups:
+        grads[group], metrics[f"{group}_grad_norm"] = clip_by_global_norm(grads[group],
+                                                                          cfg.clip_norm)
+    updates, opt_state = nets.optimizer.update(grads, state.opt_state, state.params)
+    new_state = refresh_targets(nets, state.replace(opt_state=opt_state),
+                                optax.apply_updates(state.params, updates), noise_key)
+    metrics = parallel.pmean(metrics, axis_name)
+    metrics[FINITE] = all_finite(metrics)
+    metrics["priorities"] = kl_priority(aux["chosen_log_probs"], rl_target)
+    return new_state, metrics
 
-    def refresh_targets(state, params, noise_key):
-        """Aux momentum from the pre-update weights; RL target from the post-update weights."""
-        step = state.step + 1
-        refresh = step % cfg.target_update_period == 0
-        refreshed = ema_update(state.target_params, {name: params[name] for name in STEM},
-                               cfg.target_tau)
-        return state.replace(
-            params=params, aux_target=objective.refresh(state.aux_target, state.params),
-            step=step, noise_key=noise_key,
-            target_params=jax.tree.map(lambda new, old: jnp.where(refresh, new, old),
-                                       refreshed, state.target_params),
-            target_noise_key=jnp.where(refresh, noise_key, state.target_noise_key))
 
-    def train_step(state: AtariState, batch: Any, key: chex.PRNGKey,
-                   axis_name: str | None = None) -> tuple[AtariState, dict[str, jax.Array]]:
-        """One update on this device's shard of ``batch`` (an AtariBatch); see module doc."""
-        check_batch(batch)
-        keys = jax.random.split(key, 7)
-        noise_key = keys[0]  # this update's head noise
-        rl_input, rl_target = rl_inputs(state, batch, keys[1:4], noise_key, axis_name)
-        aux_inputs, aux_targets = objective.prepare(state, batch, keys[4:7], axis_name)
+def _select(nets: AtariNetworks, state: AtariState, obs: jax.Array, key: chex.PRNGKey,
+            epsilon: float | jax.Array, noisy: bool) -> jax.Array:
+    """Epsilon-greedy on the expected Q of the online net; obs uint8[N, C, H, W] -> int32[N]."""
+    chex.assert_rank(obs, 4)
+    latent = encode(nets, state.params["encoder"], scaled(obs))
+    log_probs = q_log_probs(nets, state.params, latent, state.noise_key if noisy else None)
+    greedy = jnp.argmax(jnp.exp(log_probs) @ nets.support, axis=-1)
+    explore_key, random_key = jax.random.split(key)
+    explore = jax.random.uniform(explore_key, greedy.shape) < epsilon
+    random_actions = jax.random.randint(random_key, greedy.shape, 0, nets.num_actions)
+    return jnp.where(explore, random_actions, greedy).astype(jnp.int32)
 
-        def loss_fn(params):
-            latent = encode(params["encoder"], rl_input)
-            log_probs = q_log_probs(params, latent, noise_key)
-            chosen = select_actions(log_probs, batch.actions[:, 0])
-            rl_loss = jnp.mean(batch.weights * c51_loss(chosen, rl_target))
-            aux_loss, _ = objective.loss(params, aux_inputs, aux_targets, latent, batch, axis_name)
-            return rl_loss + objective.weight * aux_loss, {
-                "rl_loss": rl_loss, "aux_loss": aux_loss, "chosen_log_probs": chosen,
-                "q_mean": jnp.mean(jnp.exp(log_probs) @ support)}
 
-        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        grads = parallel.pmean(grads, axis_name)
-        # Clip groups of the code: encoder + head, and each of the objective's own; the
-        # action embedding and the predictor are in none.
-        stem, stem_norm = clip_by_global_norm({name: grads[name] for name in STEM}, cfg.clip_norm)
-        grads = grads | stem
-        metrics = {"loss": loss, "rl_loss": aux["rl_loss"], "q_mean": aux["q_mean"],
-                   "grad_norm": stem_norm}
-        if objective.metric:
-            metrics[objective.metric] = aux["aux_loss"]
-        for group in objective.clip_groups:
-            grads[group], metrics[f"{group}_grad_norm"] = clip_by_global_norm(grads[group],
-                                                                              cfg.clip_norm)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        new_state = refresh_targets(state.replace(opt_state=opt_state),
-                                    optax.apply_updates(state.params, updates), noise_key)
-        metrics = parallel.pmean(metrics, axis_name)
-        metrics[FINITE] = all_finite(metrics)
-        metrics["priorities"] = kl_priority(aux["chosen_log_probs"], rl_target)
-        return new_state, metrics
+def act(nets: AtariNetworks, state: AtariState, obs: jax.Array, key: chex.PRNGKey,
+        epsilon: float | jax.Array) -> jax.Array:
+    """Training behaviour: the latest update's head noise, epsilon-greedy. -> int32[N]."""
+    return _select(nets, state, obs, key, epsilon, noisy=True)
 
-    def select(state, obs, key, epsilon, noisy):
-        """Epsilon-greedy on the expected Q of the online net; obs uint8[N, C, H, W]."""
-        chex.assert_rank(obs, 4)
-        log_probs = q_log_probs(state.params, encode(state.params["encoder"], scaled(obs)),
-                                state.noise_key if noisy else None)
-        greedy = jnp.argmax(jnp.exp(log_probs) @ support, axis=-1)
-        explore_key, random_key = jax.random.split(key)
-        explore = jax.random.uniform(explore_key, greedy.shape) < epsilon
-        random_actions = jax.random.randint(random_key, greedy.shape, 0, num_actions)
-        return jnp.where(explore, random_actions, greedy).astype(jnp.int32)
 
-    def act(state: AtariState, obs: jax.Array, key: chex.PRNGKey,
-            epsilon: float | jax.Array) -> jax.Array:
-        """Training behaviour: the latest update's head noise, epsilon-greedy. -> int32[N]."""
-        return select(state, obs, key, epsilon, noisy=True)
+def eval_act(nets: AtariNetworks, state: AtariState, obs: jax.Array,
+             key: chex.PRNGKey) -> jax.Array:
+    """Evaluation behaviour: no noise, epsilon ``cfg.eval_epsilon``. -> int32[N]."""
+    return _select(nets, state, obs, key, nets.cfg.eval_epsilon, noisy=False)
 
-    def eval_act(state: AtariState, obs: jax.Array, key: chex.PRNGKey) -> jax.Array:
-        """Evaluation behaviour: no noise, epsilon ``cfg.eval_epsilon``. -> int32[N]."""
-        return select(state, obs, key, cfg.eval_epsilon, noisy=False)
 
-    def param_counts(state: AtariState) -> dict[str, int]:
-        """Online parameter counts per component plus ``"total"`` (works on eval_shape output)."""
-        counts = {name: count_params(tree) for name, tree in state.params.items()}
-        return counts | {"total": sum(counts.values())}
+def param_counts(state: AtariState) -> dict[str, int]:
+    """Online parameter counts per component plus ``"total"`` (works on eval_shape output)."""
+    counts = {name: count_params(tree) for name, tree in state.params.items()}
+    return counts | {"total": sum(counts.values())}
 
-    return Agent(init=jax.jit(init),
-                 train_step=jax.jit(train_step, static_argnames="axis_name"),
-                 act=jax.jit(act),
-                 eval_act=jax.jit(eval_act),
+
+def make_agent(cfg: AtariConfig, num_actions: int) -> Agent:
+    """The Atari agent's jitted functions for ``cfg`` and a game with ``num_actions``."""
+    nets = build_networks(cfg, num_actions)
+    return Agent(init=jax.jit(functools.partial(init, nets)),
+                 train_step=jax.jit(functools.partial(train_step, nets),
+                                    static_argnames="axis_name"),
+                 act=jax.jit(functools.partial(act, nets)),
+                 eval_act=jax.jit(functools.partial(eval_act, nets)),
                  param_counts=param_counts)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from mlr_jax import parallel
+from mlr_jax.agents import atari
 from mlr_jax.agents.atari import make_agent
 from mlr_jax.config import make_config
 from mlr_jax.nets.atari import DuelingC51Head, NatureCNN, projection_params
@@ -58,8 +59,13 @@ def setup():
     """Smoke config, its agent, an initial state and a step jitted under a trace counter."""
     cfg = make_config("atari", "pong", "smoke", SMALL)
     agent = make_agent(cfg, NUM_ACTIONS)
-    step = jax.jit(chex.assert_max_traces(agent.train_step.__wrapped__, n=1),
-                   static_argnames="axis_name")
+    nets = atari.build_networks(cfg, NUM_ACTIONS)
+
+    @chex.assert_max_traces(n=1)
+    def counted(state, batch, key, axis_name=None):
+        return atari.train_step(nets, state, batch, key, axis_name)
+
+    step = jax.jit(counted, static_argnames="axis_name")
     return cfg, agent, agent.init(jax.random.PRNGKey(0)), step
 
 
@@ -156,12 +162,13 @@ def test_momentum_and_target_after_one_step(setup, one_step):
 
 
 def test_loss_has_no_gradient_wrt_target_and_momentum(setup, one_step):
-    _, agent, _, _ = setup
+    cfg = setup[0]
+    nets = atari.build_networks(cfg, NUM_ACTIONS)
     _, state, _, batch = one_step
 
     def loss(target_params, aux_target):
         s = state.replace(target_params=target_params, aux_target=aux_target)
-        return agent.train_step.__wrapped__(s, batch, jax.random.PRNGKey(2))[1]["loss"]
+        return atari.train_step(nets, s, batch, jax.random.PRNGKey(2))[1]["loss"]
 
     grads = jax.jit(jax.grad(loss, argnums=(0, 1)))(state.target_params, state.aux_target)
     for leaf in jax.tree.leaves(grads):
@@ -271,3 +278,43 @@ def test_spr_state_update_and_two_devices():
         np.testing.assert_allclose(multi[name], metrics[name], rtol=2e-5, err_msg=name)
     assert_trees_close(parallel.unreplicate(multi_state).params, new_state.params,
                        rtol=1e-4, atol=1e-6)
+
+
+def test_update_stages_called_alone():
+    """Each stage of the update is a function of the networks tuple: the RL target, SPR's
+    inputs and the target refresh, checked without a gradient step."""
+    cfg = make_config("atari", "pong", "smoke", {**SMALL, "aux": "spr", "target_update_period": 2})
+    nets = atari.build_networks(cfg, NUM_ACTIONS)
+    state = atari.init(nets, jax.random.PRNGKey(0))
+    batch = jax.tree.map(jnp.asarray, fake_batch(cfg))
+    keys = jax.random.split(jax.random.PRNGKey(1), 3)
+
+    # a terminal s_t (sample 0, discount 0): the target is the return projected on the support
+    _, target = atari.rl_inputs(nets, state, batch, keys, keys[0], None)
+    z = np.linspace(cfg.v_min, cfg.v_max, cfg.num_atoms)
+    ret = float(np.clip(batch.returns[0], cfg.v_min, cfg.v_max))
+    expected = np.clip(1 - np.abs(ret - z) / (z[1] - z[0]), 0, 1)
+    # float32 (|ret - z| / delta up to 50, rounded at ~6e-8 relative) against float64
+    np.testing.assert_allclose(np.asarray(target[0]), expected, atol=1e-5)
+
+    # SPR's inputs: the same-trajectory mask from first_done (0 for sample 0, 2 for sample 1)
+    (actions, nonterminal), targets = nets.objective.prepare(state, batch, keys, None)
+    jumps = cfg.spr.jumps
+    chex.assert_shape(targets, (cfg.batch_size, jumps, 2 * cfg.hidden_size))
+    np.testing.assert_array_equal(actions, batch.actions[:, :jumps])
+    np.testing.assert_array_equal(nonterminal[0], np.zeros(jumps))
+    np.testing.assert_array_equal(nonterminal[1], [1.0] + [0.0] * (jumps - 1))
+    np.testing.assert_array_equal(nonterminal[2:], np.ones((cfg.batch_size - 2, jumps)))
+
+    # refresh: the objective's target from the PRE-update weights every update, the RL target
+    # from the post-update weights every second update
+    first = jax.tree.map(lambda x: x + 1.0, state.params)
+    one = atari.refresh_targets(nets, state, first, keys[1])
+    assert int(one.step) == 1
+    assert_trees_close(one.aux_target, momentum_view(state.params), rtol=0)
+    assert_trees_close(one.target_params, state.target_params, rtol=0)
+    second = jax.tree.map(lambda x: x + 1.0, first)
+    two = atari.refresh_targets(nets, one, second, keys[2])
+    assert_trees_close(two.aux_target, momentum_view(first), rtol=0)
+    assert_trees_close(two.target_params, subset(second, "encoder", "head"), rtol=0)
+    np.testing.assert_array_equal(np.asarray(two.target_noise_key), np.asarray(keys[2]))
