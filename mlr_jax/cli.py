@@ -287,7 +287,8 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from mlr_jax.bench.runner import DEFAULT_OUTDIR, FRAMEWORKS, run_benchmark
+    from mlr_jax.bench.runner import FRAMEWORKS, run_benchmark
+    from mlr_jax.bench.timing import DEFAULT_OUTDIR
 
     args.outdir = args.outdir or DEFAULT_OUTDIR
     if args.convs:

@@ -25,7 +25,7 @@ import jax
 import numpy as np
 
 from mlr_jax import domains, parallel
-from mlr_jax.bench.runner import median_ms
+from mlr_jax.bench.timing import median_ms
 from mlr_jax.config import AtariConfig, DMCConfig
 from mlr_jax.device_frames import gather_batch
 

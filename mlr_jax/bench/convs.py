@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mlr_jax import parallel
-from mlr_jax.bench.runner import DEFAULT_OUTDIR, median_ms, write_record
+from mlr_jax.bench.timing import DEFAULT_OUTDIR, median_ms, write_record
 from mlr_jax.config import AtariConfig, DMCConfig, make_config
 from mlr_jax.host import tune_malloc
 from mlr_jax.nets.atari import NatureCNN

@@ -32,10 +32,11 @@ import jax
 import numpy as np
 
 from mlr_jax import domains, host, parallel
-from mlr_jax.bench.profile import trace_units
 from mlr_jax import device_frames
-from mlr_jax.replay.frames import FrameRows
+from mlr_jax.bench.profile import trace_units
+from mlr_jax.bench.timing import DEFAULT_OUTDIR, median_ms, time_calls, write_record
 from mlr_jax.config import AtariConfig, ConfigError, DMCConfig, make_config, to_dict
+from mlr_jax.replay.frames import FrameRows
 
 DOMAINS = ("atari", "dmc")
 DEVICES = ("cpu", "gpu")
@@ -46,7 +47,6 @@ FRAMEWORKS = ("jax", "torch", "torch-glibc")
 DEFAULT_ACTIONS = {"atari": 6, "dmc": 1}  # Pong's minimal action set, cartpole's action size
 
 
-DEFAULT_OUTDIR = "runs/bench"  # the committed records in benchmarks/results/ are written there on purpose
 TORCH_INSTALL = ("pip install 'mlr-jax[bench]' (or: bash scripts/setup.sh --bench), or leave it "
                  "out with --frameworks jax")
 
@@ -119,26 +119,6 @@ def as_frame_rows(batch: Any, frame_shape: tuple[int, ...]) -> tuple[np.ndarray,
 
 
 # ------------------------------------------------------------------ timing
-
-
-def time_calls(fn: Callable[[], Any], repeats: int, warmup: int) -> dict[str, Any]:
-    """Wall time of ``fn()`` (which must wait for its own results): warm-up, then ``repeats``."""
-    start = time.perf_counter()
-    fn()
-    first = time.perf_counter() - start
-    for _ in range(max(warmup - 1, 0)):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return {"first_call_s": first, "times_s": times}
-
-
-def median_ms(fn: Callable[[], Any], repeats: int, warmup: int) -> float:
-    """Median wall time of ``fn()`` in milliseconds (:func:`time_calls`)."""
-    return 1e3 * statistics.median(time_calls(fn, repeats, warmup)["times_s"])
 
 
 def _summarise(timing: dict[str, Any], updates_per_call: int, flops: float | None) -> dict[str, Any]:
@@ -437,25 +417,6 @@ def run_benchmark(domain: str = "atari", device: str = "cpu", preset: str = "pap
     record["summary"] = summary_line(record)
     agent = {"mlr": "", "none": "-baseline"}.get(cfg.aux, f"-{cfg.aux}")
     return write_record(record, outdir, f"{domain}_{preset}{agent}_{device}_{cfg.run.precision}")
-
-
-def write_record(record: dict[str, Any], outdir: str | os.PathLike, prefix: str) -> dict[str, Any]:
-    """Write ``record`` (which holds an ISO ``date``) to ``outdir/<prefix>_<YYYYmmdd-HHMMSS>.json``
-    and return it with its ``path``."""
-    stamp = record["date"][:19].replace("-", "").replace(":", "").replace("T", "-")
-    path = pathlib.Path(outdir) / f"{prefix}_{stamp}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    record["path"] = str(path)
-    path.write_text(json.dumps(record, indent=2, default=_json_default) + "\n")
-    return record
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, (np.generic,)):
-        return value.item()
-    if dataclasses.is_dataclass(value):
-        return dataclasses.asdict(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
 def summary_line(record: dict[str, Any]) -> str:
