@@ -1,4 +1,6 @@
 """The Atari agent's update: target/momentum bookkeeping, learning, data parallelism, acting."""
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -285,12 +287,13 @@ def test_update_stages_called_alone():
     inputs and the target refresh, checked without a gradient step."""
     cfg = make_config("atari", "pong", "smoke", {**SMALL, "aux": "spr", "target_update_period": 2})
     nets = atari.build_networks(cfg, NUM_ACTIONS)
-    state = atari.init(nets, jax.random.PRNGKey(0))
+    state = jax.jit(functools.partial(atari.init, nets))(jax.random.PRNGKey(0))
     batch = jax.tree.map(jnp.asarray, fake_batch(cfg))
     keys = jax.random.split(jax.random.PRNGKey(1), 3)
 
     # a terminal s_t (sample 0, discount 0): the target is the return projected on the support
-    _, target = atari.rl_inputs(nets, state, batch, keys, keys[0], None)
+    _, target = jax.jit(functools.partial(atari.rl_inputs, nets), static_argnums=4)(
+        state, batch, keys, keys[0], None)
     z = np.linspace(cfg.v_min, cfg.v_max, cfg.num_atoms)
     ret = float(np.clip(batch.returns[0], cfg.v_min, cfg.v_max))
     expected = np.clip(1 - np.abs(ret - z) / (z[1] - z[0]), 0, 1)
@@ -298,7 +301,8 @@ def test_update_stages_called_alone():
     np.testing.assert_allclose(np.asarray(target[0]), expected, atol=1e-5)
 
     # SPR's inputs: the same-trajectory mask from first_done (0 for sample 0, 2 for sample 1)
-    (actions, nonterminal), targets = nets.objective.prepare(state, batch, keys, None)
+    (actions, nonterminal), targets = jax.jit(nets.objective.prepare, static_argnums=3)(
+        state, batch, keys, None)
     jumps = cfg.spr.jumps
     chex.assert_shape(targets, (cfg.batch_size, jumps, 2 * cfg.hidden_size))
     np.testing.assert_array_equal(actions, batch.actions[:, :jumps])
@@ -308,13 +312,14 @@ def test_update_stages_called_alone():
 
     # refresh: the objective's target from the PRE-update weights every update, the RL target
     # from the post-update weights every second update
+    refresh = jax.jit(functools.partial(atari.refresh_targets, nets))
     first = jax.tree.map(lambda x: x + 1.0, state.params)
-    one = atari.refresh_targets(nets, state, first, keys[1])
+    one = refresh(state, first, keys[1])
     assert int(one.step) == 1
     assert_trees_close(one.aux_target, momentum_view(state.params), rtol=0)
     assert_trees_close(one.target_params, state.target_params, rtol=0)
     second = jax.tree.map(lambda x: x + 1.0, first)
-    two = atari.refresh_targets(nets, one, second, keys[2])
+    two = refresh(one, second, keys[2])
     assert_trees_close(two.aux_target, momentum_view(first), rtol=0)
     assert_trees_close(two.target_params, subset(second, "encoder", "head"), rtol=0)
     np.testing.assert_array_equal(np.asarray(two.target_noise_key), np.asarray(keys[2]))

@@ -64,8 +64,11 @@ def test_envpool_matches_dm_control_from_the_same_state():
 
 @pytest.mark.slow
 def test_a_run_on_dm_control_trains_resumes_and_evaluates(tmp_path, capsys):
+    # the Baseline: the backend is under test here, and the envpool smoke run
+    # (test_train_end_to_end.py) trains MLR
     small = ["--env-backend", "dm_control", "--preset", "smoke", "--outdir", str(tmp_path),
-             "--no-progress", "image_size=40", "crop_size=32", "seed_steps=20", "batch_size=4",
+             "--no-progress", "--aux", "none", "image_size=40", "crop_size=32", "seed_steps=20",
+             "batch_size=4",
              "run.eval_every=0", "run.checkpoint_every=0", "run.log_every=80"]
     assert cli.main(["train", "dmc", "--task", "cartpole_swingup", "--env-steps", "320", *small]) == 0
     (run,) = tmp_path.iterdir()

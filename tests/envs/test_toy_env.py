@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from mlr_jax.config import ConfigError, make_config
-from mlr_jax.envs import make_env, toy
+from mlr_jax.envs import check_name, make_env, toy
 
 
 def _play(env, actions):
@@ -93,7 +93,7 @@ def test_reach_random_and_steering_scores():
 
 def test_toy_names_are_known_and_image_sizes_checked():
     with pytest.raises(ConfigError, match="toy_catch"):
-        make_config("atari", "toy_cach", "toy")
+        check_name(make_config("atari", "toy_cach", "toy"))
     with pytest.raises(ValueError, match="multiple of 5"):
         make_env(make_config("atari", "toy_catch", "toy", ["image_size=24", "mlr.patch_size=6"]),
                  1, seed=0)
