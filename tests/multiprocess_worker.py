@@ -17,6 +17,7 @@ import numpy as np
 
 from mlr_jax import parallel
 from mlr_jax.agents.atari import make_agent
+from mlr_jax.agents.atari_aux import window
 from mlr_jax.config import make_config
 from mlr_jax.replay.atari import AtariBatch
 
@@ -24,13 +25,14 @@ NUM_ACTIONS = 3
 
 
 def setup():
-    """Smoke Atari agent with per-sample masks (so the device layout matters), its initial
-    state and a random batch of 4 sequences."""
-    cfg = make_config("atari", "pong", "smoke", {"n_step": 3, "hidden_size": 32,
-                                                  "mlr.mask_per_sample": True})
+    """Smoke Atari agent with SPR (per-sample augmentation and BatchNorm statistics over the
+    global batch, so the device and process layout matters; its update compiles in a fraction
+    of MLR's time), its initial state and a random batch of 4 sequences."""
+    cfg = make_config("atari", "pong", "smoke", {"n_step": 3, "hidden_size": 32, "aux": "spr",
+                                                  "spr.jumps": 3})
     agent = make_agent(cfg, NUM_ACTIONS)
     rng = np.random.default_rng(3)
-    b, length, size = cfg.batch_size, max(cfg.mlr.seq_len, cfg.n_step + 1), cfg.image_size
+    b, length, size = cfg.batch_size, max(window(cfg), cfg.n_step + 1), cfg.image_size
     batch = AtariBatch(
         obs=rng.integers(0, 256, (b, length, cfg.frame_stack, size, size), dtype=np.uint8),
         actions=rng.integers(0, NUM_ACTIONS, (b, length)).astype(np.int32),
@@ -38,7 +40,7 @@ def setup():
         discounts=np.full(b, cfg.gamma ** cfg.n_step, np.float32),
         weights=rng.uniform(0.3, 1.0, b).astype(np.float32),
         indices=np.arange(b, dtype=np.int64),
-        first_done=np.full(b, length, np.int32))
+        first_done=np.array([length, 2, length, 1][:b], np.int32))
     return agent, agent.init(jax.random.PRNGKey(0)), batch
 
 
