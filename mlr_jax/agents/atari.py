@@ -36,7 +36,8 @@ import jax.numpy as jnp
 import optax
 
 from mlr_jax import parallel
-from mlr_jax.agents.atari_aux import AtariParts, AuxObjective, make_objective, scaled, window
+from mlr_jax.agents.atari_aux import (AtariParts, AuxObjective, copy_tree, make_objective, scaled,
+                                      window)
 from mlr_jax.agents.common import FINITE, Agent, all_finite, clip_by_global_norm, count_params
 from mlr_jax.config import AtariConfig
 from mlr_jax.ema import ema_update
@@ -71,10 +72,6 @@ class AtariState:
     step: jax.Array
     noise_key: jax.Array
     target_noise_key: jax.Array
-
-
-def _copy(tree: Any) -> Any:
-    return jax.tree.map(jnp.copy, tree)
 
 
 class AtariNetworks(NamedTuple):
@@ -149,7 +146,7 @@ def init(nets: AtariNetworks, key: chex.PRNGKey) -> AtariState:
     params = params | aux_params
     return AtariState(
         params=params,
-        target_params=_copy({name: params[name] for name in STEM}),
+        target_params=copy_tree({name: params[name] for name in STEM}),
         aux_target=aux_target,
         opt_state=nets.optimizer.init(params),
         step=jnp.zeros((), jnp.int32),

@@ -81,7 +81,8 @@ def scaled(frames: jax.Array) -> jax.Array:
     return frames.astype(jnp.float32) / 255.0
 
 
-def _copy(tree: Any) -> Any:
+def copy_tree(tree: Any) -> Any:
+    """A copy of every leaf of ``tree`` (targets start as copies of the online weights)."""
     return jax.tree.map(jnp.copy, tree)
 
 
@@ -113,7 +114,7 @@ def _momentum(parts: AtariParts, projection: HeadProjection):
     def refresh(aux_target, params):
         return ema_update(aux_target, online_view(params), tau)
 
-    return (lambda params: _copy(online_view(params))), targets, refresh
+    return (lambda params: copy_tree(online_view(params))), targets, refresh
 
 
 def _mlr_objective(parts: AtariParts) -> AuxObjective:
