@@ -17,7 +17,7 @@ TEST_REQUIREMENTS = _requirements(TESTS.partition("\n")[2])
 
 setup(
     name="mlr-jax",
-    version="0.2.0",
+    version="0.3.0",
     description="JAX/Flax reimplementation of Mask-based Latent Reconstruction (MLR, NeurIPS 2022)",
     long_description=(HERE / "README.md").read_text(),
     long_description_content_type="text/markdown",

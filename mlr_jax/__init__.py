@@ -8,6 +8,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
 from mlr_jax.host import tune_malloc  # noqa: E402
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 tune_malloc()

@@ -77,10 +77,11 @@ class DiskFull(CheckpointError):
 
 def _manager(ckpt_dir: pathlib.Path, keep: int = 2) -> ocp.CheckpointManager:
     solo = {}
-    if parallel.process_count() > 1:
+    me, processes = parallel.runtime_processes()
+    if processes > 1:
         # In a multi-process run only the primary saves and every process restores on its
-        # own, so orbax must not wait for the other processes (nor create the directory).
-        me = parallel.process_index()
+        # own, and a sweep's processes each save their own runs, so orbax must not wait for
+        # the other processes (nor create the directory).
         solo = {"multiprocessing_options": ocp.options.MultiprocessingOptions(
             primary_host=me, active_processes={me})}
         ckpt_dir.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,5 @@
-"""The ``mlr-jax`` command line: ``train``, ``eval``, ``config``, ``report`` and ``bench``.
+"""The ``mlr-jax`` command line: ``train``, ``sweep``, ``eval``, ``config``, ``report`` and
+``bench``.
 
 The only module that parses arguments: it turns them into a validated config
 (:func:`mlr_jax.config.make_config`) and calls the library.
@@ -34,12 +35,15 @@ DISK_FULL_EXIT = 4  # exit status of a run stopped by a full disk (the last chec
 
 EPILOG = """examples:
   mlr-jax train atari --game pong --seed 1                 # the paper setting (MLR)
+  mlr-jax train atari --game pong --seeds 0-7              # 8 seeds in one seed-batched step
   mlr-jax train atari --game pong --aux none                # the paper's Baseline
   mlr-jax train atari --game pong --preset smoke            # tiny run of the same code path
   mlr-jax train dmc --task cartpole_swingup --budget 500k
   mlr-jax train atari --game pong mlr.block_size=4 lr=3e-4  # any config field (dotted keys)
   mlr-jax train atari --resume runs/atari_pong_mlr_s1_...   # continue from the last checkpoint
   mlr-jax train atari --game pong --distributed             # every host of a TPU pod slice runs this
+  mlr-jax sweep atari --games all --seeds 0-9 --aux mlr,none  # the paper's Atari-100k benchmark
+  mlr-jax sweep dmc --tasks all --budget 500k --seeds 0-9 --shard 0/4  # a quarter of DMControl-500k
   mlr-jax eval runs/atari_pong_mlr_s1_... --episodes 10     # evaluate the latest checkpoint again
   mlr-jax config dmc --task walker_walk                     # print the resolved config
   mlr-jax report runs/ --compare mlr,none                   # finished runs: CIs, profiles, curves, scores.csv
@@ -50,10 +54,38 @@ EPILOG = """examples:
 def _add_run_options(p: argparse.ArgumentParser, domain: str) -> None:
     if domain == "atari":
         p.add_argument("--game", default=None, help="Atari game, snake_case (default: pong)")
+    else:
+        p.add_argument("--task", default=None, help="DMC task, e.g. cartpole_swingup (default)")
+    aux = AUX_OBJECTIVES[domain]
+    p.add_argument("--aux", choices=aux, default=None,
+                   help=f"auxiliary objective: {', '.join(aux)} (default mlr; none = the "
+                        f"paper's Baseline" + ("; spr = SPR's own objective)" if "spr" in aux else ")"))
+    p.add_argument("--seed", type=int, default=None)
+    _add_common_options(p, domain)
+
+
+def _add_sweep_options(p: argparse.ArgumentParser, domain: str) -> None:
+    names = ("--games", "Atari games") if domain == "atari" else ("--tasks", "DMC tasks")
+    p.add_argument(names[0], required=True, dest="names",
+                   help=f"{names[1]}, comma-separated, or all (the paper's "
+                        f"{'26 games' if domain == 'atari' else 'six tasks'})")
+    p.add_argument("--seeds", required=True, help="e.g. 0-9 or 0,3,5")
+    p.add_argument("--aux", dest="auxes", default="mlr,none",
+                   help=f"objectives, comma-separated, of {', '.join(AUX_OBJECTIVES[domain])} "
+                        "(default mlr,none: MLR and the Baseline)")
+    p.add_argument("--group-size", type=int, default=None,
+                   help="seeds trained together in one seed-batched step (default: all)")
+    p.add_argument("--shard", default=None, metavar="I/N",
+                   help="take jobs I, I+N, I+2N, ... of the grid (an array job's task I of N)")
+    p.set_defaults(game=None, task=None, aux=None, seed=None)
+    _add_common_options(p, domain)
+
+
+def _add_common_options(p: argparse.ArgumentParser, domain: str) -> None:
+    if domain == "atari":
         p.add_argument("--steps", type=int, default=None,
                        help="agent steps (default 100000 = Atari-100k; 4 frames each)")
     else:
-        p.add_argument("--task", default=None, help="DMC task, e.g. cartpole_swingup (default)")
         p.add_argument("--budget", choices=sorted(DMC_BUDGETS), default=None,
                        help="ENVIRONMENT-step budget (100k or 500k); agent steps = "
                             "budget / action repeat of the task")
@@ -65,15 +97,12 @@ def _add_run_options(p: argparse.ArgumentParser, domain: str) -> None:
     p.add_argument("--preset", default="paper",
                    help="paper (default), smoke (tiny, same code path), toy (the learning tests' "
                         "toy tasks) or cpu (reduced sizes for real tasks on a CPU)")
-    aux = AUX_OBJECTIVES[domain]
-    p.add_argument("--aux", choices=aux, default=None,
-                   help=f"auxiliary objective: {', '.join(aux)} (default mlr; none = the "
-                        f"paper's Baseline" + ("; spr = SPR's own objective)" if "spr" in aux else ")"))
-    p.add_argument("--seed", type=int, default=None)
     p.add_argument("--eval-episodes", type=int, default=None)
     unit = "agent steps" if domain == "atari" else "ENVIRONMENT steps"
     p.add_argument("--eval-every", type=int, default=None, help=f"{unit} between evaluations (0: final only)")
-    p.add_argument("--outdir", default=None, help="parent of the run directory (default: runs)")
+    p.add_argument("--outdir", default=None,
+                   help="parent of the run directory (default: runs); a sweep's directory "
+                        "(default: runs/sweep_<domain>)")
     p.add_argument("--precision", choices=("fp32", "bf16"), default=None)
     p.add_argument("--no-progress", action="store_true",
                    help="print lines instead of a progress bar (a resumed run shows the bar "
@@ -121,8 +150,15 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mlr-jax", description="Mask-based Latent Reconstruction (MLR) for RL in JAX/Flax.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True,
-                                metavar="{train,eval,config,report,bench}")
+                                metavar="{train,sweep,eval,config,report,bench}")
     train = sub.add_parser("train", help="train an agent (MLR or Baseline) and evaluate it")
+    sweep = sub.add_parser("sweep", help="train a whole grid (games or tasks x objectives x "
+                                         "seeds), restartable, across processes")
+    domains = sweep.add_subparsers(dest="domain", required=True, metavar="{atari,dmc}")
+    for domain in ("atari", "dmc"):
+        d = domains.add_parser(domain, help=f"a grid of {domain} runs")
+        _add_sweep_options(d, domain)
+        _add_distributed_options(d)
     config = sub.add_parser("config", help="print the fully resolved configuration as JSON")
     for p, with_resume in ((train, True), (config, False)):
         domains = p.add_subparsers(dest="domain", required=True, metavar="{atari,dmc}")
@@ -130,8 +166,12 @@ def build_parser() -> argparse.ArgumentParser:
             d = domains.add_parser(domain, help=f"{domain} agent")
             _add_run_options(d, domain)
             if with_resume:
+                d.add_argument("--seeds", default=None, metavar="SEEDS",
+                               help="train several seeds together, one run directory each "
+                                    "(e.g. 0-7 or 0,3,5): one jitted step updates them all")
                 d.add_argument("--resume", default=None, metavar="RUN_DIR",
-                               help="continue a run from its latest checkpoint")
+                               help="continue a run (and the seeds trained with it) from its "
+                                    "latest checkpoint")
                 _add_distributed_options(d)
     evaluate = sub.add_parser("eval", help="evaluate a run's saved agent again (its latest or a given checkpoint)")
     evaluate.add_argument("run_dir", help="a run directory (runs/<domain>_<name>_...)")
@@ -164,6 +204,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--convs", type=int, default=0, metavar="BATCH",
                        help="time only the conv trunk (forward, forward+backward) of each "
                             "implementation at this batch size, e.g. 128")
+    bench.add_argument("--seeds", type=int, default=1, metavar="S",
+                       help="seeds per update, as a --seeds group trains them (JAX only); the "
+                            "record gives seed-updates per second")
+    bench.add_argument("--loop", type=int, default=0, metavar="STEPS",
+                       help="time the whole training loop instead (acting, environment, replay, "
+                            "updates) over STEPS agent steps of updates, --seeds S at once")
     bench.add_argument("--repeats", type=int, default=10)
     bench.add_argument("--warmup", type=int, default=2)
     bench.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
@@ -222,24 +268,61 @@ def _config(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_seeds(text: str) -> list[int]:
+    """``"0-7"``, ``"0,3,5"`` or ``"0-3,8"`` -> the seeds, in the order given.
+
+    Raises:
+      ConfigError: a malformed item, a negative or repeated seed; the message names it.
+    """
+    seeds: list[int] = []
+    for item in text.split(","):
+        first, _, last = item.strip().partition("-")
+        try:
+            span = range(int(first), int(last or first) + 1)
+        except ValueError:
+            raise ConfigError(f"seeds {text!r}: {item!r} is not a seed or a range like 0-7") from None
+        if not span:
+            raise ConfigError(f"seeds {text!r}: the range {item!r} is empty")
+        seeds.extend(span)
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        raise ConfigError(f"seeds {text!r}: {', '.join(map(str, repeated))} given more than once")
+    return seeds
+
+
+def resumed_config(args: argparse.Namespace, run_dir):
+    """The config of a run directory being resumed, with only what ``args`` give now on top
+    (e.g. more ``--steps``)."""
+    from mlr_jax import loop
+
+    saved = loop.load_run_config(run_dir)
+    if domain_of(saved) != args.domain:
+        raise ConfigError(f"--resume {run_dir} is a run of the {domain_of(saved)} agent, "
+                          f"not of the {args.domain} agent")
+    name, overrides = requested_overrides(args)
+    if name is not None and name != name_of(saved):
+        raise ConfigError(f"--resume {run_dir} trains {name_of(saved)!r}, not {name!r}")
+    return validate(apply_overrides(saved, overrides))
+
+
 def _train(args: argparse.Namespace) -> int:
     _start_distributed(args)  # before anything else uses JAX
     from mlr_jax import loop  # heavy imports only when training
 
+    resume = None
     if args.resume:
-        # the run's own config, with only what is given now on top (e.g. more --steps)
-        saved = loop.load_run_config(args.resume)
-        if domain_of(saved) != args.domain:
-            raise ConfigError(f"--resume {args.resume} is a run of the {domain_of(saved)} agent, "
-                              f"not of the {args.domain} agent")
-        name, overrides = requested_overrides(args)
-        if name is not None and name != name_of(saved):
-            raise ConfigError(f"--resume {args.resume} trains {name_of(saved)!r}, not {name!r}")
-        cfg = validate(apply_overrides(saved, overrides))
+        if args.seeds is not None or args.seed is not None:
+            raise ConfigError("--resume continues a run with its own seeds (and those trained "
+                              "with it); leave out --seed and --seeds")
+        resume = loop.group_members(args.resume)
+        cfgs = [resumed_config(args, run_dir) for run_dir in resume]
     else:
+        if args.seeds is not None and args.seed is not None:
+            raise ConfigError(f"--seed {args.seed} and --seeds {args.seeds}: give one of them")
         cfg = config_from_args(args)
+        cfgs = loop.seed_configs(cfg, parse_seeds(args.seeds) if args.seeds else [cfg.run.seed])
     try:
-        loop.train(cfg, resume=args.resume)
+        loop.train_group(cfgs, resume=resume)
     except loop.TrainingInterrupted as e:
         print(f"[mlr-jax] {e}", file=sys.stderr, flush=True)
         return e.exit_code
@@ -247,6 +330,49 @@ def _train(args: argparse.Namespace) -> int:
         print(f"mlr-jax: error: {e}", file=sys.stderr, flush=True)
         return NON_FINITE_EXIT
     return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    if args.shard is not None and (args.distributed or args.coordinator is not None):
+        raise ConfigError("--shard and --distributed both pick this process's share; give one")
+    shard = (0, 1)
+    if args.shard is not None:
+        from mlr_jax.sweep import parse_shard
+
+        shard = parse_shard(args.shard)
+    _start_distributed(args)  # before anything else uses JAX
+    from mlr_jax import loop, parallel, sweep
+    from mlr_jax.config import ATARI_GAMES, DMC_PAPER_TASKS
+
+    together = parallel.process_count() > 1
+    if together:
+        shard = parallel.work_alone()
+    every = ATARI_GAMES if args.domain == "atari" else DMC_PAPER_TASKS
+    names = list(every) if args.names == "all" else [n.strip() for n in args.names.split(",")]
+    auxes = [a.strip() for a in args.auxes.split(",")]
+    seeds = parse_seeds(args.seeds)
+    _, overrides = requested_overrides(args)
+    outdir = args.outdir or f"runs/sweep_{args.domain}"
+
+    def make(name: str, aux: str):
+        args.aux, args.game, args.task = aux, name, name
+        return config_from_args(args)
+
+    for name in names:  # every name and objective checked before anything runs
+        for aux in auxes:
+            make(name, aux)
+    spec = {"preset": args.preset, "overrides": [o for o in overrides if o != "run.progress=False"
+                                                 and o != "run.progress=True"]}
+    try:
+        result = sweep.run_sweep(outdir, args.domain, names, auxes, seeds, make, spec,
+                                 group_size=args.group_size, shard=shard, together=together)
+    except loop.TrainingInterrupted as e:
+        print(f"[sweep] stopped by {e.signal_name}; checkpoints saved. Run the same command "
+              "again to continue the sweep", file=sys.stderr, flush=True)
+        return e.exit_code
+    for job, error in result.failed:
+        print(f"mlr-jax: error: sweep job {job} failed: {error}", file=sys.stderr, flush=True)
+    return NON_FINITE_EXIT if result.failed else 0
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -270,19 +396,13 @@ def _report(args: argparse.Namespace) -> int:
     reps = report.stats.DEFAULT_REPS if args.reps is None else args.reps
     if reps < 100:
         raise ConfigError(f"--reps must be at least 100, got {reps}")
-    records = report.collect_runs(args.root)
-    if not records:
-        raise ConfigError(f"no finished runs (final_eval.json) below {args.root}")
     try:
-        result = report.build_report(records, compare, reps)
-    except (report.ReportError, ValueError) as e:
+        text, _, warnings = report.report_directory(args.root, compare, reps, args.out)
+    except report.ReportError as e:
         raise ConfigError(str(e)) from None
-    out = args.out or args.root
-    paths = report.write_report(result, records, out)
-    for warning in result["warnings"]:
+    for warning in warnings:
         print(f"[mlr-jax] warning: {warning}", file=sys.stderr)
-    print(report.report_markdown(result) + f"\n[mlr-jax] {len(records)} run"
-          f"{'s' if len(records) != 1 else ''}; written to " + ", ".join(str(p) for p in paths))
+    print(text)
     return 0
 
 
@@ -291,6 +411,14 @@ def _bench(args: argparse.Namespace) -> int:
     from mlr_jax.bench.timing import DEFAULT_OUTDIR
 
     args.outdir = args.outdir or DEFAULT_OUTDIR
+    if args.loop:
+        from mlr_jax.bench.loop_sps import run_loop_benchmark
+
+        record = run_loop_benchmark(args.domain, args.preset, args.seeds, args.loop, name=args.name,
+                                    overrides=[f"run.precision={args.precision}", *args.overrides],
+                                    outdir=args.outdir)
+        print(record["summary"])
+        return 0
     if args.convs:
         from mlr_jax.bench.convs import conv_summary, run_conv_benchmark
 
@@ -306,7 +434,7 @@ def _bench(args: argparse.Namespace) -> int:
     result = run_benchmark(domain=args.domain, device=args.device, preset=args.preset,
                            frameworks=frameworks, repeats=args.repeats, warmup=args.warmup,
                            outdir=args.outdir, name=args.name, torch_threads=args.torch_threads,
-                           profile_dir=args.profile,
+                           profile_dir=args.profile, num_seeds=args.seeds,
                            overrides=[f"run.precision={args.precision}", *args.overrides])
     print(result["summary"])
     return 0
@@ -322,8 +450,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
-    commands = {"config": _config, "train": _train, "eval": _eval, "report": _report,
-                "bench": _bench}
+    commands = {"config": _config, "train": _train, "sweep": _sweep, "eval": _eval,
+                "report": _report, "bench": _bench}
     try:
         with host.xla_alarms_hidden():
             code = commands[args.command](args)

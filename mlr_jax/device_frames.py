@@ -1,16 +1,19 @@
 """Replay frames kept on the accelerators, so that a batch crosses as indices, not pixels.
 
-With ``run.replay_frames="device"`` the replay's frame table (``capacity + 1`` frames, the
-last all zeros) has a copy on every local device, written one frame per agent step as the
-host ring is (a 7 KB Atari / 30 KB DMC transfer). Sampling stays on the host and returns
+With ``run.replay_frames="device"`` the frame tables of a group's replays (``capacity + 1``
+frames each, the last all zeros) live on the devices as one array ``[S, rows, *frame]``
+split over the seeds (:class:`mlr_jax.parallel.Layout`; each seed's table is copied along
+the data axis), written one frame per agent step as the host rings are (a 7 KB Atari / 30 KB
+DMC transfer per seed). Sampling stays on the host and returns
 :class:`~mlr_jax.replay.frames.FrameRows` where it returned pixels, and the train step
-gathers the stacks from the table on the device, as its first operation. Per update this
-replaces a host gather and a host-to-device copy of 14.5 MB (Atari) or 276 MB (DMC: 512
-transitions of two 9x100x100 stacks and 128 sequences of 16) by a few kilobytes of indices.
+gathers the stacks from the seed's table on the device, as its first operation. Per update
+this replaces a host gather and a host-to-device copy of 14.5 MB (Atari) or 276 MB (DMC: 512
+transitions of two 9x100x100 stacks and 128 sequences of 16) per seed by a few kilobytes of
+indices.
 
-The batches are bit-identical to the host ones (``tests/replay/test_device_frames.py``).
-The host ring stays the single source of truth: checkpoints save it, and a restore
-reloads the device tables from it.
+The batches are bit-identical to the host ones (``tests/test_device_frames.py``). The host
+rings stay the single source of truth: checkpoints save them, and a restore reloads the
+device table from them.
 """
 
 from __future__ import annotations
@@ -26,35 +29,65 @@ from mlr_jax import parallel
 from mlr_jax.replay.frames import FrameRows
 
 
-class DeviceFrames:
-    """A frame table on every local device (a :class:`~mlr_jax.replay.frames.FrameMirror`).
+class FrameTables:
+    """The frame tables of a group's replays on the devices.
 
     Args:
-      num_rows: rows of the table (the ring's ``capacity + 1``).
-      frame_shape: ``(H, W)`` or ``(C, H, W)``.
-      num_devices: local devices holding a copy (None: all).
+      layout: the group's :class:`~mlr_jax.parallel.Layout`.
 
     Attributes:
-      table: uint8[D, num_rows, *frame_shape] in the layout of :func:`mlr_jax.parallel.replicate`;
-        a new array after every :meth:`write` (the old buffer is donated), so read it when it
-        is used.
+      table: uint8[S, num_rows, *frame_shape] split over the seeds (None until the first
+        replay is made); a new array after every write (the old buffer is donated), so read
+        it when it is used.
     """
 
-    def __init__(self, num_rows: int, frame_shape: tuple[int, ...], num_devices: int | None = None):
-        self.frame_shape = tuple(frame_shape)
-        self.num_devices = num_devices
-        self.table = parallel.replicated_zeros((num_rows, *self.frame_shape), jnp.uint8, num_devices)
-        self._write = parallel.row_writer(num_devices)
+    def __init__(self, layout: parallel.Layout):
+        self.layout = layout
+        self.table: jax.Array | None = None
+        self._write = layout.seed_writer()
+
+    def mirror(self, seed: int) -> Callable[[int, tuple[int, ...]], "DeviceFrames"]:
+        """The :class:`~mlr_jax.replay.frames.FrameMirror` factory of the replay of the
+        group's seed number ``seed`` (0-based position in the group)."""
+
+        def make(num_rows: int, frame_shape: tuple[int, ...]) -> DeviceFrames:
+            shape = (num_rows, *frame_shape)
+            if self.table is None:
+                self.table = self.layout.zeros(shape, jnp.uint8)
+            elif self.table.shape[1:] != shape:
+                raise ValueError(f"frame table of shape {shape} for seed {seed}; the group's "
+                                 f"tables are {self.table.shape[1:]}")
+            return DeviceFrames(self, seed)
+
+        return make
+
+    def write(self, seed: int, frame: np.ndarray, row: int | None = None) -> None:
+        """``table[seed, row] = frame`` (``row`` None: ``table[seed] = frame``, every row)."""
+        self.table = self._write(self.table, seed, np.asarray(frame, np.uint8), row)
+
+
+class DeviceFrames:
+    """One seed's frame table on the devices (a :class:`~mlr_jax.replay.frames.FrameMirror`),
+    made by :meth:`FrameTables.mirror`."""
+
+    def __init__(self, tables: FrameTables, seed: int):
+        self.tables, self.seed = tables, seed
+        self.frame_shape = tuple(tables.table.shape[2:])
+
+    @property
+    def table(self) -> jax.Array:
+        """The group's table ``[S, num_rows, *frame_shape]`` (this seed's is ``table[seed]``)."""
+        return self.tables.table
 
     def write(self, row: int, frame: np.ndarray) -> None:
-        """Set row ``row`` of every copy to ``frame`` (uint8[*frame_shape])."""
-        self.table = self._write(self.table, row, np.asarray(frame, np.uint8))
+        """Set row ``row`` of this seed's table to ``frame`` (uint8[*frame_shape])."""
+        self.tables.write(self.seed, frame, row)
 
     def load(self, frames: np.ndarray) -> None:
-        """Replace every copy with ``frames`` (uint8[num_rows, *frame_shape])."""
+        """Replace this seed's table with ``frames`` (uint8[num_rows, *frame_shape])."""
         if frames.shape != self.table.shape[1:]:
             raise ValueError(f"frame table of shape {frames.shape} != {self.table.shape[1:]}")
-        self.table = parallel.replicate(np.asarray(frames, np.uint8), self.num_devices)
+        self.tables.write(self.seed, frames)
 
 
 def stack_pixels(table: jax.Array, rows: jax.Array) -> jax.Array:
@@ -90,12 +123,13 @@ def reading_frames(train_step: Callable[..., Any]) -> Callable[..., Any]:
     return step
 
 
-def parallel_train_step(train_step: Callable[..., Any], frames: DeviceFrames | None,
-                        num_devices: int | None = None) -> Callable[..., Any]:
-    """The loop's ``step(replicated_state, batch, key) -> (state, metrics)``:
-    :func:`mlr_jax.parallel.data_parallel` of the agent's ``train_step``, reading the current
-    device frame table when the replay keeps one (``frames``), else taking pixel batches."""
-    if frames is None:
-        return parallel.data_parallel(train_step, num_devices)
-    step = parallel.data_parallel(reading_frames(train_step), num_devices, num_replicated=1)
-    return lambda state, batch, key: step(state, batch, key, frames.table)
+def parallel_train_step(layout: parallel.Layout, train_step: Callable[..., Any], axes: Any,
+                        tables: FrameTables | None) -> Callable[..., Any]:
+    """The loop's ``step(stacked_state, batches, keys) -> (state, metrics)``:
+    :meth:`mlr_jax.parallel.Layout.train_step` of the agent's ``train_step`` (seed axes
+    ``axes``), reading the current frame tables when the replays keep them on the devices
+    (``tables``), else taking pixel batches."""
+    if tables is None:
+        return layout.train_step(train_step, axes)
+    step = layout.train_step(reading_frames(train_step), axes, num_tables=1)
+    return lambda state, batch, keys: step(state, batch, keys, tables.table)

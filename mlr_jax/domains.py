@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import TYPE_CHECKING, Any, Callable
 
+import jax
 import numpy as np
 
 from mlr_jax import host, parallel
@@ -18,11 +20,11 @@ from mlr_jax.agents import atari as atari_agent
 from mlr_jax.agents import atari_aux
 from mlr_jax.agents import dmc as dmc_agent
 from mlr_jax.agents import dmc_aux
-from mlr_jax.agents.common import Agent
+from mlr_jax.agents.common import Agent, seed_axes
 from mlr_jax.config import AtariConfig, ConfigError, DMCConfig
-from mlr_jax.device_frames import DeviceFrames
 from mlr_jax.replay.atari import AtariReplay
 from mlr_jax.replay.dmc import DMCReplay
+from mlr_jax.replay.frames import FrameMirror
 
 if TYPE_CHECKING:  # envs imports envpool; replays and batches (the benchmark) need neither
     from mlr_jax.envs import VecEnv
@@ -46,11 +48,16 @@ class Domain:
         action repeat: environment steps).
       budget: label of the benchmark the run belongs to (``"100k"``, ``"500k"``).
       agent: the agent's pure functions.
-      make_replay: a new, empty replay buffer.
-      explore: ``(replicated_state, obs, key, step, rng) -> actions`` (numpy) for training;
-        ``step`` is the 0-based index of the agent step about to be taken.
-      eval_act: ``(replicated_state, obs, key) -> actions``, the evaluation policy, jitted
-        once per run.
+      axes: the seed axis of each leaf of a group's stacked state
+        (:func:`mlr_jax.agents.common.seed_axes`).
+      make_replay: ``(mirror) -> replay``, a new, empty replay buffer keeping a copy of its
+        frames in ``mirror`` (a :class:`~mlr_jax.replay.frames.FrameMirror` factory, e.g.
+        :meth:`mlr_jax.device_frames.FrameTables.mirror`) or, with None, on the host only.
+      explore: ``(stacked_state, obs[S, N, ...], keys[S], step, rngs) -> actions[S, N, ...]``
+        (numpy), every seed's training behaviour at once (``rngs``: each seed's host
+        generator); ``step`` is the 0-based index of the agent step about to be taken.
+      eval_act: ``(state, obs, key) -> actions``, the evaluation policy of one seed's state,
+        jitted once per run.
       eval_policy: what ``eval_act`` does, for the evaluation protocol (Atari: epsilon,
         noisy nets off; DMC: the policy's mean action on a centre crop).
       store: ``(replay, obs, actions, step_record)`` stores one agent step.
@@ -67,7 +74,8 @@ class Domain:
     unit: int
     budget: str
     agent: Agent
-    make_replay: Callable[[], Any]
+    axes: Any
+    make_replay: Callable[..., Any]
     explore: Callable[..., np.ndarray]
     eval_act: Callable[..., Any]
     eval_policy: dict[str, Any]
@@ -110,13 +118,16 @@ def memory_needed(cfg: AtariConfig | DMCConfig) -> dict[str, tuple[int, str]]:
 
 
 def check_memory(cfg: AtariConfig | DMCConfig, host_bytes: int | None = None,
-                 device_bytes: int | None = None) -> None:
-    """Raise :class:`ConfigError` with the figures when :func:`memory_needed` exceeds what the
-    host (default: :func:`mlr_jax.host.available_memory`) or, on an accelerator, each device
-    (default: its ``memory_stats()["bytes_limit"]``) can hold; unknown sizes are not checked.
-    Frames on the device (``run.replay_frames``) count there, one replay copy per device and
-    an equal share of the batch. Checked before anything is allocated."""
-    need = memory_needed(cfg)
+                 device_bytes: int | None = None, num_seeds: int = 1) -> None:
+    """Raise :class:`ConfigError` with the figures when :func:`memory_needed` of a group of
+    ``num_seeds`` runs exceeds what the host (default: :func:`mlr_jax.host.available_memory`)
+    or, on an accelerator, each device (default: its ``memory_stats()["bytes_limit"]``) can
+    hold; unknown sizes are not checked. The host holds every seed's replay; frames on the
+    device (``run.replay_frames``) count there, the replays of the seeds a device holds
+    (:func:`mlr_jax.parallel.layout`) and an equal share of the batches. Checked before
+    anything is allocated."""
+    need = {k: (n * num_seeds, what + (f", x {num_seeds} seeds" if num_seeds > 1 else ""))
+            for k, (n, what) in memory_needed(cfg).items()}
     on_device = parallel.replay_frames(cfg.run.replay_frames) == "device"
     if host_bytes is None:
         host_bytes = host.available_memory()
@@ -124,10 +135,11 @@ def check_memory(cfg: AtariConfig | DMCConfig, host_bytes: int | None = None,
     if device_bytes is None and accelerator:
         device_bytes = parallel.device_memory_limit()
     n_dev = parallel.device_count()
+    seed_shards = math.gcd(num_seeds, n_dev)  # the seeds' split (parallel.layout)
     budgets = [("this host", host_bytes, {"replay": 1.0, "batch": 0.0 if on_device else 1.0})]
     if accelerator or device_bytes is not None:
         budgets.append(("each device", device_bytes,
-                        {"replay": 1.0 if on_device else 0.0, "batch": 1.0 / n_dev}))
+                        {"replay": 1.0 / seed_shards if on_device else 0.0, "batch": 1.0 / n_dev}))
     for where, available, share in budgets:
         parts = {k: int(n * share[k]) for k, (n, _) in need.items() if share[k]}
         if available is not None and sum(parts.values()) > available:
@@ -138,11 +150,11 @@ def check_memory(cfg: AtariConfig | DMCConfig, host_bytes: int | None = None,
                               "batch_size or replay_capacity")
 
 
-def make_replay(cfg: AtariConfig | DMCConfig, action_dim: int = 1) -> AtariReplay | DMCReplay:
+def make_replay(cfg: AtariConfig | DMCConfig, action_dim: int = 1,
+                mirror: Callable[..., FrameMirror] | None = None) -> AtariReplay | DMCReplay:
     """An empty replay for ``cfg`` (``action_dim``: DMC's action size; unused for Atari),
-    keeping its frames where ``run.replay_frames`` says (:func:`mlr_jax.parallel.replay_frames`)."""
-    on_device = parallel.replay_frames(cfg.run.replay_frames) == "device"
-    mirror = DeviceFrames if on_device else None
+    keeping a copy of its frames in ``mirror`` (a :class:`~mlr_jax.replay.frames.FrameMirror`
+    factory; :func:`mlr_jax.parallel.replay_frames` says whether the loop passes one)."""
     if isinstance(cfg, AtariConfig):
         zero = cfg.stack_reset == "zero"  # the stacks the env shows the agent (envs/atari.py)
         return AtariReplay(
@@ -191,12 +203,17 @@ def sample_batch(cfg: AtariConfig | DMCConfig, replay: AtariReplay | DMCReplay, 
     return dmc_agent.DMCBatch(sac=sac, seq=seq)
 
 
-def _atari(cfg: AtariConfig, env: VecEnv) -> Domain:
-    agent = atari_agent.make_agent(cfg, env.num_actions)
-    act = parallel.on_first_replica(agent.act)
+def _axes(agent: Agent) -> Any:
+    return seed_axes(jax.eval_shape(agent.init, jax.random.PRNGKey(0)))
 
-    def explore(state, obs, key, step, rng):
-        return np.asarray(act(state, obs, key, epsilon(cfg, step)))
+
+def _atari(cfg: AtariConfig, env: VecEnv, layout: parallel.Layout) -> Domain:
+    agent = atari_agent.make_agent(cfg, env.num_actions)
+    axes = _axes(agent)
+    act = layout.map_seeds(agent.act, axes, 0, 0, None)
+
+    def explore(state, obs, keys, step, rngs):
+        return np.asarray(act(state, obs, keys, epsilon(cfg, step)))
 
     def store(replay, obs, actions, rec):
         replay.add(obs[0, -1], int(actions[0]), float(rec.reward[0]), bool(rec.terminal[0]),
@@ -209,23 +226,25 @@ def _atari(cfg: AtariConfig, env: VecEnv) -> Domain:
         kind="atari", name=cfg.game, total_steps=cfg.steps, learning_starts=cfg.learning_starts + 1,
         updates_per_step=cfg.updates_per_step, env_steps_per_step=cfg.frame_skip, unit=1,
         budget="100k" if cfg.steps == 100_000 else str(cfg.steps),
-        agent=agent, make_replay=lambda: make_replay(cfg),
-        explore=explore, eval_act=parallel.on_first_replica(agent.eval_act),
+        agent=agent, axes=axes, make_replay=functools.partial(make_replay, cfg, 1),
+        explore=explore, eval_act=jax.jit(agent.eval_act),
         eval_policy={"epsilon": cfg.eval_epsilon, "noisy_nets": "off"}, store=store,
         sample=functools.partial(sample_batch, cfg), after_update=after_update)
 
 
-def _dmc(cfg: DMCConfig, env: VecEnv) -> Domain:
+def _dmc(cfg: DMCConfig, env: VecEnv, layout: parallel.Layout) -> Domain:
     agent = dmc_agent.make_agent(cfg, env.action_dim)
-    act = parallel.on_first_replica(agent.act)
+    axes = _axes(agent)
+    act = layout.map_seeds(agent.act, axes, 0, 0)
     if env.obs_shape[0] != RGB * cfg.frame_stack:
         raise ValueError(f"DMC observations of shape {env.obs_shape}: expected {RGB * cfg.frame_stack} "
                          f"channels ({cfg.frame_stack} stacked RGB frames)")
 
-    def explore(state, obs, key, step, rng):
+    def explore(state, obs, keys, step, rngs):
         if step < cfg.seed_steps:
-            return rng.uniform(-1.0, 1.0, (obs.shape[0], env.action_dim)).astype(np.float32)
-        return np.asarray(act(state, obs, key))
+            return np.stack([rng.uniform(-1.0, 1.0, (obs.shape[1], env.action_dim)).astype(np.float32)
+                             for rng in rngs])
+        return np.asarray(act(state, obs, keys))
 
     def store(replay, obs, actions, rec):
         replay.add(obs[0, -RGB:], actions[0], float(rec.reward[0]), bool(rec.terminal[0]),
@@ -236,20 +255,24 @@ def _dmc(cfg: DMCConfig, env: VecEnv) -> Domain:
     return Domain(
         kind="dmc", name=cfg.task, total_steps=cfg.agent_steps, learning_starts=cfg.seed_steps,
         updates_per_step=1, env_steps_per_step=cfg.action_repeat, unit=cfg.action_repeat,
-        budget=budget, agent=agent, make_replay=lambda: make_replay(cfg, env.action_dim),
-        explore=explore, eval_act=parallel.on_first_replica(agent.eval_act),
+        budget=budget, agent=agent, axes=axes,
+        make_replay=functools.partial(make_replay, cfg, env.action_dim),
+        explore=explore, eval_act=jax.jit(agent.eval_act),
         eval_policy={"actions": "mean of the policy",
                      "crop": f"centre {cfg.crop_size}x{cfg.crop_size} of {cfg.image_size}"},
         store=store, sample=functools.partial(sample_batch, cfg), after_update=lambda *_: None)
 
 
-def make_domain(cfg: AtariConfig | DMCConfig, env: VecEnv) -> Domain:
-    """The :class:`Domain` of ``cfg`` for the training environment ``env``."""
+def make_domain(cfg: AtariConfig | DMCConfig, env: VecEnv,
+                layout: parallel.Layout | None = None) -> Domain:
+    """The :class:`Domain` of ``cfg`` for the training environment ``env`` (one seed's; it
+    tells the action space) and a group of runs on ``layout`` (default: one run)."""
+    layout = layout or parallel.layout()
     if cfg.num_envs != 1:
         raise ConfigError(f"num_envs={cfg.num_envs}: training uses one environment stream "
                           "(the replay buffers store a single stream, as in the paper)")
     if isinstance(cfg, AtariConfig):
-        return _atari(cfg, env)
+        return _atari(cfg, env, layout)
     if isinstance(cfg, DMCConfig):
-        return _dmc(cfg, env)
+        return _dmc(cfg, env, layout)
     raise TypeError(f"expected an AtariConfig or DMCConfig, got {type(cfg).__name__}")

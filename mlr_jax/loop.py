@@ -1,11 +1,13 @@
 """The training loop shared by both domains: act, store, update, evaluate, log, checkpoint.
 
-``train(cfg)`` reads top to bottom: build the environment, the domain adapter
-(:mod:`mlr_jax.domains`: agent, replay, exploration, batch sampling), the data-parallel train
-step (:mod:`mlr_jax.parallel`) and the run directory (:mod:`mlr_jax.logging`); then, for every
-agent step, act, store the transition, run ``updates_per_step`` updates once learning has
-started, and periodically log, evaluate and checkpoint. It ends with the final evaluation,
-``final_eval.json``, ``learning_curve.png`` and ``summary.md``.
+``train_group(cfgs)`` trains a group of runs, one config with several seeds, as one program
+(``train(cfg)`` is a group of one). It reads top to bottom: build each seed's environment and
+replay, the domain adapter (:mod:`mlr_jax.domains`: agent, exploration, batch sampling), the
+seed-batched, data-parallel train step (:mod:`mlr_jax.parallel`) and the run directories
+(:mod:`mlr_jax.logging`); then, for every agent step, act for every seed at once, store each
+seed's transition, run ``updates_per_step`` updates of every seed at once once learning has
+started, and periodically log, evaluate and checkpoint each run. Every run ends with its final
+evaluation, ``final_eval.json``, ``learning_curve.png`` and ``summary.md``.
 
 In a multi-process run (:func:`mlr_jax.parallel.initialize_distributed`) every process runs
 this same loop on the same environment and replay, takes the primary's actions, and checks at
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import pathlib
 import signal
 import time
@@ -27,7 +30,7 @@ import numpy as np
 from mlr_jax import checkpoint, envs, evaluation, host, parallel
 from mlr_jax import logging as runlog
 from mlr_jax.agents.common import FINITE
-from mlr_jax.config import AtariConfig, DMCConfig, domain_of, from_dict, name_of, to_dict
+from mlr_jax.config import AtariConfig, ConfigError, DMCConfig, domain_of, from_dict, name_of, to_dict
 from mlr_jax.domains import Domain, check_memory, make_domain
 from mlr_jax import device_frames
 
@@ -87,6 +90,7 @@ class RunResult:
     run_dir: pathlib.Path
     steps: int
     final_eval: dict[str, Any]
+    seed: int
 
 
 class EvaluationStopped(Exception):
@@ -109,7 +113,7 @@ def evaluate(domain: Domain, cfg: AtariConfig | DMCConfig, state: Any, episodes:
              stop: Callable[[], bool] = lambda: False) -> Evaluation:
     """Scores of ``episodes`` full evaluation episodes, run as one batch of environments.
 
-    ``state`` is the replicated training state (:func:`mlr_jax.parallel.replicate`).
+    ``state`` is one seed's training state, on the devices.
     Every environment plays exactly one episode (the first one to end is kept); actions come
     from the agent's evaluation policy (Atari: epsilon 0.001, no noise; DMC: the mean action).
     ``stop`` is asked before every step; when it answers True the evaluation is abandoned
@@ -163,7 +167,8 @@ def _window_means(window: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def _restore(run: runlog.RunDir, cfg, state, replay, log=print):
-    """Load the newest readable checkpoint of ``run`` into ``state`` and ``replay``."""
+    """Load the newest readable checkpoint of ``run`` into ``state`` (a target pytree) and
+    ``replay``."""
     state, replay_state, loop_state, _ = checkpoint.restore(run.checkpoints, state, to_dict(cfg),
                                                             on_skip=log)
     replay.load_state_dict(replay_state)
@@ -199,7 +204,7 @@ def evaluate_checkpoint(run_dir: str | pathlib.Path, step: int | None = None,
     episodes = cfg.run.eval_episodes if episodes is None else episodes
     _, eval_key = jax.random.split(jax.numpy.asarray(loop_state["key"]))
     log(f"[mlr-jax] evaluating {run.root} at step {step}: {episodes} episodes, seed {eval_seed}")
-    scores, video, protocol = evaluate(domain, cfg, parallel.replicate(state), episodes,
+    scores, video, protocol = evaluate(domain, cfg, parallel.to_device(state), episodes,
                                        eval_seed, eval_key, VIDEO_FRAMES if gif else 0)
     summary = evaluation.summarize_scores(domain.kind, domain.name, scores.tolist(),
                                           budget=domain.budget)
@@ -236,98 +241,235 @@ def load_run_config(run_dir: str | pathlib.Path) -> AtariConfig | DMCConfig:
     return from_dict(cls, data)
 
 
+GROUP_FILE = "group.json"  # in each run directory of a group: its members, for --resume
+
+
+def seed_configs(cfg: AtariConfig | DMCConfig, seeds: list[int]) -> list[AtariConfig | DMCConfig]:
+    """``cfg`` once per seed (``run.seed``): the configs of a group of runs."""
+    return [dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, seed=s)) for s in seeds]
+
+
+def group_members(run_dir: str | pathlib.Path) -> list[pathlib.Path]:
+    """The run directories trained together with ``run_dir`` (its group, in seed order; just
+    ``run_dir`` for a run trained alone)."""
+    run_dir = pathlib.Path(run_dir)
+    path = run_dir / GROUP_FILE
+    if not path.is_file():
+        return [run_dir]
+    return [run_dir.parent / name for name in json.loads(path.read_text())["runs"]]
+
+
+def _check_group(cfgs: list[AtariConfig | DMCConfig]) -> None:
+    """A group's configs differ in ``run.seed`` only, and no seed comes twice."""
+    if not cfgs:
+        raise ConfigError("a group needs at least one run")
+    seeds = [c.run.seed for c in cfgs]
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"seeds {seeds}: every seed of a group must differ")
+    first = to_dict(cfgs[0])
+    for c in cfgs[1:]:
+        data = to_dict(c)
+        data["run"]["seed"] = first["run"]["seed"]
+        if data != first:
+            differ = sorted(k for k in first if first[k] != data[k])
+            raise ConfigError(f"the runs of a group must share their config except run.seed; "
+                              f"seed {c.run.seed} differs in {', '.join(differ)}")
+
+
+def seed_list(seeds: list[int]) -> str:
+    """``0-7`` for consecutive seeds, else ``0,3,5``."""
+    if len(seeds) > 2 and seeds == list(range(seeds[0], seeds[-1] + 1)):
+        return f"{seeds[0]}-{seeds[-1]}"
+    return ",".join(map(str, seeds))
+
+
+@dataclasses.dataclass
+class _Member:
+    """One run of a group: its environment stream, replay, run directory and counters."""
+
+    cfg: AtariConfig | DMCConfig
+    env: Any
+    replay: Any
+    rng: np.random.Generator
+    run: runlog.RunDir | None = None
+    writer: Any = None
+    tracker: Any = None
+    obs: Any = None
+    episodes: int = 0
+    latest_score: float = float("nan")
+    wall_before: float = 0.0
+    window: list = dataclasses.field(default_factory=list)
+
+
+def _stack(trees: list[Any]) -> Any:
+    """Host trees of the seeds -> one tree with a leading seed axis (a view for one seed)."""
+    if len(trees) == 1:
+        return jax.tree.map(lambda x: np.expand_dims(np.asarray(x), 0), trees[0])
+    return jax.tree.map(lambda *xs: np.stack(xs), *trees)
+
+
+_split_keys = jax.jit(jax.vmap(jax.random.split))
+
+
+def _split(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every seed's ``key, sub = jax.random.split(key)``, as its own run does."""
+    pairs = np.array(_split_keys(keys))  # writable: a resume sets rows
+    return pairs[:, 0], pairs[:, 1]
+
+
 def train(cfg: AtariConfig | DMCConfig, resume: str | pathlib.Path | None = None,
           log=print) -> RunResult:
-    """Train the agent of ``cfg`` and evaluate it.
+    """Train the agent of ``cfg`` alone and evaluate it: :func:`train_group` of one run."""
+    return train_group([cfg], None if resume is None else [resume], log=log)[0]
+
+
+def train_group(cfgs: list[AtariConfig | DMCConfig], resume: list[str | pathlib.Path] | None = None,
+                log=print, desc: str | None = None,
+                on_start: Callable[[list[pathlib.Path]], None] | None = None) -> list[RunResult]:
+    """Train the agents of ``cfgs`` (one game or task, one config, several seeds) together
+    and evaluate each.
+
+    The seeds' states are stacked and updated by one jitted step, vmapped over the seeds and
+    laid out on the devices by :func:`mlr_jax.parallel.layout`. Each seed has its own key,
+    environment stream (seeded as a run of its own), replay, exploration and run directory,
+    so it trains as it would alone: the same environment trajectory, batches and updates up
+    to float rounding (``tests/test_seed_groups.py``).
 
     Args:
-      cfg: a validated config (:func:`mlr_jax.config.make_config`).
-      resume: an existing run directory: continue from its latest checkpoint (same config,
-        except fields such as ``steps`` that do not change shapes). A run stopped after its
-        last step (during the final checkpoint or evaluation) only runs the final evaluation.
+      cfgs: validated configs (:func:`mlr_jax.config.make_config`, :func:`seed_configs`)
+        that differ in ``run.seed`` only.
+      resume: one existing run directory per config: continue from their latest checkpoints
+        (same config, except fields such as ``steps`` that do not change shapes), which must
+        be of the same agent step. A group stopped after its last step (during the final
+        checkpoint or evaluation) only runs the final evaluation.
       log: where to print start-up and end-of-run lines.
+      desc: the progress display's label (default ``<domain>:<name>`` and the seeds).
+      on_start: called with the run directories (in the order of ``cfgs``) once they exist,
+        before the first step (a sweep's ledger records them); primary process only.
 
     Before anything slow is built, it refuses (``ConfigError`` / ``CheckpointError``) a
-    batch that does not divide over the devices, a run that cannot fit in memory
+    batch that does not divide over the devices, a group that cannot fit in memory
     (:func:`mlr_jax.domains.check_memory`), an unwritable ``run.outdir`` and, with
     ``resume``, a checkpoint of another format or config.
     """
-    kind, name, seed = domain_of(cfg), name_of(cfg), cfg.run.seed
+    _check_group(cfgs)
+    cfg = cfgs[0]
+    kind, name, seeds = domain_of(cfg), name_of(cfg), [c.run.seed for c in cfgs]
     primary = parallel.is_primary()  # the process that writes files and prints
     log = log if primary else _quiet
     envs.check_name(cfg)
+    layout = parallel.layout(len(cfgs))
     for field in ("batch_size", "aux_batch_size"):  # fail before anything is built
         if hasattr(cfg, field):
-            parallel.check_divisible(getattr(cfg, field), parallel.device_count(), field)
-    check_memory(cfg)
+            parallel.check_divisible(getattr(cfg, field), layout.data_shards, field)
+    check_memory(cfg, num_seeds=len(cfgs))
     runlog.check_wandb(cfg.run.wandb)
     if resume is not None:
-        run = runlog.RunDir.open(resume)
-        checkpoint.check_resumable(run.checkpoints, to_dict(cfg))
+        if len(resume) != len(cfgs):
+            raise ConfigError(f"{len(resume)} run directories to resume for {len(cfgs)} configs")
+        runs = [runlog.RunDir.open(r) for r in resume]
+        for run, c in zip(runs, cfgs):
+            checkpoint.check_resumable(run.checkpoints, to_dict(c))
     elif primary:
         runlog.RunDir.check_outdir(cfg.run.outdir)
-    env = envs.make_env(cfg, cfg.num_envs, seed, evaluation=False)
-    domain = make_domain(cfg, env)
-    replay = domain.make_replay()
-    key = jax.random.PRNGKey(seed)
-    key, init_key = jax.random.split(key)
-    state = domain.agent.init(init_key)
-    rng = np.random.default_rng(seed)
-    step, episodes, latest_score, wall_before = 0, 0, float("nan"), 0.0
+    members = [_Member(c, envs.make_env(c, c.num_envs, c.run.seed, evaluation=False), None,
+                       np.random.default_rng(c.run.seed)) for c in cfgs]
+    domain = make_domain(cfg, members[0].env, layout)
+    on_device = parallel.replay_frames(cfg.run.replay_frames) == "device"
+    tables = device_frames.FrameTables(layout) if on_device else None
+    for i, m in enumerate(members):
+        m.replay = domain.make_replay(tables.mirror(i) if tables else None)
+    keys, init_keys = _split(np.stack([np.asarray(jax.random.PRNGKey(s)) for s in seeds]))
+    state = layout.stacked(domain.agent.init, init_keys, domain.axes)
+    step = 0
 
     if resume is not None:
-        state, loop_state = _restore(run, cfg, state, replay, log)
-        step, episodes = int(loop_state["step"]), int(loop_state["episodes"])
-        latest_score = float(loop_state["latest_score"])
-        wall_before = float(loop_state.get("wall_time", 0.0))  # absent before it was saved
-        key = jax.numpy.asarray(loop_state["key"])
-        rng.bit_generator.state = loop_state["rng"]
-        log(f"[mlr-jax] resuming {run.root} from step {step}")
+        target = jax.eval_shape(domain.agent.init, jax.random.PRNGKey(0))
+        restored, steps = [], []
+        for i, (m, run) in enumerate(zip(members, runs)):
+            m.run = run
+            member_state, loop_state = _restore(run, m.cfg, target, m.replay, log)
+            restored.append(member_state)
+            steps.append(int(loop_state["step"]))
+            m.episodes = int(loop_state["episodes"])
+            m.latest_score = float(loop_state["latest_score"])
+            m.wall_before = float(loop_state.get("wall_time", 0.0))  # absent before it was saved
+            keys[i] = np.asarray(loop_state["key"])
+            m.rng.bit_generator.state = loop_state["rng"]
+        if len(set(steps)) != 1:
+            raise checkpoint.CheckpointError(
+                "the runs of a group resume together from the same agent step, but their latest "
+                "checkpoints are at steps " + ", ".join(f"{s} ({r.root})" for s, r in zip(steps, runs)))
+        step = steps[0]
+        state = layout.put(parallel.stack(restored, domain.axes), domain.axes)
+        log(f"[mlr-jax] resuming {', '.join(str(r.root) for r in runs)} from step {step}")
     else:
-        root = str(runlog.RunDir.create(cfg.run.outdir, kind, name, cfg.aux, seed).root) if primary else ""
-        run = runlog.RunDir(pathlib.Path(parallel.share_text(root)))  # the primary's, everywhere
-    counts = domain.agent.param_counts(state)
+        for m in members:
+            root = (str(runlog.RunDir.create(cfg.run.outdir, kind, name, cfg.aux, m.cfg.run.seed).root)
+                    if primary else "")
+            m.run = runlog.RunDir(pathlib.Path(parallel.share_text(root)))  # the primary's, everywhere
+    counts = domain.agent.param_counts(jax.eval_shape(domain.agent.init, jax.random.PRNGKey(0)))
     if primary:
-        runlog.write_json(run.config, to_dict(cfg))
-        runlog.write_json(run.param_counts, counts)
+        for m in members:
+            runlog.write_json(m.run.config, to_dict(m.cfg))
+            runlog.write_json(m.run.param_counts, counts)
+            if len(members) > 1:
+                runlog.write_json(m.run.root / GROUP_FILE, {
+                    "seeds": seeds, "runs": [os.path.relpath(o.run.root, m.run.root.parent)
+                                             for o in members]})
+    if primary and on_start is not None:
+        on_start([m.run.root for m in members])
     if parallel.process_count() > 1:
         log(f"[mlr-jax] {parallel.process_count()} processes, {parallel.device_count()} devices")
-    log(f"[mlr-jax] {kind} {name} aux={cfg.aux} seed={seed} -> {run.root}")
+    log(f"[mlr-jax] {kind} {name} aux={cfg.aux} seed{'s' if len(seeds) > 1 else ''}="
+        f"{seed_list(seeds)} -> " + ", ".join(str(m.run.root) for m in members))
+    if len(members) > 1:
+        log(f"[mlr-jax] {len(members)} seeds in one step: {layout.seed_shards} device(s) along "
+            f"the seeds, {layout.data_shards} along each seed's batch")
     log("[mlr-jax] parameters: " + ", ".join(f"{k}={v:,}" for k, v in counts.items()))
 
-    train_step = device_frames.parallel_train_step(domain.agent.train_step, replay.device_frames)
-    updates = int(state.step)  # updates done (both agents' states count them)
-    pstate = parallel.replicate(state)
-    tracker = (runlog.WandbTracker(run, cfg.run.wandb, cfg.run.wandb_mode, to_dict(cfg))
-               if primary and cfg.run.wandb else None)
-    metrics_writer = (runlog.MetricsWriter(run, keep_until=step if resume is not None else None,
-                                           tracker=tracker)
-                      if primary else runlog.NoMetrics())
+    train_step = device_frames.parallel_train_step(layout, domain.agent.train_step, domain.axes,
+                                                   tables)
+    take = layout.take(domain.axes)
+    updates = int(np.asarray(state.step))  # updates done (both agents' states count them)
+    for m in members:
+        m.tracker = (runlog.WandbTracker(m.run, m.cfg.run.wandb, m.cfg.run.wandb_mode,
+                                         to_dict(m.cfg))
+                     if primary and cfg.run.wandb else None)
+        m.writer = (runlog.MetricsWriter(m.run, keep_until=step if resume is not None else None,
+                                         tracker=m.tracker)
+                    if primary else runlog.NoMetrics())
     unit = domain.unit  # progress counts the steps the user gave: DMC environment steps
-    progress = runlog.Progress(domain.total_steps * unit, initial=step * unit,
-                               enabled=cfg.run.progress, print_every=cfg.run.log_every,
-                               desc=f"{kind}:{name}", unit="env step" if kind == "dmc" else "step",
-                               show=primary)
+    progress = runlog.Progress(
+        domain.total_steps * unit, initial=step * unit, enabled=cfg.run.progress,
+        print_every=cfg.run.log_every,
+        desc=desc or f"{kind}:{name}" + (f" seeds {seed_list(seeds)}" if len(seeds) > 1 else ""),
+        unit="env step" if kind == "dmc" else "step", show=primary)
 
-    def wall_time():
-        return wall_before + time.monotonic() - start_time
+    def wall_time(m):
+        return m.wall_before + time.monotonic() - start_time
 
     def save_checkpoint():
         if not primary:
             return
-        loop_state = {"step": step, "episodes": episodes, "latest_score": latest_score,
-                      "key": np.asarray(key), "rng": rng.bit_generator.state,
-                      "wall_time": wall_time()}
-        checkpoint.save(run.checkpoints, step, parallel.unreplicate(pstate), replay.state_dict(),
-                        loop_state, to_dict(cfg))
+        for i, (m, member_state) in enumerate(zip(members, layout.unstack(state, domain.axes))):
+            loop_state = {"step": step, "episodes": m.episodes, "latest_score": m.latest_score,
+                          "key": keys[i].copy(), "rng": m.rng.bit_generator.state,
+                          "wall_time": wall_time(m)}
+            checkpoint.save(m.run.checkpoints, step, member_state, m.replay.state_dict(),
+                            loop_state, to_dict(m.cfg))
 
-    def run_eval(eval_key, record=0):
-        return evaluate(domain, cfg, pstate, cfg.run.eval_episodes, seed + EVAL_SEED_OFFSET,
-                        eval_key, record, stop=lambda: stop.requested is not None)
+    def run_eval(i, eval_key, record=0):
+        m = members[i]
+        return evaluate(domain, m.cfg, take(state, i), cfg.run.eval_episodes,
+                        m.cfg.run.seed + EVAL_SEED_OFFSET, eval_key, record,
+                        stop=lambda: stop.requested is not None)
 
     parallel.barrier(f"mlr_jax_loop_start_{step}")  # hosts restore and compile at their own pace
-    obs = env.reset()
-    start_time, start_step, window = time.monotonic(), step, []
+    for m in members:
+        m.obs = m.env.reset()
+    start_time, start_step = time.monotonic(), step
+    results = []
     # Ctrl-C / SIGTERM, up to the last file written: finish the agent step (or the checkpoint
     # being written), save a checkpoint, stop (one process; several agree on the step
     # through JAX's preemption service, which owns SIGTERM)
@@ -335,85 +477,111 @@ def train(cfg: AtariConfig | DMCConfig, resume: str | pathlib.Path | None = None
     with host.StopSignals(STOP_SIGNALS if parallel.process_count() == 1 else ()) as stop:
         try:
             while step < domain.total_steps:
-                key, act_key = jax.random.split(key)
-                actions = parallel.from_primary(domain.explore(pstate, obs, act_key, step, rng))
-                rec = env.step(actions)
-                domain.store(replay, obs, actions, rec)
-                obs = rec.obs
+                keys, act_keys = _split(keys)
+                obs = np.stack([m.obs for m in members])
+                actions = parallel.from_primary(
+                    domain.explore(state, obs, act_keys, step, [m.rng for m in members]))
                 step += 1
-                for score in rec.score[rec.episode_end]:
-                    episodes += 1
-                    latest_score = float(score)
-                    metrics_writer.write(step, {runlog.EPISODE_SCORE: latest_score,
-                                                "episode/count": episodes})
+                for m, action in zip(members, actions):
+                    rec = m.env.step(action)
+                    domain.store(m.replay, m.obs, action, rec)
+                    m.obs = rec.obs
+                    for score in rec.score[rec.episode_end]:
+                        m.episodes += 1
+                        m.latest_score = float(score)
+                        m.writer.write(step, {runlog.EPISODE_SCORE: m.latest_score,
+                                              "episode/count": m.episodes})
                 if step >= domain.learning_starts:
                     for _ in range(domain.updates_per_step):
-                        key, update_key = jax.random.split(key)
-                        batch = domain.sample(replay, step, rng)
-                        pstate, metrics = train_step(pstate, batch, update_key)
+                        keys, update_keys = _split(keys)
+                        batches = [domain.sample(m.replay, step, m.rng) for m in members]
+                        state, metrics = train_step(state, _stack(batches), update_keys)
+                        metrics = jax.device_get(metrics)
                         updates += 1
-                        check_finite(updates, step, metrics, run.root)
-                        domain.after_update(replay, batch, metrics)
-                        window.append({k: v for k, v in metrics.items() if np.ndim(v) == 0})
+                        for i, (m, batch) in enumerate(zip(members, batches)):
+                            mine = {k: v[i] for k, v in metrics.items()}
+                            check_finite(updates, step, mine, m.run.root)
+                            domain.after_update(m.replay, batch, mine)
+                            m.window.append({k: v for k, v in mine.items() if np.ndim(v) == 0})
                 if _due(step, unit, cfg.run.log_every) or step == domain.total_steps:
-                    elapsed = time.monotonic() - start_time
-                    row = _window_means(window)
-                    window = []
-                    row["perf/sps"] = (step - start_step) / max(elapsed, 1e-9)
-                    row["perf/env_steps"] = step * domain.env_steps_per_step
-                    metrics_writer.write(step, row)
-                    parallel.check_same_across_processes(
-                        {"step": step, "episodes": episodes, "latest_score": latest_score,
-                         "observation_sum": float(np.sum(obs, dtype=np.int64))},
-                        f"the environment at agent step {step}")
+                    sps = (step - start_step) / max(time.monotonic() - start_time, 1e-9)
+                    agree = {"step": step}
+                    for i, m in enumerate(members):
+                        row = _window_means(m.window)
+                        m.window = []
+                        row["perf/sps"] = sps
+                        row["perf/env_steps"] = step * domain.env_steps_per_step
+                        m.writer.write(step, row)
+                        agree.update({f"episodes_{i}": m.episodes, f"latest_score_{i}": m.latest_score,
+                                      f"observation_sum_{i}": float(np.sum(m.obs, dtype=np.int64))})
+                    parallel.check_same_across_processes(agree, f"the environments at agent step {step}")
                 if _due(step, unit, cfg.run.eval_every) and step < domain.total_steps:
-                    key, eval_key = jax.random.split(key)
-                    try:
-                        scores = run_eval(eval_key).scores
-                        metrics_writer.write(step, {runlog.EVAL_MEAN: float(scores.mean()),
-                                                    runlog.EVAL_STD: float(scores.std())})
-                    except EvaluationStopped:
-                        log(f"[mlr-jax] evaluation at agent step {step} abandoned "
-                            f"({stop.requested}); it is not in metrics.jsonl")
+                    keys, eval_keys = _split(keys)
+                    for i, m in enumerate(members):
+                        try:
+                            scores = run_eval(i, eval_keys[i]).scores
+                            m.writer.write(step, {runlog.EVAL_MEAN: float(scores.mean()),
+                                                  runlog.EVAL_STD: float(scores.std())})
+                        except EvaluationStopped:
+                            log(f"[mlr-jax] evaluation at agent step {step} abandoned "
+                                f"({stop.requested}); it is not in metrics.jsonl")
+                            break
                 if _due(step, unit, cfg.run.checkpoint_every):
                     save_checkpoint()
-                progress.update(step * unit, score=latest_score, episodes=episodes)
+                latest = [m.latest_score for m in members if not np.isnan(m.latest_score)]
+                progress.update(step * unit, score=float(np.mean(latest)) if latest else float("nan"),
+                                episodes=sum(m.episodes for m in members))
                 if parallel.stop_agreed(step, stop.requested is not None) and step < domain.total_steps:
                     stopped_by = stop.requested or "SIGTERM"
                     break
             save_checkpoint()  # a stop signal now waits for it: the checkpoint stays whole
             if stopped_by is None:
-                key, eval_key = jax.random.split(key)
-                scores, video, protocol = run_eval(eval_key, record=VIDEO_FRAMES)
-                # from here on a stop signal changes nothing: the results are written whole
-                metrics_writer.write(step, {runlog.EVAL_MEAN: float(scores.mean()),
-                                            runlog.EVAL_STD: float(scores.std())})
-                summary = evaluation.summarize_scores(kind, name, scores.tolist(),
-                                                      budget=domain.budget)
-                summary.update(agent_steps=step, env_steps=step * domain.env_steps_per_step,
-                               protocol=protocol, **evaluation.preset_note(cfg.run.preset))
-                if primary:
-                    _write_results(run, cfg, domain, summary, video, counts, wall_time=wall_time())
-                    if tracker is not None:
-                        tracker.media(step, run.learning_curve, run.eval_video)
+                keys, eval_keys = _split(keys)
+                for i, m in enumerate(members):
+                    results.append(_final(domain, m, step, run_eval(i, eval_keys[i], VIDEO_FRAMES),
+                                          counts, wall_time(m), primary))
         except EvaluationStopped:
             stopped_by = stop.requested
         except NonFiniteUpdate:
-            metrics_writer.close()  # every row up to the bad update stays on disk
+            for m in members:
+                m.writer.close()  # every row up to the bad update stays on disk
             raise
         finally:
             progress.close()
-            env.close()
+            for m in members:
+                m.env.close()
 
-    metrics_writer.close()
+    for m in members:
+        m.writer.close()
     if stopped_by is not None:
-        raise TrainingInterrupted(step, run.root, stopped_by, final=step == domain.total_steps)
-    note = f" ({summary['note']})" if "note" in summary else ""
-    log(f"[mlr-jax] final evaluation: {summary['mean']:.2f} ± {summary['std']:.2f} over "
-        f"{len(scores)} episodes{note}")
-    log(f"[mlr-jax] results in {run.root} (final_eval.json, summary.md, metrics.jsonl, "
-        f"learning_curve.png, eval.gif, tb/, checkpoints/)")
-    return RunResult(run_dir=run.root, steps=step, final_eval=summary)
+        raise TrainingInterrupted(step, members[0].run.root, stopped_by,
+                                  final=step == domain.total_steps)
+    for result in results:
+        summary = result.final_eval
+        note = f" ({summary['note']})" if "note" in summary else ""
+        log(f"[mlr-jax] final evaluation of seed {result.seed}: {summary['mean']:.2f} ± "
+            f"{summary['std']:.2f} over {len(summary['scores'])} episodes{note}")
+        log(f"[mlr-jax] results in {result.run_dir} (final_eval.json, summary.md, metrics.jsonl, "
+            f"learning_curve.png, eval.gif, tb/, checkpoints/)")
+    return results
+
+
+def _final(domain: Domain, m: _Member, step: int, final: Evaluation, counts: dict[str, int],
+           wall_time: float, primary: bool) -> RunResult:
+    """Record one run's final evaluation; from here on a stop signal changes nothing: the
+    results are written whole."""
+    scores, video, protocol = final
+    m.writer.write(step, {runlog.EVAL_MEAN: float(scores.mean()),
+                          runlog.EVAL_STD: float(scores.std())})
+    summary = evaluation.summarize_scores(domain.kind, domain.name, scores.tolist(),
+                                          budget=domain.budget)
+    summary.update(agent_steps=step, env_steps=step * domain.env_steps_per_step,
+                   protocol=protocol, **evaluation.preset_note(m.cfg.run.preset))
+    if primary:
+        _write_results(m.run, m.cfg, domain, summary, video, counts, wall_time=wall_time)
+        if m.tracker is not None:
+            m.tracker.media(step, m.run.learning_curve, m.run.eval_video)
+    return RunResult(run_dir=m.run.root, steps=step, final_eval=summary, seed=m.cfg.run.seed)
 
 
 def _write_results(run: runlog.RunDir, cfg: AtariConfig | DMCConfig, domain: Domain,

@@ -1,33 +1,50 @@
-"""Data parallelism: the only module that knows about devices.
+"""Devices and processes: the only module that knows about either.
 
-The agents' ``train_step(state, batch, key, axis_name=None)`` is written for one shard of the
-global batch. :func:`data_parallel` wraps it in ``jax.pmap`` over the local devices: the state
-is replicated, the batch's leading axis is split across devices, the key is the same on every
-device, and gradients/metrics are averaged with :func:`pmean` inside the step. Per-sample
-outputs (e.g. new priorities) come back concatenated in global batch order.
+Everything runs as ``jax.jit`` over a two-axis :class:`jax.sharding.Mesh` (:class:`Layout`):
 
-Randomness is drawn for the global batch and sliced per device (:func:`shard_slice`), so one
-device and D devices compute the same update for the same global batch.
+- ``seeds``: a group of S independent runs (seeds) of one game or task trains as one program.
+  Their states are stacked on a leading seed axis and the agents' ``train_step`` is
+  ``jax.vmap``-ed over it; the seed axis is split over the mesh's first axis, S / s seeds per
+  device. Fields every seed shares (the update counter ``step``, on which the DMC actor
+  gating branches) are not stacked, so a ``lax.cond`` on them stays a branch under vmap.
+- ``data``: each seed's batch is split over the devices of the second mesh axis (data
+  parallelism). Inside the step (a ``shard_map``) the agents' ``train_step(state, batch,
+  key, axis_name)`` sees one shard of one seed's batch and averages gradients and metrics with
+  :func:`pmean` over :data:`AXIS`; per-sample outputs (new priorities) come back gathered in
+  global batch order. Randomness is drawn for the global batch and sliced per device
+  (:func:`shard_slice`), so one device and D devices compute the same update.
+
+:func:`layout` picks the mesh: S seeds on D devices use ``gcd(S, D)`` seed shards and the rest
+of the devices for data, so one seed spans every device and D seeds take one device each.
 
 Several processes (the hosts of a TPU pod slice or a GPU cluster, joined by
-:func:`initialize_distributed`) run the same program on the same data: every process steps an
-identical environment, keeps an identical replay and samples the same global batch, and the
-pmapped step spans the devices of all processes, each process feeding the rows of its own
-devices. Actions are taken from the primary process (:func:`from_primary`) so the
-environments cannot drift apart, and :func:`check_same_across_processes` fails loudly if they
-do anyway. Only the primary process writes files.
+:func:`initialize_distributed`) run the same program on the same data: every process steps
+identical environments, keeps identical replays and samples the same global batches, and the
+mesh spans the devices of all processes (its data axis; a group's seeds are vmapped on every
+device), each process feeding the rows of its own devices. Actions are taken from the primary
+process (:func:`from_primary`) so the environments cannot drift apart, and
+:func:`check_same_across_processes` fails loudly if they do anyway. Only the primary process
+writes files. A sweep's processes instead train different runs (:func:`work_alone`): each is
+then a one-process program on its own devices.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import math
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
-AXIS = "devices"
+SEEDS = "seeds"  # the mesh axis of a group's seeds
+DATA = "data"  # the mesh axis a seed's batch is split over
+AXIS = DATA  # the axis name the agents' collectives (pmean, psum) reduce over
 # Bytes of text :func:`share_text` can carry (run directory paths).
 TEXT_BYTES = 4096
 
@@ -40,13 +57,18 @@ class ProcessesDiverged(RuntimeError):
     """The processes of a multi-process run no longer see the same data."""
 
 
-def local_device_count() -> int:
-    return jax.local_device_count()
+_ALONE = False  # set by work_alone(): this process trains its own runs on its own devices
+
+
+def devices() -> list[Any]:
+    """The devices of this run: every device of every process, or this process's own when it
+    works alone or is the only one."""
+    return jax.local_devices() if _ALONE else jax.devices()
 
 
 def device_count() -> int:
-    """Devices of all processes: the number of shards of the global batch."""
-    return jax.device_count()
+    """Devices of this run (:func:`devices`)."""
+    return len(devices())
 
 
 # --------------------------------------------------------------------------- processes
@@ -64,34 +86,53 @@ def initialize_distributed(coordinator: str | None = None, num_processes: int | 
     jax.distributed.initialize(coordinator, num_processes, process_id)
 
 
+def work_alone() -> tuple[int, int]:
+    """From now on this process trains runs of its own on its own devices, with no collective
+    and no agreement with the other processes of the JAX runtime (a sweep's share of the grid,
+    after :func:`initialize_distributed` told it where it stands). Returns this process's
+    ``(index, count)`` in the runtime, by which it picks its share."""
+    global _ALONE
+    _ALONE = True
+    return runtime_processes()
+
+
+def runtime_processes() -> tuple[int, int]:
+    """``(index, count)`` of this process in the JAX runtime, alone or not (checkpoints
+    written by one process of several must tell orbax not to wait for the others)."""
+    return jax.process_index(), jax.process_count()
+
+
 def process_count() -> int:
-    return jax.process_count()
+    """Processes of this run (1 when this process works alone)."""
+    return 1 if _ALONE else jax.process_count()
 
 
 def process_index() -> int:
-    return jax.process_index()
+    """This process's index in its run (0 when it works alone)."""
+    return 0 if _ALONE else jax.process_index()
 
 
 def is_primary() -> bool:
     """Whether this process writes the run's files (process 0)."""
-    return jax.process_index() == 0
+    return process_index() == 0
 
 
 def from_primary(x: Any) -> Any:
     """The primary process's value of the numpy pytree ``x``, in every process (``x`` itself
     when there is one process)."""
-    if jax.process_count() == 1:
+    if process_count() == 1:
         return x
     return jax.tree_util.tree_map(np.asarray, multihost_utils.broadcast_one_to_all(x))
 
 
-def barrier(name: str, timeout_s: int = 900) -> None:
-    """Wait until every process reaches the barrier ``name`` (no-op with one process).
+def barrier(name: str, timeout_s: int = 900, runtime: bool = False) -> None:
+    """Wait until every process of this run (with ``runtime``: of the JAX runtime, also when
+    this process works alone) reaches the barrier ``name``; a no-op with one process.
 
     Goes through JAX's coordination service, not a collective: gloo gives a process 30 s to
     join a new collective context, so a host still restoring a checkpoint or compiling while
     another already broadcasts would fail the run. ``name`` must be new to the service."""
-    if jax.process_count() == 1:
+    if (jax.process_count() if runtime else process_count()) == 1:
         return
     from jax._src import distributed  # the coordination client has no public barrier
 
@@ -114,7 +155,7 @@ def stop_agreed(step: int, requested: bool) -> bool:
     several, whether JAX's preemption service has agreed on ``step`` as every process's stop
     (a SIGTERM to any process starts the agreement; every process must call this at every
     step)."""
-    if jax.process_count() == 1:
+    if process_count() == 1:
         return requested
     return multihost_utils.reached_preemption_sync_point(step)
 
@@ -123,7 +164,7 @@ def check_same_across_processes(values: dict[str, float], what: str) -> None:
     """Raise :class:`ProcessesDiverged` unless every process holds the same ``values``
     (NaN equals NaN); the message names ``what`` and each process's values. A no-op for one
     process."""
-    if jax.process_count() == 1:
+    if process_count() == 1:
         return
     names = sorted(values)
     mine = np.array([values[k] for k in names], np.float64)
@@ -139,7 +180,7 @@ def check_same_across_processes(values: dict[str, float], what: str) -> None:
 def device_description() -> str:
     """Human-readable name of the first local device (for benchmark records)."""
     dev = jax.local_devices()[0]
-    return f"{dev.platform}:{getattr(dev, 'device_kind', 'unknown')} x{jax.local_device_count()}"
+    return f"{dev.platform}:{getattr(dev, 'device_kind', 'unknown')} x{len(jax.local_devices())}"
 
 
 def on_accelerator() -> bool:
@@ -172,7 +213,7 @@ def replay_frames(requested: str) -> str:
 
 
 def pmean(tree: Any, axis_name: str | None) -> Any:
-    """Mean over devices inside a pmapped function; identity when ``axis_name`` is None."""
+    """Mean over the devices of :data:`AXIS` inside a train step; identity when ``axis_name`` is None."""
     if axis_name is None:
         return tree
     return jax.lax.pmean(tree, axis_name)
@@ -210,129 +251,209 @@ def check_divisible(batch_size: int, num_devices: int, what: str = "batch_size")
     return batch_size // num_devices
 
 
-def _devices(num_devices: int | None) -> list[Any]:
-    return jax.local_devices()[: num_devices or jax.local_device_count()]
 
 
-def _pmap_devices(num_devices: int | None) -> list[Any] | None:
-    """The devices of a pmap with collectives: the first ``num_devices`` local devices, or with
-    several processes None, i.e. every device of every process."""
-    if jax.process_count() == 1:
-        return _devices(num_devices)
-    if num_devices is not None:
-        raise ParallelError(f"num_devices={num_devices} selects local devices, which a "
-                            f"{jax.process_count()}-process run cannot do; leave it None")
-    return None
+# --------------------------------------------------------------------------- the mesh
+
+StepFn = Callable[..., tuple[Any, Any]]
 
 
-def replicate(tree: Any, num_devices: int | None = None) -> Any:
-    """Copy a pytree to every local device: leaves get a leading device axis ``[D, ...]``,
-    sharded so that device ``i`` holds copy ``i`` (the layout ``jax.pmap`` consumes).
-
-    The copies are stacked on the host first. Sending one host view to each device instead
-    (``np.broadcast_to`` or one ``device_put`` per device) made every later Atari update on
-    the CPU backend 2x slower (6.2 s against 3.1 s, measured), so the stack stays."""
-    devices = _devices(num_devices)
-    sharding = jax.sharding.NamedSharding(jax.sharding.Mesh(np.array(devices), (AXIS,)),
-                                          jax.sharding.PartitionSpec(AXIS))
-    return jax.tree_util.tree_map(
-        lambda x: jax.device_put(np.stack([np.asarray(x)] * len(devices)), sharding), tree)
+def _spec(axis: int | None) -> P:
+    """The PartitionSpec of a leaf stacked on the seed axis (``axis`` 0) or shared (None)."""
+    return P() if axis is None else P(SEEDS)
 
 
-def replicated_zeros(shape: tuple[int, ...], dtype: Any, num_devices: int | None = None) -> jax.Array:
-    """A zero array of ``shape`` on every local device, made there (``[D, *shape]``, the
-    layout of :func:`replicate`)."""
-    devices = _devices(num_devices)
-    return jax.pmap(lambda _: jnp.zeros(shape, dtype), devices=devices)(np.zeros(len(devices)))
+def _is_axis(x: Any) -> bool:
+    return x is None or isinstance(x, int)
 
 
-def row_writer(num_devices: int | None = None) -> Callable[[jax.Array, int, Any], jax.Array]:
-    """``write(table, row, value) -> table``: set ``table[:, row] = value`` on every device of a
-    replicated ``table [D, N, ...]``, in place (the old buffer is donated)."""
-    devices = _devices(num_devices)
-    write = jax.pmap(lambda table, row, value: jax.lax.dynamic_update_index_in_dim(
-        table, value.astype(table.dtype), row, axis=0),
-        in_axes=(0, None, None), devices=devices, donate_argnums=(0,))
-    return lambda table, row, value: write(table, np.int32(row), value)
-
-
-def unreplicate(tree: Any) -> Any:
-    """Host (numpy) copy of the first device's replica of a replicated pytree."""
-    return jax.tree_util.tree_map(lambda x: np.asarray(x.addressable_data(0))[0], tree)
-
-
-def on_first_replica(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Jit ``fn(tree, *args)`` so it can be called with a replicated ``tree``.
-
-    The first device's buffers are passed without a copy (``addressable_data(0)``, shape
-    ``[1, ...]``) and squeezed inside the compiled function, so acting with the training
-    state costs no transfer of parameters or optimizer state.
-    """
-    jitted = jax.jit(lambda local, *args: fn(jax.tree_util.tree_map(lambda x: x[0], local), *args))
-    return lambda tree, *args: jitted(
-        jax.tree_util.tree_map(lambda x: x.addressable_data(0), tree), *args)
-
-
-def split_batch(batch: Any, num_devices: int) -> Any:
-    """Reshape every leaf ``[B, ...] -> [D, B/D, ...]`` (host arrays, no copy).
+def stack(trees: list[Any], axes: Any) -> Any:
+    """Host trees of a group's seeds -> one stacked tree (seed axes ``axes``); shared leaves
+    must be equal in every tree.
 
     Raises:
-      ParallelError: a leaf's batch axis does not split evenly; the message names the leaf.
+      ParallelError: a shared leaf differs between the seeds (e.g. checkpoints of different
+        update counts); the message names it."""
+    def leaf(path, axis, *xs):
+        xs = [np.asarray(x) for x in xs]
+        if axis is not None:
+            return np.stack(xs)
+        if any(not np.array_equal(x, xs[0]) for x in xs[1:]):
+            raise ParallelError(f"{jax.tree_util.keystr(path)} is shared by the seeds of a group "
+                                f"but differs between them: {[x.tolist() for x in xs]}")
+        return xs[0]
+
+    return jax.tree_util.tree_map_with_path(leaf, axes, *trees, is_leaf=_is_axis)
+
+
+def _seed_slice(axes: Any, tree: Any, i: Any) -> Any:
+    return jax.tree.map(lambda a, x: x if a is None else x[i], axes, tree, is_leaf=_is_axis)
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """Where a group of ``num_seeds`` runs lives: a ``(seeds, data)`` mesh of devices.
+
+    Trees on the layout are *stacked*: each leaf has a leading seed axis ``[S, ...]``, except
+    the leaves that the ``axes`` tree (:func:`mlr_jax.agents.common.seed_axes`) marks None,
+    which all seeds share. Stacked leaves are split over the ``seeds`` mesh axis and copied
+    along ``data``; shared leaves are on every device.
     """
 
-    def split(path, x):
-        x = np.asarray(x) if not isinstance(x, jax.Array) else x
-        check_divisible(x.shape[0], num_devices, f"batch size of {jax.tree_util.keystr(path) or 'batch'}")
-        return x.reshape((num_devices, x.shape[0] // num_devices) + x.shape[1:])
+    mesh: Mesh
+    num_seeds: int
 
-    return jax.tree_util.tree_map_with_path(split, batch)
+    @property
+    def seed_shards(self) -> int:
+        """Devices the seeds are split over."""
+        return self.mesh.shape[SEEDS]
+
+    @property
+    def data_shards(self) -> int:
+        """Devices a seed's batch is split over."""
+        return self.mesh.shape[DATA]
+
+    def _sharding(self, spec: P) -> NamedSharding:
+        return NamedSharding(self.mesh, spec)
+
+    def _put(self, x: Any, spec: P) -> jax.Array:
+        """A global array of host value ``x`` (the same in every process), each device's
+        shard copied from it (own buffers: aliasing one host buffer from several CPU
+        devices made every later update 2x slower, measured)."""
+        x = np.asarray(x)
+        return jax.make_array_from_callback(x.shape, self._sharding(spec), lambda i: np.array(x[i]))
+
+    def put(self, tree: Any, axes: Any) -> Any:
+        """Host stacked tree (seed axes ``axes``) -> global arrays laid out on the mesh."""
+        return jax.tree.map(lambda a, x: self._put(x, _spec(a)), axes, tree, is_leaf=_is_axis)
+
+    def put_seeds(self, x: Any) -> jax.Array:
+        """A host array with a leading seed axis (e.g. one PRNG key per seed), on the mesh."""
+        return self._put(x, P(SEEDS))
+
+    def put_batch(self, batch: Any) -> Any:
+        """Host batches of every seed, leaves ``[S, B, ...]`` (B a seed's global batch), on
+        the mesh: seeds over ``seeds``, samples over ``data``. Every process passes the whole
+        batch and feeds its own devices.
+
+        Raises:
+          ParallelError: a leaf's batch axis does not split over the data devices; the
+            message names the leaf.
+        """
+        def put(path, x):
+            x = np.asarray(x)
+            if x.ndim < 2 or x.shape[0] != self.num_seeds:
+                raise ParallelError(f"{jax.tree_util.keystr(path) or 'batch'} of shape {x.shape}: "
+                                    f"expected [seeds={self.num_seeds}, batch, ...]")
+            check_divisible(x.shape[1], self.data_shards,
+                            f"batch size of {jax.tree_util.keystr(path) or 'batch'}")
+            return self._put(x, P(SEEDS, DATA))
+
+        return jax.tree_util.tree_map_with_path(put, batch)
+
+    def stacked(self, init: Callable[[jax.Array], Any], keys: np.ndarray, axes: Any) -> Any:
+        """``init(key)`` of every seed's key (``keys[S, ...]``), made on the devices as a
+        stacked tree (``vmap``: each seed's value is ``init`` of its key alone)."""
+        shardings = jax.tree.map(lambda a: self._sharding(_spec(a)), axes, is_leaf=_is_axis)
+        return jax.jit(jax.vmap(init, out_axes=axes), out_shardings=shardings)(self.put_seeds(keys))
+
+    def unstack(self, tree: Any, axes: Any) -> list[Any]:
+        """Host (numpy) copies of every seed's tree; shared leaves go to each."""
+        host = jax.device_get(tree)
+        return [_seed_slice(axes, host, i) for i in range(self.num_seeds)]
+
+    def take(self, axes: Any) -> Callable[[Any, int], Any]:
+        """``take(tree, i)``: seed ``i``'s tree, on the devices (jitted: evaluating one seed's
+        policy costs no host transfer of its state)."""
+        jitted = jax.jit(functools.partial(_seed_slice, axes))
+        return lambda tree, i: jitted(tree, np.int32(i))
+
+    def map_seeds(self, fn: Callable[..., Any], axes: Any, *arg_axes: int | None) -> Callable[..., Any]:
+        """``fn(tree, *args)`` of one seed -> jitted ``fn`` of every seed: ``(stacked_tree,
+        *args) -> outputs [S, ...]``; ``arg_axes`` says which arguments carry a seed axis (0)
+        and which all seeds share (None)."""
+        return jax.jit(jax.vmap(fn, in_axes=(axes, *arg_axes)))
+
+    def zeros(self, shape: tuple[int, ...], dtype: Any) -> jax.Array:
+        """A zero array ``[S, *shape]`` made on the devices, split over the seeds."""
+        return jax.jit(lambda: jnp.zeros((self.num_seeds, *shape), dtype),
+                       out_shardings=self._sharding(P(SEEDS)))()
+
+    def seed_writer(self) -> Callable[..., jax.Array]:
+        """``write(table, seed, value, row=None) -> table``: ``table[seed, row] = value`` (or
+        ``table[seed] = value``) on a table ``[S, N, ...]`` split over the seeds, in place
+        (the old buffer is donated). Each device updates its own seeds' rows; none gathers
+        the table."""
+
+        def write(table, seed, row, value, whole):
+            def local(t, seed, row, value):
+                index = seed - jax.lax.axis_index(SEEDS) * t.shape[0]
+                mine = (index >= 0) & (index < t.shape[0])
+                at = (jnp.clip(index, 0, t.shape[0] - 1),) + (() if whole else (row,))
+                return t.at[at].set(jnp.where(mine, value.astype(t.dtype), t[at]))
+
+            return jax.shard_map(local, mesh=self.mesh, in_specs=(P(SEEDS), P(), P(), P()),
+                                 out_specs=P(SEEDS), check_vma=False)(table, seed, row, value)
+
+        jitted = jax.jit(write, static_argnums=4, donate_argnums=0)
+        return lambda table, seed, value, row=None: jitted(
+            table, np.int32(seed), np.int32(row or 0), value, row is None)
+
+    def train_step(self, train_step: StepFn, axes: Any, num_tables: int = 0,
+                   donate_state: bool = True) -> StepFn:
+        """One jitted update of every seed: ``train_step(state, batch, key, *tables,
+        axis_name)`` of one seed's shard -> ``step(state, batch, keys, *tables) ->
+        (state, metrics)``.
+
+        ``state`` is stacked (seed axes ``axes``), ``batch`` the host batches ``[S, B, ...]``
+        (:meth:`put_batch`), ``keys[S]`` one PRNG key per seed (the same on each of its data
+        shards), ``tables`` ``num_tables`` stacked arrays already on the mesh (the replays'
+        frame tables). ``metrics`` come back per seed: scalars ``[S]`` averaged over the data
+        shards, per-sample arrays ``[S, B, ...]`` in global batch order.
+        """
+        def per_seed(state, batch, key, *tables):
+            state, metrics = train_step(state, batch, key, *tables, axis_name=AXIS)
+            return state, jax.tree.map(
+                lambda x: x if x.ndim == 0 else jax.lax.all_gather(x, AXIS, tiled=True), metrics)
+
+        mapped = jax.vmap(per_seed, in_axes=(axes, 0, 0) + (0,) * num_tables, out_axes=(axes, 0))
+        state_specs = jax.tree.map(_spec, axes, is_leaf=_is_axis)
+        sharded = jax.shard_map(
+            mapped, mesh=self.mesh, check_vma=False,
+            in_specs=(state_specs, P(SEEDS, DATA), P(SEEDS)) + (P(SEEDS),) * num_tables,
+            out_specs=(state_specs, P(SEEDS)))
+        jitted = jax.jit(sharded, donate_argnums=(0,) if donate_state else ())
+
+        def step(state, batch, keys, *tables):
+            if len(tables) != num_tables:
+                raise TypeError(f"the step takes {num_tables} tables, got {len(tables)}")
+            return jitted(state, self.put_batch(batch), self.put_seeds(keys), *tables)
+
+        step.jitted = jitted
+        step.put = lambda batch, keys: (self.put_batch(batch), self.put_seeds(keys))
+        return step
 
 
-def data_parallel(train_step: Callable[..., tuple[Any, Any]], num_devices: int | None = None,
-                  donate_state: bool = True, num_replicated: int = 0) -> Callable[..., tuple[Any, Any]]:
-    """Wrap ``train_step(state, batch, key, *replicated, axis_name)`` for the devices: the
-    first ``num_devices`` local ones (None: all), or with several processes every device of
-    every process.
-
-    Returns ``step(replicated_state, batch, key, *replicated) -> (replicated_state, metrics)``
-    where ``batch`` is a host pytree with global leading axis B (B divisible by the device
-    count of all processes; every process passes the same global batch and feeds its own
-    devices' rows), ``key`` a single PRNG key, ``replicated`` ``num_replicated`` further
-    inputs already on every local device (:func:`replicate` layout, e.g. the replay's frame
-    table), and ``metrics`` the averaged scalars and the per-sample arrays of the whole
-    global batch ``[B, ...]`` (gathered over the devices inside the step).
-    """
-    devices = _pmap_devices(num_devices)
-    n = jax.device_count() if devices is None else len(devices)
-
-    def per_device(state, batch, key, *replicated):
-        state, metrics = train_step(state, batch, key, *replicated, axis_name=AXIS)
-        # per-sample outputs of every device, in global batch order, on every device
-        return state, jax.tree_util.tree_map(
-            lambda x: x if x.ndim == 0 else jax.lax.all_gather(x, AXIS, tiled=True), metrics)
-
-    pmapped = jax.pmap(per_device, axis_name=AXIS, in_axes=(0, 0, None) + (0,) * num_replicated,
-                       devices=devices, donate_argnums=(0,) if donate_state else ())
-    local_shards = None  # with several processes: the global shard index of each local device
-    if jax.process_count() > 1:  # (every process builds the step at the same point, as here)
-        local_shards = np.asarray(jax.pmap(lambda _: jax.lax.axis_index(AXIS), axis_name=AXIS)(
-            np.zeros(jax.local_device_count())))
-
-    def step(state, batch, key, *replicated):
-        if len(replicated) != num_replicated:
-            raise TypeError(f"the step takes {num_replicated} replicated inputs, got {len(replicated)}")
-        shards = split_batch(batch, n)
-        if local_shards is not None:  # this process feeds its own devices' rows
-            shards = jax.tree_util.tree_map(lambda x: x[local_shards], shards)
-        new_state, metrics = pmapped(state, shards, key, *replicated)
-        return new_state, gather_metrics(metrics)
-
-    step.num_devices = n
-    step.pmapped = pmapped
-    return step
+def layout(num_seeds: int = 1, num_devices: int | None = None) -> Layout:
+    """The mesh of a group of ``num_seeds`` runs on this run's devices (:func:`devices`; the
+    first ``num_devices`` of them when given): ``gcd(num_seeds, D)`` devices along ``seeds``
+    and the rest along ``data``. With several processes the seeds are not split (every
+    process steps every seed's environment) and ``data`` spans every device."""
+    every = devices()
+    if num_devices is not None:
+        if process_count() > 1:
+            raise ParallelError(f"num_devices={num_devices} selects local devices, which a "
+                                f"{process_count()}-process run cannot do; leave it None")
+        if not 1 <= num_devices <= len(every):
+            raise ParallelError(f"num_devices={num_devices}: this process has {len(every)}")
+        every = every[:num_devices]
+    if num_seeds < 1:
+        raise ParallelError(f"a group needs at least one seed, got {num_seeds}")
+    seed_shards = 1 if process_count() > 1 else math.gcd(num_seeds, len(every))
+    grid = np.array(every, dtype=object).reshape(seed_shards, len(every) // seed_shards)
+    return Layout(Mesh(grid, (SEEDS, DATA)), num_seeds)
 
 
-def gather_metrics(metrics: Any) -> Any:
-    """Device-stacked metrics -> the first local device's: scalars (already averaged) and
-    per-sample arrays (already gathered over the devices, ``[B, ...]``)."""
-    return jax.tree_util.tree_map(lambda x: x[0], metrics)
+def to_device(tree: Any) -> Any:
+    """A host tree on the default device (e.g. one seed's state, evaluated)."""
+    return jax.device_put(tree)

@@ -195,6 +195,29 @@ def _curve(runs, tasks, seeds, domain, reps) -> dict[str, Any] | None:
 FIGURES = ("aggregates.png", "performance_profile.png", "sample_efficiency.png")
 
 
+def report_directory(root: str | pathlib.Path, compare: Sequence[str] | None = None,
+                     reps: int = stats.DEFAULT_REPS, out: str | pathlib.Path | None = None
+                     ) -> tuple[str, list[pathlib.Path], list[str]]:
+    """``mlr-jax report``: the finished runs below ``root`` reported into ``out`` (default
+    ``root``). Returns the markdown tables, the paths written and the warnings.
+
+    Raises:
+      ReportError: no finished run below ``root``, or runs that cannot be reported together.
+    """
+    records = collect_runs(root)
+    if not records:
+        raise ReportError(f"no finished runs (final_eval.json) below {root}")
+    try:
+        result = build_report(records, compare, reps)
+    except ValueError as e:
+        raise ReportError(str(e)) from None
+    paths = write_report(result, records, root if out is None else out)
+    text = report_markdown(result) + (f"\n[mlr-jax] {len(records)} run"
+                                      f"{'s' if len(records) != 1 else ''}; written to "
+                                      + ", ".join(str(p) for p in paths))
+    return text, paths, result["warnings"]
+
+
 def write_report(report: dict[str, Any], records: Sequence[dict[str, Any]],
                  out: str | pathlib.Path) -> list[pathlib.Path]:
     """``report.md``, ``report.json``, ``scores.csv`` and the figures into ``out``; returns

@@ -20,6 +20,7 @@ from mlr_jax.agents.atari import make_agent
 from mlr_jax.agents.atari_aux import window
 from mlr_jax.config import make_config
 from mlr_jax.replay.atari import AtariBatch
+import one_run
 
 NUM_ACTIONS = 3
 
@@ -45,14 +46,13 @@ def setup():
 
 
 def two_updates(step, state, batch) -> dict[str, np.ndarray]:
-    """Flat results of two ``step`` calls (a :func:`mlr_jax.parallel.data_parallel` step)."""
-    state = parallel.replicate(state)
+    """Flat results of two ``step`` calls (a :func:`one_run.data_parallel` step)."""
     out = {}
     for i in range(2):
         state, metrics = step(state, batch, jax.random.PRNGKey(10 + i))
         out[f"priorities{i}"] = np.asarray(metrics["priorities"])
         out[f"loss{i}"] = np.asarray(metrics["loss"])
-    leaves = jax.tree_util.tree_leaves_with_path(parallel.unreplicate(state).params)
+    leaves = jax.tree_util.tree_leaves_with_path(state.params)
     out.update({jax.tree_util.keystr(path): np.asarray(x) for path, x in leaves})
     return out
 
@@ -61,7 +61,7 @@ def main(mode: str, port: str, num_processes: str, process_id: str, out: str) ->
     parallel.initialize_distributed(f"localhost:{port}", int(num_processes), int(process_id))
     if mode == "update":
         agent, state, batch = setup()
-        np.savez(out, **two_updates(parallel.data_parallel(agent.train_step), state, batch))
+        np.savez(out, **two_updates(one_run.data_parallel(agent.train_step), state, batch))
     elif mode == "diverge":
         try:
             parallel.check_same_across_processes({"step": 7, "score": float(process_id)}, "the test")

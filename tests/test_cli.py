@@ -62,6 +62,17 @@ def test_flags_and_overrides(capsys):
     (["train", "atari", "--num-processes", "2"], "--coordinator, --num-processes and --process-id go together"),
     (["train", "atari", "--coordinator", "localhost:1", "--num-processes", "2", "--process-id", "2"],
      "--process-id=2 must be in [0, 2)"),
+    (["train", "atari", "--seeds", "0-2,2"], "seeds '0-2,2': 2 given more than once"),
+    (["train", "atari", "--seeds", "3-1"], "seeds '3-1': the range '3-1' is empty"),
+    (["train", "atari", "--seeds", "0-x"], "seeds '0-x': '0-x' is not a seed or a range like 0-7"),
+    (["train", "atari", "--seeds", "0,1", "--seed", "3"], "--seed 3 and --seeds 0,1: give one of them"),
+    (["train", "atari", "--resume", "runs/x", "--seeds", "0,1"], "leave out --seed and --seeds"),
+    (["sweep", "atari", "--games", "pong,pongg", "--seeds", "0-1"], "did you mean 'pong'"),
+    (["sweep", "dmc", "--tasks", "all", "--seeds", "0-1", "--aux", "mlr,spr"],
+     "aux must be one of mlr, none"),
+    (["sweep", "atari", "--games", "pong", "--seeds", "0", "--shard", "2/2"], "--shard '2/2': need 0 <= i < n"),
+    (["sweep", "atari", "--games", "pong", "--seeds", "0", "--shard", "0/2", "--distributed"],
+     "--shard and --distributed both pick this process's share"),
 ])
 def test_bad_input_fails_early_naming_the_value(capsys, argv, message):
     with pytest.raises(SystemExit) as exit_info:

@@ -1,6 +1,7 @@
 """Replay frames on the devices: the same batches as the host replay, on every device.
 
-The tests run with two CPU devices (tests/conftest.py), so every table here has two copies.
+The tests run with two CPU devices (tests/conftest.py): a group of one seed splits its batch
+over both, so every table here has a copy on each.
 """
 
 import chex
@@ -15,6 +16,12 @@ from mlr_jax import device_frames
 from mlr_jax.replay.atari import AtariReplay
 from mlr_jax.replay.dmc import DMCReplay
 from mlr_jax.replay.frames import FrameRows
+import one_run
+
+
+def on_devices():
+    """The mirror factory of a run alone on every device."""
+    return device_frames.FrameTables(parallel.layout()).mirror(0)
 
 
 def fill(replays, steps, frame_shape, action):
@@ -37,7 +44,7 @@ def host_pixels(replay, batch):
 def test_atari_batches_equal_host_batches(stack_fill, reset_on_terminal):
     kwargs = dict(capacity=100, frame_stack=4, seq_len=5, n_step=3, frame_shape=(8, 8),
                   stack_fill=stack_fill, reset_stack_on_terminal=reset_on_terminal)
-    host, device = AtariReplay(**kwargs), AtariReplay(**kwargs, mirror=device_frames.DeviceFrames)
+    host, device = AtariReplay(**kwargs), AtariReplay(**kwargs, mirror=on_devices())
     assert host.device_frames is None
     fill([host, device], 230, (8, 8), lambda t: t % 3)  # wraps the ring twice
     expected = host.sample(16, 0.4, np.random.default_rng(0))
@@ -53,7 +60,7 @@ def test_atari_batches_equal_host_batches(stack_fill, reset_on_terminal):
 @pytest.mark.parametrize("method", ["sample", "sample_sequences"])
 def test_dmc_batches_equal_host_batches(method):
     kwargs = dict(capacity=60, action_dim=2, frame_stack=3, seq_len=4, frame_shape=(3, 6, 6))
-    host, device = DMCReplay(**kwargs), DMCReplay(**kwargs, mirror=device_frames.DeviceFrames)
+    host, device = DMCReplay(**kwargs), DMCReplay(**kwargs, mirror=on_devices())
     fill([host, device], 150, (3, 6, 6), lambda t: np.full(2, t % 5, np.float32))
     expected = getattr(host, method)(32, np.random.default_rng(0))
     batch = getattr(device, method)(32, np.random.default_rng(0))
@@ -63,16 +70,18 @@ def test_dmc_batches_equal_host_batches(method):
 
 def test_table_copies_follow_writes_and_restore():
     kwargs = dict(capacity=20, action_dim=1, frame_stack=3, seq_len=4, frame_shape=(3, 4, 4))
-    replay = DMCReplay(**kwargs, mirror=device_frames.DeviceFrames)
+    replay = DMCReplay(**kwargs, mirror=on_devices())
     fill([replay], 47, (3, 4, 4), lambda t: np.zeros(1, np.float32))
     table = replay.device_frames.table
-    chex.assert_shape(table, (2, 21, 3, 4, 4))  # two devices, capacity + the zero row
+    chex.assert_shape(table, (1, 21, 3, 4, 4))  # one seed, capacity + the zero row
+    copies = [np.asarray(shard.data) for shard in table.addressable_shards]
+    assert len(copies) == 2  # one on each device
+    np.testing.assert_array_equal(copies[0], copies[1])
     host = np.asarray(table)
-    np.testing.assert_array_equal(host[0], host[1])
     np.testing.assert_array_equal(host[0, :20], replay.state_dict()["ring"]["frames"])
     assert not host[:, 20].any()
 
-    restored = DMCReplay(**kwargs, mirror=device_frames.DeviceFrames)
+    restored = DMCReplay(**kwargs, mirror=on_devices())
     restored.load_state_dict(replay.state_dict())
     chex.assert_trees_all_equal(np.asarray(restored.device_frames.table), host)
     with pytest.raises(ValueError, match=r"frame table of shape \(5, 3, 4, 4\)"):
@@ -98,31 +107,33 @@ def summarize_step(state, batch, key, axis_name=None):
     return state + total, {"per_sample": per_sample + batch["extra"], "total": total}
 
 
-def test_parallel_train_step_reads_the_current_table():
-    replay = AtariReplay(capacity=64, frame_stack=4, seq_len=2, n_step=1, frame_shape=(6, 6),
-                         mirror=device_frames.DeviceFrames)
-    fill([replay], 40, (6, 6), lambda t: 0)
-    rows = FrameRows(replay._ring.stack_rows(np.arange(30, 38)).astype(np.int32))  # 8 stacks
+@pytest.mark.parametrize("num_seeds", [1, 2])
+def test_parallel_train_step_reads_the_current_table(num_seeds):
+    """The loop's step reads each seed's current table; a seed's results equal a pixel batch's
+    alone on as many devices (one seed: its batch split over 2 devices; two: a device each;
+    ``summarize_step``'s total depends on the split)."""
+    layout = parallel.layout(num_seeds)
+    tables = device_frames.FrameTables(layout)
+    replays = [AtariReplay(capacity=64, frame_stack=4, seq_len=2, n_step=1, frame_shape=(6, 6),
+                           mirror=tables.mirror(i)) for i in range(num_seeds)]
+    step = device_frames.parallel_train_step(layout, summarize_step, 0, tables)
+    alone = one_run.data_parallel(summarize_step, num_devices=layout.data_shards, axes=0)
+    keys = np.stack([np.asarray(jax.random.PRNGKey(i)) for i in range(num_seeds)])
     extra = np.arange(8, dtype=np.float32)
-    pixels = replay._ring.stacks(np.arange(30, 38))
-    expected_state, expected = parallel.data_parallel(summarize_step)(
-        parallel.replicate(jnp.zeros(())), {"obs": pixels, "extra": extra}, jax.random.PRNGKey(0))
-
-    step = device_frames.parallel_train_step(summarize_step, replay.device_frames)
-    state, metrics = step(parallel.replicate(jnp.zeros(())), {"obs": rows, "extra": extra},
-                          jax.random.PRNGKey(0))
-    chex.assert_trees_all_close((state, metrics), (expected_state, expected))
-    chex.assert_shape(metrics["per_sample"], (8,))
-
-    # frames written after the step was built are what the next call reads
-    fill([replay], 3, (6, 6), lambda t: 0)
-    rows = FrameRows(replay._ring.stack_rows(np.arange(35, 43)).astype(np.int32))
-    pixels = replay._ring.stacks(np.arange(35, 43))
-    _, expected = parallel.data_parallel(summarize_step)(
-        parallel.replicate(jnp.zeros(())), {"obs": pixels, "extra": extra}, jax.random.PRNGKey(0))
-    _, metrics = step(parallel.replicate(jnp.zeros(())), {"obs": rows, "extra": extra},
-                      jax.random.PRNGKey(0))
-    chex.assert_trees_all_close(metrics, expected)
+    for start, steps in ((30, 40), (35, 3)):  # frames written after the step was built count
+        for i, replay in enumerate(replays):
+            fill([replay], steps + 7 * i, (6, 6), lambda t: 0)
+        index = np.arange(start, start + 8)
+        rows = [FrameRows(r._ring.stack_rows(index).astype(np.int32)) for r in replays]
+        state, metrics = step(layout.put(np.zeros(num_seeds, np.float32), 0),
+                              {"obs": FrameRows(np.stack([r.rows for r in rows])),
+                               "extra": np.stack([extra] * num_seeds)}, keys)
+        chex.assert_shape(metrics["per_sample"], (num_seeds, 8))
+        for i, replay in enumerate(replays):
+            expected = alone(jnp.zeros(()), {"obs": replay._ring.stacks(index), "extra": extra},
+                             keys[i])
+            chex.assert_trees_all_close((np.asarray(state)[i], jax.tree.map(lambda x: x[i], metrics)),
+                                        expected)
 
 
 def test_replay_frames_setting():

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 
 import multiprocess_worker as worker
+import one_run
 from conftest import FAST_COMPILE_FLAG
-from mlr_jax import parallel
 from test_train_end_to_end import LONG_SMOKE_RUN, check_run_dir, wait_for_metrics_step
 
 pytestmark = pytest.mark.slow
@@ -91,7 +91,8 @@ def test_two_processes_compute_the_single_process_update(tmp_path):
     procs = start_processes(worker_commands("update", outs), devices_per_process=2)
     with killed_on_error(procs):  # the single-process reference compiles while they do
         agent, state, batch = worker.setup()
-        expected = worker.two_updates(parallel.data_parallel(agent.train_step, num_devices=2), state, batch)
+        expected = worker.two_updates(one_run.data_parallel(agent.train_step, num_devices=2),
+                                      state, batch)
     finish(procs)
     for out in outs:  # every process ends with the same state and sees every priority
         got = np.load(out)

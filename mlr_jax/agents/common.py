@@ -54,3 +54,17 @@ def clip_by_global_norm(grads: chex.ArrayTree, max_norm: float) -> tuple[chex.Ar
     norm = optax.tree.norm(grads)
     factor = jnp.minimum(1.0, max_norm / (norm + 1e-6))
     return jax.tree.map(lambda g: (g * factor).astype(g.dtype), grads), norm
+
+
+SHARED_FIELDS = ("step",)  # state fields every seed of a group shares (not stacked)
+
+
+def seed_axes(state: Any) -> Any:
+    """The seed axis of each leaf of a stacked agent state (see
+    :class:`mlr_jax.parallel.Layout`): 0 everywhere except :data:`SHARED_FIELDS`, None.
+
+    The seeds of a group take their updates together, so they share the update counter; kept
+    unstacked, a ``lax.cond`` on it (the DMC actor's every-second-update gating) stays a
+    branch under ``vmap`` instead of becoming a select that runs both sides every update.
+    ``state`` may be abstract (``jax.eval_shape``)."""
+    return jax.tree.map(lambda _: 0, state).replace(**{f: None for f in SHARED_FIELDS})

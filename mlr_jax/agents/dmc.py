@@ -307,10 +307,10 @@ def train_step(nets: DMCNetworks, state: DMCState, batch: Any, key: chex.PRNGKey
     """One full update (critic, MLR, gated actor/temperature, gated target EMAs).
 
     Args:
-      state: the agent state (replicated under data parallelism).
+      state: the agent state (the same on every device of a data-parallel step).
       batch: a :class:`DMCBatch` ``(sac, seq)``, this device's shard.
       key: PRNG key, the same on every device.
-      axis_name: the pmap axis, or None on one device.
+      axis_name: the mesh axis the batch is split over, or None on one device.
 
     Returns:
       ``(state, metrics)``: scalar metrics averaged over devices; ``actor_loss``,

@@ -18,7 +18,6 @@ DMC frames, or the replay's capacity if smaller) is well past that point.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import jax
@@ -27,15 +26,15 @@ import numpy as np
 from mlr_jax import domains, parallel
 from mlr_jax.bench.timing import median_ms
 from mlr_jax.config import AtariConfig, DMCConfig
-from mlr_jax.device_frames import gather_batch
+from mlr_jax.device_frames import FrameTables, gather_batch
 
 MODES = ("host", "device")
 
 
 def _filled_replay(cfg: AtariConfig | DMCConfig, action_dim: int, mode: str, steps: int,
                    seed: int) -> Any:
-    replay = domains.make_replay(
-        dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, replay_frames=mode)), action_dim)
+    mirror = FrameTables(parallel.layout(1, num_devices=1)).mirror(0) if mode == "device" else None
+    replay = domains.make_replay(cfg, action_dim, mirror)
     rng = np.random.default_rng(seed)
     atari = isinstance(cfg, AtariConfig)
     pool = rng.integers(0, 256, (16,) + domains.frame_shape(cfg), dtype=np.uint8)  # content does not matter
@@ -69,7 +68,7 @@ def bench_batches(cfg: AtariConfig | DMCConfig, action_dim: int, repeats: int = 
     fill_steps = min(fill_steps, cfg.replay_capacity)
     out: dict[str, Any] = {"fill_steps": fill_steps}
     step = fill_steps
-    gather = parallel.on_first_replica(gather_batch)  # the first device's table, no copy
+    gather = jax.jit(lambda table, batch: gather_batch(table[0], batch))  # a group of one
     for mode in MODES:
         replay = _filled_replay(cfg, action_dim, mode, fill_steps, seed)
         rng = np.random.default_rng(seed)

@@ -2,7 +2,7 @@
 
 :func:`run_benchmark` builds both frameworks from the SAME config (``make_config(domain, None,
 preset)``), feeds them the same random uint8 replay batches of the right shapes, and times full
-updates after a warm-up (JAX: the jitted ``data_parallel`` train step on one device, including
+updates after a warm-up (JAX: the loop's jitted, seed-batched train step on one device, including
 the host-to-device copy of the batch, waited on with ``jax.block_until_ready``; torch:
 ``update(batch)``, also copying the batch, with ``torch.cuda.synchronize`` on GPU). For DMC one
 timed unit is two agent steps (the actor and the EMAs run every other step) and times are
@@ -33,6 +33,7 @@ import numpy as np
 
 from mlr_jax import domains, host, parallel
 from mlr_jax import device_frames
+from mlr_jax.agents.common import seed_axes
 from mlr_jax.bench.profile import trace_units
 from mlr_jax.bench.timing import DEFAULT_OUTDIR, median_ms, time_calls, write_record
 from mlr_jax.config import AtariConfig, ConfigError, DMCConfig, make_config, to_dict
@@ -131,16 +132,16 @@ def _summarise(timing: dict[str, Any], updates_per_call: int, flops: float | Non
     return out
 
 
-def _xla_flops(make_agent: Callable[..., Any], cfg, num_actions: int, state: Any, batch: Any,
-               key: jax.Array) -> float | None:
+def _xla_flops(make_agent: Callable[..., Any], cfg, num_actions: int, lower: Callable[..., Any]
+               ) -> float | None:
     """FLOPs of one step from XLA's cost analysis of the step with ``run.conv_impl=xla``.
 
     The im2col convolutions loop over chunks and the cost analysis counts a loop body once, so
     the count is taken from the same update written with plain convolutions (only lowered,
-    not compiled: the analysis of the unoptimised HLO)."""
+    not compiled: the analysis of the unoptimised HLO). ``lower(train_step)`` lowers the
+    benchmarked step built around an agent's ``train_step``."""
     xla_cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, conv_impl="xla"))
-    step = parallel.data_parallel(make_agent(xla_cfg, num_actions).train_step, num_devices=1)
-    cost = step.pmapped.lower(state, batch, key).cost_analysis()
+    cost = lower(make_agent(xla_cfg, num_actions).train_step).cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     flops = (cost or {}).get("flops")
     return float(flops) if flops is not None and flops > 0 else None
@@ -158,7 +159,11 @@ def _act_ms(agent: Any, state: Any, batch: Any, key: jax.Array, domain: str, rep
 
 
 def _bench_jax(cfg, domain: str, num_actions: int, batch: Any, repeats: int, warmup: int,
-               seed: int, profile_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+               seed: int, profile_dir: str | os.PathLike | None = None,
+               num_seeds: int = 1) -> dict[str, Any]:
+    """Time the loop's update of ``num_seeds`` seeds (one seed-batched step on one device, as
+    :func:`mlr_jax.parallel.layout` runs a group); ``median_ms`` is per call, that is per
+    update of every seed, and ``seed_updates_per_s`` counts each seed's update."""
     if domain == "atari":
         from mlr_jax.agents.atari import make_agent
     else:
@@ -169,43 +174,59 @@ def _bench_jax(cfg, domain: str, num_actions: int, batch: Any, repeats: int, war
     unit = 1 if domain == "atari" else 2
     param_counts = agent.param_counts(state)
     act_ms = _act_ms(agent, state, batch, key, domain, repeats)
-
-    # The data_parallel step on one device, compiled ahead of time once and timed
-    # (step = pmapped call + metric gather). With the replay frames on the device the batch
-    # travels as rows of a frame table already there, as in training.
-    replay_frames = parallel.replay_frames(cfg.run.replay_frames)
-    holder = {"state": parallel.replicate(state, 1), "i": 0}
+    axes = seed_axes(state)
     del state
-    flops = _xla_flops(make_agent, cfg, num_actions, holder["state"], parallel.split_batch(batch, 1), key)
+
+    # The loop's step on one device, compiled ahead of time once and timed (step = host batch
+    # to the device, update, metrics back). With the replay frames on the device the batch
+    # travels as rows of a frame table already there, as in training.
+    layout = parallel.layout(num_seeds, num_devices=1)
+    seed_keys = np.asarray(jax.random.split(key, num_seeds))
+    holder = {"state": layout.stacked(agent.init, seed_keys, axes), "i": 0}
+    replay_frames = parallel.replay_frames(cfg.run.replay_frames)
+    tables = ()
     if replay_frames == "device":
         table, batch = as_frame_rows(batch, domains.frame_shape(cfg))
-        step = parallel.data_parallel(device_frames.reading_frames(agent.train_step), num_devices=1,
-                                      num_replicated=1)
-        replicated = (parallel.replicate(table, 1),)
-    else:
-        step = parallel.data_parallel(agent.train_step, num_devices=1)
-        replicated = ()
+        tables = (layout.put_seeds(np.broadcast_to(table, (num_seeds, *table.shape))),)
+    batches = jax.tree.map(lambda x: np.broadcast_to(x, (num_seeds, *np.shape(x))), batch)
+
+    keys = np.asarray(jax.random.split(key, ((repeats + warmup + 3) * unit, num_seeds)))
+
+    def build(train_step):
+        reads = device_frames.reading_frames(train_step) if tables else train_step
+        return layout.train_step(reads, axes, num_tables=len(tables))
+
+    step = build(agent.train_step)
+
+    def inputs(i):  # the host batches and keys of call i, on the devices
+        return step.put(batches, keys[i])
+
+    def lower(train_step):
+        return build(train_step).jitted.lower(holder["state"], *inputs(0), *tables)
+
+    flops = _xla_flops(make_agent, cfg, num_actions, lower)
     start = time.perf_counter()
-    compiled = step.pmapped.lower(holder["state"], parallel.split_batch(batch, 1), key,
-                                  *replicated).compile()
+    compiled = lower(agent.train_step).compile()
     compile_s = time.perf_counter() - start
-    keys = list(jax.random.split(key, (repeats + warmup + 1) * unit))
 
     def one_unit():
         for _ in range(unit):
-            holder["state"], metrics = compiled(holder["state"], parallel.split_batch(batch, 1),
-                                                keys[holder["i"]], *replicated)
+            holder["state"], metrics = compiled(holder["state"], *inputs(holder["i"]), *tables)
             holder["i"] += 1
-        jax.block_until_ready((holder["state"], parallel.gather_metrics(metrics)))
+        jax.device_get(metrics)
+        jax.block_until_ready(holder["state"])
 
     timing = time_calls(one_unit, repeats, warmup)
     if profile_dir is not None:
-        keys += list(jax.random.split(keys[-1], 2 * unit))
+        holder["i"] = 0
         profile = trace_units(one_unit, profile_dir, units=2, updates_per_unit=unit)
     out = _summarise(timing, unit, flops)
-    out.update(act_ms=act_ms, param_counts=param_counts,
+    out.update(act_ms=act_ms, param_counts=param_counts, num_seeds=num_seeds,
+               seed_updates_per_s=num_seeds * out["updates_per_s"],
+               ms_per_seed_update=out["median_ms"] / num_seeds,
                compile_s=compile_s, device=parallel.device_description(), replay_frames=replay_frames,
-               flops_source="xla cost_analysis of the lowered step with conv_impl=xla")
+               flops_source="xla cost_analysis of the lowered step with conv_impl=xla"
+                            + (f" (all {num_seeds} seeds)" if num_seeds > 1 else ""))
     if profile_dir is not None:
         out["profile"] = profile
     return out
@@ -341,7 +362,7 @@ def run_benchmark(domain: str = "atari", device: str = "cpu", preset: str = "pap
                   outdir: str | os.PathLike = DEFAULT_OUTDIR, name: str | None = None,
                   overrides: Sequence[str] = (), env_steps: int = 300, seed: int = 0,
                   torch_threads: int | None = None,
-                  profile_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+                  profile_dir: str | os.PathLike | None = None, num_seeds: int = 1) -> dict[str, Any]:
     """Time one full update of each framework on identical shapes and hyper-parameters.
 
     Args:
@@ -366,6 +387,10 @@ def run_benchmark(domain: str = "atari", device: str = "cpu", preset: str = "pap
       profile_dir: also trace two timed units of the JAX update with ``jax.profiler`` into
         this folder and record the largest ops per update as ``jax.profile``
         (:mod:`mlr_jax.bench.profile`).
+      num_seeds: seeds updated by one JAX step, as a group of runs trains
+        (:func:`mlr_jax.loop.train_group`), on one device; the record's ``jax`` then has
+        ``seed_updates_per_s`` and ``ms_per_seed_update``, and its file name ``-s<S>``.
+        Above 1 only JAX is timed (the authors' code trains one seed per process).
 
     Returns:
       The record written to disk: ``config``, ``versions``, ``date``, ``device``, per framework
@@ -376,13 +401,16 @@ def run_benchmark(domain: str = "atari", device: str = "cpu", preset: str = "pap
     """
     frameworks = tuple(frameworks)
     _check_args(domain, device, frameworks, repeats, warmup)
+    if num_seeds < 1 or (num_seeds > 1 and frameworks != ("jax",)):
+        raise BenchmarkError(f"num_seeds={num_seeds}: it must be at least 1, and above 1 only "
+                             "the JAX step is timed (--frameworks jax)")
     cfg = make_config(domain, name, preset, overrides)
     record: dict[str, Any] = {
         "domain": domain, "preset": preset, "device_kind": device,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "host": host.describe(),
         "versions": host.versions(), "config": to_dict(cfg), "overrides": list(overrides),
-        "repeats": repeats, "warmup": warmup, "seed": seed,
+        "repeats": repeats, "warmup": warmup, "seed": seed, "num_seeds": num_seeds,
         "updates_per_unit": 1 if domain == "atari" else 2,
     }
     num_actions = DEFAULT_ACTIONS[domain]
@@ -398,7 +426,7 @@ def run_benchmark(domain: str = "atari", device: str = "cpu", preset: str = "pap
         from mlr_jax.bench.batches import bench_batches
 
         record["jax"] = _bench_jax(cfg, domain, num_actions, batch, repeats, warmup, seed,
-                                   profile_dir)
+                                   profile_dir, num_seeds)
         record["batches"] = bench_batches(cfg, num_actions, max(repeats, 10), seed=seed)
     if "torch" in frameworks:
         record["torch"] = _bench_torch(cfg, domain, num_actions, batch, device, repeats, warmup, seed,
@@ -416,7 +444,8 @@ def run_benchmark(domain: str = "atari", device: str = "cpu", preset: str = "pap
     record["device"] = record.get("jax", record.get("torch", {})).get("device")
     record["summary"] = summary_line(record)
     agent = {"mlr": "", "none": "-baseline"}.get(cfg.aux, f"-{cfg.aux}")
-    return write_record(record, outdir, f"{domain}_{preset}{agent}_{device}_{cfg.run.precision}")
+    seeds = f"-s{num_seeds}" if num_seeds > 1 else ""
+    return write_record(record, outdir, f"{domain}_{preset}{agent}{seeds}_{device}_{cfg.run.precision}")
 
 
 def summary_line(record: dict[str, Any]) -> str:
@@ -430,6 +459,9 @@ def summary_line(record: dict[str, Any]) -> str:
             flops = f", {r['flops_per_update'] / 1e9:.1f} GFLOP" if r["flops_per_update"] else ""
             parts.append(f"{fw} {r['median_ms']:.1f} ms/update ({r['updates_per_s']:.2f}/s{flops}), "
                          f"act {r['act_ms']:.2f} ms")
+            if r.get("num_seeds", 1) > 1:
+                parts.append(f"{r['num_seeds']} seeds per update: {r['ms_per_seed_update']:.1f} ms "
+                             f"per seed-update ({r['seed_updates_per_s']:.2f} seed-updates/s)")
     if "jax_speedup" in record:
         parts.append(f"JAX {record['jax_speedup']:.2f}x torch")
     if "jax_speedup_vs_torch_glibc" in record:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from mlr_jax import parallel
+import one_run
 from mlr_jax.agents import atari
 from mlr_jax.agents.atari import make_agent
 from mlr_jax.config import make_config
@@ -194,9 +195,9 @@ def test_bad_batches_raise_clear_errors(setup):
     short = fake_batch(cfg)._replace(obs=fake_batch(cfg).obs[:, :2])
     with pytest.raises(ValueError, match="batch.obs"):
         agent.train_step(state, short, jax.random.PRNGKey(0))
-    pstep = parallel.data_parallel(agent.train_step, num_devices=2)
-    with pytest.raises(parallel.ParallelError, match="not divisible"):
-        pstep(parallel.replicate(state, 2), fake_batch(cfg, batch_size=3), jax.random.PRNGKey(0))
+    pstep = one_run.data_parallel(agent.train_step, num_devices=2)
+    with pytest.raises(parallel.ParallelError, match=r"batch size of .*obs=3 is not divisible"):
+        pstep(state, fake_batch(cfg, batch_size=3), jax.random.PRNGKey(0))
 
 
 def test_two_devices_match_one_device_with_per_sample_masks(setup):
@@ -207,9 +208,8 @@ def test_two_devices_match_one_device_with_per_sample_masks(setup):
     agent = make_agent(cfg, NUM_ACTIONS)
     batch, key = fake_batch(cfg, seed=1), jax.random.PRNGKey(5)
     single_state, single = agent.train_step(state, batch, key)
-    pstep = parallel.data_parallel(agent.train_step, num_devices=2)
-    multi_state, multi = pstep(parallel.replicate(state, 2), batch, key)
-    multi_state = parallel.unreplicate(multi_state)
+    pstep = one_run.data_parallel(agent.train_step, num_devices=2)
+    multi_state, multi = pstep(state, batch, key)
     for name in ("loss", "rl_loss", "mlr_loss", "grad_norm", "decoder_grad_norm", "q_mean"):
         np.testing.assert_allclose(multi[name], single[name], rtol=2e-5, err_msg=name)
     np.testing.assert_allclose(multi["priorities"], single["priorities"], rtol=2e-5, atol=1e-6)
@@ -274,11 +274,11 @@ def test_spr_state_update_and_two_devices():
     assert float(metrics["loss"]) == pytest.approx(expected, rel=1e-6)
     assert float(metrics["spr_loss"]) > 0.1
 
-    pstep = parallel.data_parallel(agent.train_step, num_devices=2)
-    multi_state, multi = pstep(parallel.replicate(state, 2), batch, key)
+    pstep = one_run.data_parallel(agent.train_step, num_devices=2)
+    multi_state, multi = pstep(state, batch, key)
     for name in ("loss", "rl_loss", "spr_loss", "grad_norm", "dynamics_grad_norm"):
         np.testing.assert_allclose(multi[name], metrics[name], rtol=2e-5, err_msg=name)
-    assert_trees_close(parallel.unreplicate(multi_state).params, new_state.params,
+    assert_trees_close(multi_state.params, new_state.params,
                        rtol=1e-4, atol=1e-6)
 
 

@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 
 from mlr_jax import parallel
+from mlr_jax.agents.common import seed_axes
+import one_run
 from mlr_jax.agents import dmc, dmc_aux
 from mlr_jax.config import make_config
 from mlr_jax.replay.dmc import SACBatch, SeqBatch
@@ -207,14 +209,13 @@ def test_two_devices_match_one_device(nets, state, cfg, trajectory):
     rounding-level gradient differences (``tests/tolerances.py``)."""
     assert jax.local_device_count() >= 2, "tests/conftest.py should provide 2 CPU devices"
     states, single_metrics = trajectory
-    step = parallel.data_parallel(functools.partial(dmc.train_step, nets), num_devices=2, donate_state=False)
-    replicated = parallel.replicate(state, 2)
+    step = one_run.data_parallel(functools.partial(dmc.train_step, nets), num_devices=2)
     lr = max(cfg.critic_lr, cfg.actor_lr, cfg.alpha_lr, cfg.aux_lr)
+    single = state
     for i in range(2):  # an update with and one without the actor step
-        replicated, metrics = step(replicated, _batch(cfg, i), jax.random.key(100 + i))
+        single, metrics = step(single, _batch(cfg, i), jax.random.key(100 + i))
         for name, value in single_metrics[i].items():
             np.testing.assert_allclose(metrics[name], value, rtol=METRIC_RTOL, atol=1e-7, err_msg=name)
-        single = jax.device_get(parallel.unreplicate(replicated))
         paths = jax.tree_util.tree_flatten_with_path(single)[0]
         for (path, got), want in zip(paths, jax.tree.leaves(jax.device_get(states[i + 1]))):
             assert_adam_step_close(got, want, lr, jax.tree_util.keystr(path), steps=i + 1)
@@ -259,3 +260,40 @@ def test_sac_crops_draw_the_codes_offsets(rule, last):
     chex.assert_shape(crops, (400, obs.shape[1], cfg.crop_size, cfg.crop_size))
     offsets = set(range(cfg.image_size - cfg.crop_size + last))
     assert set(crops[:, 0, 0, 0].tolist()) == offsets and set(crops[:, 1, 0, 0].tolist()) == offsets
+
+
+def test_seeds_in_one_step_share_the_actor_gating(nets, state, cfg, jit_step):
+    """Two seeds updated by one vmapped step (:class:`mlr_jax.parallel.Layout`) share the update
+    counter, so the actor's ``lax.cond`` stays a branch: the step's program keeps the agent's
+    conds (a per-seed counter would turn them into selects that run the actor every update),
+    each seed's actor changes on even updates only, and each seed's update is its own."""
+    layout = parallel.layout(2)
+    axes = seed_axes(state)
+    step = layout.train_step(functools.partial(dmc.train_step, nets), axes, donate_state=False)
+    seeds = [jax.device_get(state), jax.device_get(dmc.init(nets, jax.random.key(1)))]
+    stacked = layout.put(parallel.stack(seeds, axes), axes)
+
+    def inputs(i):
+        keys = np.stack([one_run.raw_key(jax.random.key(100 + 10 * s + i)) for s in range(2)])
+        batches = jax.tree.map(lambda *xs: np.stack(xs), _batch(cfg, i), _batch(cfg, 10 + i))
+        return batches, keys
+
+    def conds(jaxpr):
+        return str(jaxpr).count("cond[")
+
+    single = jax.make_jaxpr(functools.partial(dmc.train_step, nets))(state, _batch(cfg), jax.random.key(0))
+    grouped = jax.make_jaxpr(step.jitted)(stacked, *step.put(*inputs(0)))
+    assert conds(grouped) == conds(single) >= 2  # the actor's and the soft updates' branches
+
+    alone = seeds[1]
+    for i in range(3):
+        new, metrics = step(stacked, *inputs(i))
+        before, after = layout.unstack(stacked, axes), layout.unstack(new, axes)
+        for s in range(2):
+            assert _same(before[s].actor, after[s].actor) == (i % 2 == 1), (i, s)
+        alone, expected = jit_step(alone, _batch(cfg, 10 + i), jax.random.key(110 + i))
+        for name, value in jax.device_get(expected).items():
+            np.testing.assert_allclose(metrics[name][1], value, rtol=METRIC_RTOL, atol=1e-7,
+                                       err_msg=name)
+        stacked = new
+    assert int(np.asarray(stacked.step)) == 3
