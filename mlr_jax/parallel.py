@@ -352,10 +352,12 @@ class Layout:
         return jax.tree_util.tree_map_with_path(put, batch)
 
     def stacked(self, init: Callable[[jax.Array], Any], keys: np.ndarray, axes: Any) -> Any:
-        """``init(key)`` of every seed's key (``keys[S, ...]``), made on the devices as a
-        stacked tree (``vmap``: each seed's value is ``init`` of its key alone)."""
-        shardings = jax.tree.map(lambda a: self._sharding(_spec(a)), axes, is_leaf=_is_axis)
-        return jax.jit(jax.vmap(init, out_axes=axes), out_shardings=shardings)(self.put_seeds(keys))
+        """``init(key)`` of every seed's key (``keys[S, ...]``) as a stacked tree on the mesh.
+
+        Each seed's tree is made alone (so it is exactly what a run of that seed alone starts
+        from) and stacked on the host: ``vmap`` of the DMC agent's init (several seeds per
+        device) never finished on XLA:CPU (jax 0.10.2, measured: no leaf ever ready)."""
+        return self.put(stack([jax.device_get(init(key)) for key in keys], axes), axes)
 
     def unstack(self, tree: Any, axes: Any) -> list[Any]:
         """Host (numpy) copies of every seed's tree; shared leaves go to each."""
