@@ -381,14 +381,14 @@ def train_group(cfgs: list[AtariConfig | DMCConfig], resume: list[str | pathlib.
         m.replay = domain.make_replay(tables.mirror(i) if tables else None)
     keys, init_keys = _split(np.stack([np.asarray(jax.random.PRNGKey(s)) for s in seeds]))
     state = layout.stacked(domain.agent.init, init_keys, domain.axes)
+    shapes = jax.eval_shape(domain.agent.init, jax.random.PRNGKey(0))  # one seed's state
     step = 0
 
     if resume is not None:
-        target = jax.eval_shape(domain.agent.init, jax.random.PRNGKey(0))
         restored, steps = [], []
         for i, (m, run) in enumerate(zip(members, runs)):
             m.run = run
-            member_state, loop_state = _restore(run, m.cfg, target, m.replay, log)
+            member_state, loop_state = _restore(run, m.cfg, shapes, m.replay, log)
             restored.append(member_state)
             steps.append(int(loop_state["step"]))
             m.episodes = int(loop_state["episodes"])
@@ -408,7 +408,7 @@ def train_group(cfgs: list[AtariConfig | DMCConfig], resume: list[str | pathlib.
             root = (str(runlog.RunDir.create(cfg.run.outdir, kind, name, cfg.aux, m.cfg.run.seed).root)
                     if primary else "")
             m.run = runlog.RunDir(pathlib.Path(parallel.share_text(root)))  # the primary's, everywhere
-    counts = domain.agent.param_counts(jax.eval_shape(domain.agent.init, jax.random.PRNGKey(0)))
+    counts = domain.agent.param_counts(shapes)
     if primary:
         for m in members:
             runlog.write_json(m.run.config, to_dict(m.cfg))
