@@ -4,11 +4,13 @@ a stop signal during the final checkpoint or evaluation leaves a run that resume
 a mismatched resume or a run too big for memory is refused before anything is built.
 """
 import dataclasses
+import itertools
 import json
 import os
 import re
 import signal
 import threading
+import types
 
 import jax
 import jax.numpy as jnp
@@ -119,6 +121,13 @@ def _interrupting(monkeypatch, module, name):
     monkeypatch.setattr(module, name, interrupted)
 
 
+def _ticking_clock(monkeypatch, seconds_per_call):
+    """The loop's clock (``time.monotonic``, its only use of ``time``) advances by
+    ``seconds_per_call`` each time it is read: wall times that do not depend on the machine."""
+    ticks = itertools.count(start=0.0, step=float(seconds_per_call))
+    monkeypatch.setattr(loop, "time", types.SimpleNamespace(monotonic=lambda: next(ticks)))
+
+
 def _wall_time(summary_md):
     return float(re.search(r"\| wall time \(s\) \| ([0-9.]+) \|", summary_md.read_text()).group(1))
 
@@ -138,6 +147,7 @@ def test_a_stop_during_the_final_checkpoint_or_evaluation_then_resume(tmp_path, 
                                                     f"run.outdir={tmp_path}", *SHORT,
                                                     "run.wandb=mlr-jax-test", "run.wandb_mode=offline"])
     _interrupting(monkeypatch, checkpoint, "save")  # the only save is the final one
+    _ticking_clock(monkeypatch, 1000)  # the training part's clock: 1000 s a reading
     with pytest.raises(loop.TrainingInterrupted) as info:
         loop.train(cfg, log=quiet)
     monkeypatch.undo()
@@ -156,17 +166,23 @@ def test_a_stop_during_the_final_checkpoint_or_evaluation_then_resume(tmp_path, 
     monkeypatch.undo()
     assert not run.final_eval.exists()
 
+    _ticking_clock(monkeypatch, 1)  # the evaluation-only part's: 1 s a reading
     result = loop.train(cfg, resume=run_dir, log=quiet)
+    monkeypatch.undo()
     final = json.loads(run.final_eval.read_text())
     assert result.steps == 310 and final["n"] == 3
     assert final["protocol"] == {"episodes": 3, "epsilon": cfg.eval_epsilon, "noisy_nets": "off"}
     evals = [r for r in read_metrics(run.metrics_jsonl) if "eval/mean" in r]
     assert [r["step"] for r in evals] == [310]
-    # the last part only evaluated (about a second); the summary adds the training's time
-    assert first_wall > 5 and _wall_time(run.summary) >= round(first_wall, 1)
+    # the summary adds the last part's own time (a few 1-s readings) to the training's
+    # (1000-s readings), which the checkpoint carried
+    assert first_wall >= 1000 and first_wall + 1 <= _wall_time(run.summary) < first_wall + 1000
     # run.wandb: each part went to the wandb run named after the run directory
+    # (wandb names a part's directory by its start time to the second, adding "-1" to the
+    # second of two parts that start within one second: a quick machine's evaluation-only parts)
     parts = sorted(p.name for p in (run_dir / "wandb").glob("offline-run-*"))
-    assert parts and all(p.endswith(f"-{run_dir.name}") for p in parts)
+    name = re.compile(rf"offline-run-\d{{8}}_\d{{6}}-{re.escape(run_dir.name)}(-\d+)?")
+    assert parts and all(name.fullmatch(p) for p in parts), parts
 
     # `mlr-jax eval` into a run directory it cannot write: the scores are printed first
     final_scores = json.loads(run.final_eval.read_text())["scores"]

@@ -120,9 +120,10 @@ def test_cli_report_writes_tables_csv_and_figures(tmp_path, capsys):
     assert "--compare takes two methods" in capsys.readouterr().err
 
 
-def test_a_full_size_report_is_quick():
-    """26 games x 10 seeds x 2 methods at the default replicates: the aggregates and the
-    probability of improvement, on synthetic scores (the CLI adds the figures)."""
+def test_a_full_size_report_aggregates_every_game_and_seed():
+    """26 games x 10 seeds x 2 methods at the default replicates (the sweep's report), on
+    synthetic scores: every game and seed enters each aggregate, whose point estimates equal
+    the formulas on the human-normalised score matrix, with the interval around them."""
     rng = np.random.default_rng(1)
     games = sorted(evaluation.reference_scores()["atari100k"]["games"])
     runs = [record(g, aux, s, float(rng.normal(100, 30))) for aux in ("mlr", "none")
@@ -130,3 +131,11 @@ def test_a_full_size_report_is_quick():
     rep = report.build_report(runs)
     assert len(rep["aggregates"]) == 2 and len(rep["improvements"]) == 2
     assert rep["reps"] == stats.DEFAULT_REPS
+    for agg in rep["aggregates"]:
+        x = np.array([[hn(g, r["mean"]) for g in games for r in runs
+                       if (r["name"], r["aux"], r["seed"]) == (g, agg["aux"], s)] for s in range(10)])
+        assert x.shape == (10, 26) and agg["tasks"] == games and agg["seeds"] == list(range(10))
+        iqm = agg["metrics"]["iqm"]
+        assert iqm["value"] == pytest.approx(np.sort(x.ravel())[65:195].mean())
+        assert iqm["low"] <= iqm["value"] <= iqm["high"]
+        assert agg["metrics"]["mean"]["value"] == pytest.approx(x.mean())

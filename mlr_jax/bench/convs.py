@@ -45,15 +45,19 @@ def _jax_trunk(cfg: AtariConfig | DMCConfig, impl: str) -> Any:
     return ConvStack(cfg.num_filters, cfg.num_conv_layers, conv_impl=impl)
 
 
-def _time_jax(cfg: AtariConfig | DMCConfig, impl: str, x: np.ndarray, repeats: int) -> dict[str, float]:
+def _time_jax(cfg: AtariConfig | DMCConfig, impl: str, x: np.ndarray,
+              repeats: int) -> tuple[dict[str, float], np.ndarray]:
+    """Timings of one implementation and its forward output (the same parameters for every
+    implementation: one init key, one parameter layout)."""
     trunk = _jax_trunk(cfg, impl)
     params = trunk.init(jax.random.PRNGKey(0), x[:1])
     forward = jax.jit(trunk.apply)
     grad = jax.jit(jax.grad(lambda p, x: jnp.sum(trunk.apply(p, x) ** 2)))
     xs = jnp.asarray(x)
-    return {"forward_ms": median_ms(lambda: jax.block_until_ready(forward(params, xs)), repeats, 1),
-            "forward_backward_ms": median_ms(
-                lambda: jax.block_until_ready(grad(params, xs)), repeats, 1)}
+    timings = {"forward_ms": median_ms(lambda: jax.block_until_ready(forward(params, xs)), repeats, 1),
+               "forward_backward_ms": median_ms(
+                   lambda: jax.block_until_ready(grad(params, xs)), repeats, 1)}
+    return timings, np.asarray(forward(params, xs))
 
 
 def _time_torch(in_channels: int, layers: list[tuple[int, int, int]], x: np.ndarray, device: str,
@@ -92,7 +96,9 @@ def run_conv_benchmark(domain: str = "dmc", device: str = "cpu", preset: str = "
                        outdir: str | os.PathLike = DEFAULT_OUTDIR) -> dict[str, Any]:
     """Time the conv trunk of ``domain`` at ``batch`` frames; returns (and writes) the record:
     per implementation ``{forward_ms, forward_backward_ms}`` (medians over ``repeats`` after
-    one warm-up call), keys ``jax_xla``, ``jax_im2col`` and ``torch`` (absent without torch)."""
+    one warm-up call), keys ``jax_xla``, ``jax_im2col`` and ``torch`` (absent without torch);
+    each JAX entry also has ``max_rel_diff_vs_xla``, its output's largest difference from the
+    XLA convolutions' on the same parameters and frames, over the output's largest value."""
     cfg = make_config(domain, None, preset)
     in_channels, layers = _layers(cfg)
     x = np.random.default_rng(0).integers(0, 256, (batch, in_channels, 84, 84)).astype(np.float32)
@@ -102,8 +108,13 @@ def run_conv_benchmark(domain: str = "dmc", device: str = "cpu", preset: str = "
         "input_shape": list(x.shape), "malloc": tune_malloc(), "jax": jax.__version__,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
+    outputs = {}
     for impl in IMPLS:
-        record[f"jax_{impl}"] = _time_jax(cfg, impl, x, repeats)
+        record[f"jax_{impl}"], outputs[impl] = _time_jax(cfg, impl, x, repeats)
+    # the implementations time the same function: each output against XLA's, relative to its scale
+    scale = float(np.abs(outputs["xla"]).max())
+    for impl in IMPLS:
+        record[f"jax_{impl}"]["max_rel_diff_vs_xla"] = float(np.abs(outputs[impl] - outputs["xla"]).max()) / scale
     try:
         record["torch"] = _time_torch(in_channels, layers, x, device, repeats)
     except ImportError:

@@ -244,11 +244,17 @@ def test_runner_writes_a_complete_record(tmp_path):
     # "torch" shares this process's allocator settings, "torch-glibc" ran with glibc's defaults
     assert record["host"]["malloc"] == "tuned" and record["torch-glibc"]["malloc"] == "default"
     assert record["host"]["cpu_model"] == host.cpu_model() != ""
-    assert record["jax_speedup_vs_torch_glibc"] > 0 and "torch-glibc" in record["summary"]
+    # the derived figures are what their names say (no timing is asserted: timings belong to
+    # the JSON records, and any machine may be fast or slow)
+    assert record["jax_speedup_vs_torch_glibc"] == pytest.approx(
+        record["torch-glibc"]["median_ms"] / record["jax"]["median_ms"])
+    assert record["jax_speedup"] == pytest.approx(record["torch"]["median_ms"] / record["jax"]["median_ms"])
+    assert "torch-glibc" in record["summary"]
     for fw in ("jax", "torch", "torch-glibc"):
         r = record[fw]
-        assert r["repeats"] == 2 and 0 < r["min_ms"] <= r["median_ms"] <= r["max_ms"]
-        assert r["flops_per_update"] > 1e6 and r["achieved_tflops"] > 0 and r["act_ms"] > 0
+        assert r["repeats"] == 2 and r["min_ms"] <= r["median_ms"] <= r["max_ms"]
+        assert r["flops_per_update"] > 1e6 and np.isfinite(r["act_ms"])
+        assert r["achieved_tflops"] == pytest.approx(r["flops_per_update"] / r["median_ms"] / 1e9)
     # XLA counts elementwise work too; both must see the same convs and matmuls
     assert 0.8 < record["flops_ratio_xla_over_torch"] < 1.5
     assert "ms/update" in record["summary"] and "\n" not in record["summary"]
@@ -256,8 +262,8 @@ def test_runner_writes_a_complete_record(tmp_path):
     assert record["jax"]["replay_frames"] == "host"  # the CPU default
     batches = record["batches"]
     assert batches["host"]["bytes_to_device"] > 100 * batches["device"]["bytes_to_device"]
-    assert batches["device"]["write_ms"] > 0 and batches["device"]["table_bytes"] > 0
-    assert all(batches[m]["median_ms"] > 0 and batches[m]["sample_ms"] > 0 for m in ("host", "device"))
+    assert np.isfinite(batches["device"]["write_ms"]) and batches["device"]["table_bytes"] > 0
+    assert batches["device_speedup"] == pytest.approx(batches["host"]["median_ms"] / batches["device"]["median_ms"])
     assert "batch on device" in record["summary"]
 
 
@@ -275,7 +281,7 @@ def test_runner_times_and_profiles_the_baseline_update_with_device_frames(tmp_pa
     record = runner.run_benchmark("atari", "cpu", "smoke", frameworks=("jax",), repeats=1, warmup=1,
                                   outdir=tmp_path, env_steps=0, profile_dir=tmp_path / "trace",
                                   overrides=["run.replay_frames=device", "aux=none"])
-    assert record["jax"]["replay_frames"] == "device" and record["jax"]["median_ms"] > 0
+    assert record["jax"]["replay_frames"] == "device"
     assert record["config"]["aux"] == "none"
     assert pathlib.Path(record["path"]).name.startswith("atari_smoke-baseline_cpu_fp32_")
     assert record["summary"].startswith("atari/smoke Baseline on cpu")
