@@ -17,6 +17,8 @@ into a disk read; compiling the MLR update dominates the end-to-end tests on a 2
 import os
 import tempfile
 
+import pytest
+
 FAST_COMPILE_FLAG = "--xla_backend_optimization_level=0"
 
 # `pytest -n N` (pytest-xdist, the README's command): worker i keeps every N-th core from i
@@ -55,3 +57,29 @@ def pytest_collection_modifyitems(config, items):
         return 0 if item.get_closest_marker("learning") else 1 if item.get_closest_marker("slow") else 2
 
     items.sort(key=rank)
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--no-skips", action="store_true",
+        help="fail every test or module that would be skipped (a missing test dependency such "
+             "as torch, rliable or scipy, a skipif), so a green run means every test ran; the "
+             "README's test command and .ci/run set it")
+
+
+def _skip_to_failure(report, config, what):
+    if report.skipped and not hasattr(report, "wasxfail") and config.getoption("--no-skips"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"{what} would be skipped under --no-skips: {reason}"
+    return report
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    return _skip_to_failure((yield), item.config, item.nodeid)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(collector):
+    return _skip_to_failure((yield), collector.config, collector.nodeid)
