@@ -236,7 +236,14 @@ def load_run_config(run_dir: str | pathlib.Path) -> AtariConfig | DMCConfig:
         raise FileNotFoundError(
             f"process {parallel.process_index()}: {e}. A multi-process --resume reads the run "
             f"directory in every process: keep run.outdir on a filesystem all hosts share") from e
-    data = json.loads(run.config.read_text())
+    try:
+        data = json.loads(run.config.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{run.config} is not valid JSON ({e.msg} at line {e.lineno} column "
+                          f"{e.colno}): it is the configuration the run was started with; "
+                          "restore it to resume, or start a new run") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{run.config} holds {type(data).__name__}, not a run's configuration")
     cls = AtariConfig if "game" in data else DMCConfig
     return from_dict(cls, data)
 

@@ -67,7 +67,7 @@ def plan(names: Sequence[str], auxes: Sequence[str], seeds: Sequence[int],
          group_size: int | None = None) -> list[Job]:
     """The grid as jobs, in a fixed order (name, then objective, then seed groups):
     ``group_size`` seeds per job (None: all of them)."""
-    size = group_size or len(seeds)
+    size = len(seeds) if group_size is None else group_size
     if size < 1:
         raise ConfigError(f"group size must be at least 1, got {group_size}")
     return [Job(name, aux, tuple(seeds[i:i + size]))

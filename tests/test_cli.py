@@ -71,6 +71,8 @@ def test_flags_and_overrides(capsys):
     (["sweep", "dmc", "--tasks", "all", "--seeds", "0-1", "--aux", "mlr,spr"],
      "aux must be one of mlr, none"),
     (["sweep", "atari", "--games", "pong", "--seeds", "0", "--shard", "2/2"], "--shard '2/2': need 0 <= i < n"),
+    (["sweep", "atari", "--games", "pong", "--seeds", "0-3", "--group-size", "0"],
+     "group size must be at least 1, got 0"),
     (["sweep", "atari", "--games", "pong", "--seeds", "0", "--shard", "0/2", "--distributed"],
      "--shard and --distributed both pick this process's share"),
 ])
@@ -99,6 +101,20 @@ def test_an_unwritable_outdir_fails_before_training(capsys, tmp_path):
         assert exit_info.value.code == 2
         assert f"run.outdir={str(outdir)!r} is not a writable directory" in capsys.readouterr().err
     assert [p.name for p in tmp_path.iterdir()] == ["a_file"]
+
+
+@pytest.mark.parametrize("text, message", [
+    ('{"game": "pong", "steps": ', "is not valid JSON (Expecting value at line 1 column 27)"),
+    ("[1, 2]", "holds list, not a run's configuration"),
+])
+def test_a_resume_of_a_run_with_an_unreadable_config_fails_with_one_line(capsys, tmp_path, text, message):
+    (tmp_path / "config.json").write_text(text)
+    for argv in (["train", "atari", "--resume", str(tmp_path)], ["eval", str(tmp_path)]):
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main(argv)
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and f"{tmp_path / 'config.json'} {message}" in err
+        assert err.count("\n") == 1 and "Traceback" not in err
 
 
 def test_a_resumed_run_shows_progress_unless_told_again(tmp_path):
