@@ -60,17 +60,24 @@ def wait_for_training(root, aux, proc, timeout_s=600):
 
 @pytest.mark.slow
 def test_two_processes_split_a_sweep_stop_and_continue(tmp_path):
-    """Two processes (``--shard 0/2``, ``--shard 1/2``) take a job each. SIGTERM stops the SPR
-    job mid-training with checkpoints; the same commands again skip the finished Baseline runs,
-    resume SPR's two seeds together and, the grid complete, write the report."""
+    """Two processes (``--shard 0/2``, ``--shard 1/2``) take a job each. Ctrl-C (SIGINT) stops
+    the SPR job mid-training with checkpoints and exit status 130; the same commands again skip
+    the finished Baseline runs, resume SPR's two seeds together from their checkpoints and, the
+    grid complete, write the report."""
     root = tmp_path / "sweep"
     commands = [[sys.executable, "-m", "mlr_jax", *GRID, "--outdir", str(root), "--shard", f"{i}/2"]
                 for i in range(2)]
     procs = start_processes(commands, devices_per_process=2)
     with killed_on_error(procs):
         wait_for_training(root, "spr", procs[1])
-        procs[1].send_signal(signal.SIGTERM)
-        first = [finish([procs[0]])[0], finish([procs[1]], returncode=128 + signal.SIGTERM)[0]]
+        procs[1].send_signal(signal.SIGINT)
+        first = [finish([procs[0]])[0], finish([procs[1]], returncode=128 + signal.SIGINT)[0]]
+    assert "[sweep] stopped by SIGINT; checkpoints saved" in first[1], first[1][-2000:]
+    (stopped,) = [e for e in ledger(root) if (e["aux"], e["event"]) == ("spr", "stopped")]
+    (started,) = [e for e in ledger(root) if (e["aux"], e["event"]) == ("spr", "started")]
+    assert stopped["signal"] == "SIGINT" and stopped["step"] > 300  # updates start at 300
+    for run in started["runs"].values():  # each seed saved the step it stopped at
+        assert [p.name for p in (root / "runs" / run / "checkpoints").iterdir()] == [str(stopped["step"])]
     assert "this process (0/2) has 1 job(s), 2 runs" in first[0]
     assert "2/4 runs done; the report is written when the last one finishes" in first[0]
     assert "Run the same command again to continue the sweep" in first[1]

@@ -1,14 +1,12 @@
 """End-to-end smoke runs on real envpool environments: every run-directory file is written,
 ``--resume`` continues the step count from the checkpoint instead of restarting, ``mlr-jax
-eval`` reproduces the final evaluation, and Ctrl-C saves a checkpoint before stopping."""
+eval`` reproduces the final evaluation. (A stop signal during training, its checkpoint and the
+resume: Ctrl-C in ``tests/test_sweep.py``, SIGTERM across processes in
+``tests/test_multiprocess.py``.)"""
 
 import json
-import os
 import pathlib
-import re
-import signal
 import subprocess
-import sys
 import time
 
 import pytest
@@ -134,24 +132,3 @@ def wait_for_metrics_step(outdir: pathlib.Path, step: int, procs: list[subproces
 
 LONG_SMOKE_RUN = ["train", "atari", "--game", "pong", "--preset", "smoke", "--no-progress",
                   "steps=100000", "run.log_every=10", "run.checkpoint_every=0", XLA_CONVS]
-
-
-def test_ctrl_c_saves_a_checkpoint_then_resume(tmp_path):
-    proc = subprocess.Popen([sys.executable, "-m", "mlr_jax", *LONG_SMOKE_RUN, "--outdir", str(tmp_path)],
-                            env=dict(os.environ, JAX_PLATFORMS="cpu"), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    try:
-        run = wait_for_metrics_step(tmp_path, 210, [proc])  # updates start at 200
-        proc.send_signal(signal.SIGINT)
-        out = proc.communicate(timeout=300)[0]
-    finally:
-        proc.kill()
-    assert proc.returncode == 128 + signal.SIGINT, out[-2000:]
-    stopped = re.search(r"stopped by SIGINT at agent step (\d+); checkpoint saved in (\S+);", out)
-    assert stopped, out[-2000:]
-    step = int(stopped.group(1))
-    assert pathlib.Path(stopped.group(2)) == run / "checkpoints" / str(step) and step >= 210
-    assert max(r["step"] for r in read_metrics(run / "metrics.jsonl")) <= step
-
-    assert cli.main(["train", "atari", "--resume", str(run), "--no-progress", f"steps={step + 20}"]) == 0
-    check_run_dir(run, step + 20, 2)
