@@ -5,11 +5,12 @@ policy. ``pytest -m learning`` runs just these.
 
 Thresholds were set from measured runs on the 2-core CI machine (README "Proof of learning"
 lists them) with a wide margin, and each test was checked to fail when learning is broken
-(actions shifted by one step in the batch, rewards zeroed, the target network's output used
-with gradients flowing the wrong way).
+(``experiments/mutations.py`` re-runs them with each mutation: actions shifted by one step,
+rewards zeroed, the RL loss's online prediction detached).
 """
 import json
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -21,6 +22,12 @@ from mlr_jax.config import make_config
 from test_train_end_to_end import only_run_dir
 
 pytestmark = pytest.mark.learning
+
+# experiments/mutations.py sets this to run the test against a deliberately broken agent: the
+# training run then starts through that script, which patches the mutation in first
+MUTATION = os.environ.get("MLR_JAX_MUTATION")
+TRAIN = ([sys.executable, str(pathlib.Path(__file__).parent.parent / "experiments" / "mutations.py"),
+          "--apply", MUTATION, "--"] if MUTATION else [sys.executable, "-m", "mlr_jax"])
 
 # (domain, task, aux, the final evaluation's mean must reach, random play's mean)
 CASES = [
@@ -41,7 +48,7 @@ def test_agent_learns_far_above_random(domain, task, aux, threshold, random_mean
     # updates: optimised code pays for its longer compile here)
     flag = "--game" if domain == "atari" else "--task"
     proc = subprocess.run(
-        [sys.executable, "-m", "mlr_jax", "train", domain, flag, task, "--preset", "toy",
+        [*TRAIN, "train", domain, flag, task, "--preset", "toy",
          "--aux", aux, "--outdir", str(tmp_path), "--no-progress"],
         env=dict(os.environ, XLA_FLAGS=OPTIMIZED_XLA_FLAGS), capture_output=True, text=True,
         timeout=900)
