@@ -1,22 +1,40 @@
 #!/usr/bin/env bash
-# The GPU measurements of the benchmark, prepared to run as ONE command on a lent GPU machine
-# (no network there: it uses the machine's own jax/flax/optax/chex/torch and this checkout on
-# PYTHONPATH; envpool is optional, its absence is recorded in each JSON).
+# The accelerator check, prepared to run as ONE command on a lent GPU machine (about 15 minutes
+# of device time in all, at most 10 a command; no network there: it uses the machine's own
+# jax/flax/optax/chex/torch and this checkout on PYTHONPATH; envpool is optional, its absence
+# is recorded in each JSON).
 #
 #   bash benchmarks/gpu_check.sh [OUTDIR]          # OUTDIR defaults to $OUT, else benchmarks/results
-#   PRESET=smoke DEVICE=cpu bash benchmarks/gpu_check.sh /tmp/dry   # a dry run on a CPU
+#   PRESET=smoke DEVICE=cpu bash benchmarks/gpu_check.sh /tmp/dry   # the same steps on a CPU
 #
-# Paper-size updates, each against the PyTorch port on the same GPU:
-#   Atari MLR fp32, Atari MLR bf16 (JAX only: the port is fp32), Atari Baseline (aux=none),
-#   Atari SPR (aux=spr), DMC MLR; and 8 seeds in one seed-batched step, Atari MLR bf16 (issue 13).
-# Targets (issue 5 and the brief): JAX >= 3x torch; bf16 Atari >= 35% of the bf16 peak; on an
-# H100 Atari MLR <= 9 ms (bf16 <= 5 ms), Baseline <= 2 ms, DMC <= 30 ms per update; with 8
-# seeds per step (bf16) <= 3.5 ms per seed-update (jax.ms_per_seed_update in the JSON).
+# Correctness first, then the timings, in priority order. Each step is one `mlr-jax bench`
+# with a time limit (STEP_TIMEOUT, default 90 s) that writes its JSON as soon as it ends. No
+# step starts once less than one step's limit is left of the script's budget (BUDGET, default
+# 480 s), and a step whose JSON is already in OUTDIR is skipped: a second call fills in only
+# what is missing. Estimated for one H100 (no GPU has run it yet): a step is a process start
+# and imports (~5 s), compiling a paper-size update (20-40 s), 20 JAX and 20 torch updates of
+# at most 0.2 s and the batch benchmark (~5 s), about 50 s; the nine take about 7.5 minutes.
+#   1-2. parity: the JAX update against the PyTorch port on the same state, batch and random
+#        draws, Atari MLR and DMC MLR, losses and gradient norms to float32 rounding;
+#   3.   Atari MLR fp32, JAX and torch, with a Perfetto trace of two updates (and, as step
+#        6, the envpool step time; the other steps skip it);
+#   4.   Atari MLR bf16 (JAX only: the port is fp32);
+#   5.   Atari Baseline (aux=none), JAX and torch;
+#   6.   DMC MLR, JAX and torch, with a trace;
+#   7.   8 Atari seeds in one seed-batched step, bf16;
+#   8.   2 DMC seeds in one seed-batched step;
+#   9.   Atari SPR (aux=spr), JAX and torch.
+# Targets (the brief): JAX >= 3x torch; on an H100 Atari MLR <= 9 ms (bf16 <= 5 ms), Baseline
+# <= 2 ms, DMC <= 30 ms per update; 8 seeds per step (bf16) <= 3.5 ms per seed-update
+# (jax.ms_per_seed_update in the JSON).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUTDIR="${1:-${OUT:-benchmarks/results}}"
 PRESET="${PRESET:-paper}"
 DEVICE="${DEVICE:-gpu}"
+STEP_TIMEOUT="${STEP_TIMEOUT:-90}"
+BUDGET="${BUDGET:-480}"
+REPEATS="${REPEATS:-20}"
 PY="${PYTHON:-python3}"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 # JAX and torch share the GPU in one process: JAX must not take 75% of it up front.
@@ -28,24 +46,50 @@ mkdir -p "$OUTDIR"
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 
 failed=0
-bench() {
-  echo "== mlr-jax bench $*"
-  timeout "${STEP_TIMEOUT:-240}" "$PY" -m mlr_jax bench --device "$DEVICE" --preset "$PRESET" \
-    --outdir "$OUTDIR" "$@" || { echo "FAILED ($?): $*"; failed=1; }
+start=$SECONDS
+# step NAME RECORD_GLOB BENCH_ARGS...: run `mlr-jax bench BENCH_ARGS` unless a record matching
+# RECORD_GLOB is in OUTDIR or the budget is spent
+step() {
+  local name="$1" glob="$2"
+  shift 2
+  if compgen -G "$OUTDIR/$glob" >/dev/null; then
+    echo "== $name: done before ($(basename "$(ls "$OUTDIR"/$glob | tail -1)"))"
+    return
+  fi
+  if (( SECONDS - start + STEP_TIMEOUT > BUDGET )); then
+    echo "== $name: not started ($((SECONDS - start)) of ${BUDGET} s used); run the script again"
+    failed=1
+    return
+  fi
+  echo "== $name: mlr-jax bench $*"
+  local t0=$SECONDS
+  timeout "$STEP_TIMEOUT" "$PY" -m mlr_jax bench --device "$DEVICE" --preset "$PRESET" \
+    --outdir "$OUTDIR" "$@" || { echo "FAILED ($?): $name"; failed=1; }
+  echo "== $name: $((SECONDS - t0)) s"
 }
-# a Perfetto trace of two updates each for the fp32 MLR runs (summary: jax.profile.top_ops
-# in the JSON); the trace file itself is copied next to the JSONs when under 15 MB
-bench --domain atari --frameworks jax,torch --repeats 20 --warmup 3 --profile /tmp/mlr_profile_atari
-bench --domain atari --frameworks jax --precision bf16 --repeats 20 --warmup 3
-bench --domain atari --frameworks jax,torch --repeats 20 --warmup 3 aux=none
-bench --domain atari --frameworks jax,torch --repeats 20 --warmup 3 aux=spr
-bench --domain dmc --frameworks jax,torch --repeats 10 --warmup 2 --profile /tmp/mlr_profile_dmc
-bench --domain atari --frameworks jax --precision bf16 --seeds 8 --repeats 20 --warmup 3
+P="${PRESET}" D="${DEVICE}" HALF=$(( REPEATS / 2 > 0 ? REPEATS / 2 : 1 ))  # DMC: 2 updates a unit
+step "parity atari" "parity_atari_${P}-mlr_${D}_*.json" --parity --domain atari
+step "parity dmc" "parity_dmc_${P}_${D}_*.json" --parity --domain dmc
+step "atari mlr fp32" "atari_${P}_${D}_fp32_*.json" --domain atari --frameworks jax,torch \
+  --repeats "$REPEATS" --warmup 3 --profile /tmp/mlr_profile_atari
+step "atari mlr bf16" "atari_${P}_${D}_bf16_*.json" --domain atari --frameworks jax \
+  --precision bf16 --repeats "$REPEATS" --warmup 3 --envpool-steps 0
+step "atari baseline" "atari_${P}-baseline_${D}_fp32_*.json" --domain atari --frameworks jax,torch \
+  --repeats "$REPEATS" --warmup 3 --envpool-steps 0 aux=none
+step "dmc mlr" "dmc_${P}_${D}_fp32_*.json" --domain dmc --frameworks jax,torch \
+  --repeats "$HALF" --warmup 2 --profile /tmp/mlr_profile_dmc
+step "atari 8 seeds bf16" "atari_${P}-s8_${D}_bf16_*.json" --domain atari --frameworks jax \
+  --precision bf16 --seeds 8 --repeats "$REPEATS" --warmup 3 --envpool-steps 0
+step "dmc 2 seeds" "dmc_${P}-s2_${D}_fp32_*.json" --domain dmc --frameworks jax --seeds 2 \
+  --repeats "$HALF" --warmup 2 --envpool-steps 0
+step "atari spr" "atari_${P}-spr_${D}_fp32_*.json" --domain atari --frameworks jax,torch \
+  --repeats "$REPEATS" --warmup 3 --envpool-steps 0 aux=spr
 for domain in atari dmc; do
   trace=$(ls /tmp/mlr_profile_$domain/plugins/profile/*/perfetto_trace.json.gz 2>/dev/null | tail -1)
   if [ -n "$trace" ] && [ "$(stat -c %s "$trace")" -lt 15000000 ]; then
     cp "$trace" "$OUTDIR/${domain}_${PRESET}_${DEVICE}_perfetto_trace.json.gz"
   fi
 done
+echo "== gpu_check: $((SECONDS - start)) s"
 ls -l "$OUTDIR"
 exit $failed

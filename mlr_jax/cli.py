@@ -19,6 +19,7 @@ from mlr_jax.config import (
     DMC_BUDGETS,
     ConfigError,
     apply_overrides,
+    check_local_path,
     domain_of,
     make_config,
     name_of,
@@ -210,6 +211,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--loop", type=int, default=0, metavar="STEPS",
                        help="time the whole training loop instead (acting, environment, replay, "
                             "updates) over STEPS agent steps of updates, --seeds S at once")
+    bench.add_argument("--parity", action="store_true",
+                       help="compare one JAX update with the PyTorch port's on this device instead "
+                            "(same state, batch and random draws; losses and gradient norms to "
+                            "float32 rounding); exit status 1 on a mismatch")
+    bench.add_argument("--envpool-steps", type=int, default=300, metavar="N",
+                       help="agent steps of the envpool measurement in the record (0 skips it)")
     bench.add_argument("--repeats", type=int, default=10)
     bench.add_argument("--warmup", type=int, default=2)
     bench.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
@@ -353,6 +360,7 @@ def _sweep(args: argparse.Namespace) -> int:
     seeds = parse_seeds(args.seeds)
     _, overrides = requested_overrides(args)
     outdir = args.outdir or f"runs/sweep_{args.domain}"
+    check_local_path(outdir, "--outdir")
 
     def make(name: str, aux: str):
         args.aux, args.game, args.task = aux, name, name
@@ -419,6 +427,12 @@ def _bench(args: argparse.Namespace) -> int:
                                     outdir=args.outdir)
         print(record["summary"])
         return 0
+    if args.parity:
+        from mlr_jax.bench.parity import run_parity
+
+        record = run_parity(args.domain, args.device, args.preset, args.outdir, args.overrides)
+        print(record["summary"])
+        return 0 if record["ok"] else 1
     if args.convs:
         from mlr_jax.bench.convs import conv_summary, run_conv_benchmark
 
@@ -434,7 +448,7 @@ def _bench(args: argparse.Namespace) -> int:
     result = run_benchmark(domain=args.domain, device=args.device, preset=args.preset,
                            frameworks=frameworks, repeats=args.repeats, warmup=args.warmup,
                            outdir=args.outdir, name=args.name, torch_threads=args.torch_threads,
-                           profile_dir=args.profile, num_seeds=args.seeds,
+                           profile_dir=args.profile, num_seeds=args.seeds, env_steps=args.envpool_steps,
                            overrides=[f"run.precision={args.precision}", *args.overrides])
     print(result["summary"])
     return 0
@@ -453,6 +467,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = {"config": _config, "train": _train, "sweep": _sweep, "eval": _eval,
                 "report": _report, "bench": _bench}
     try:
+        shards = 1
+        if getattr(args, "shard", None) is not None:
+            from mlr_jax.sweep import parse_shard
+
+            shards = parse_shard(args.shard)[1]
+        host.device_memory_policy(args.command, shards)  # before JAX starts a backend
         with host.xla_alarms_hidden():
             code = commands[args.command](args)
             sys.stdout.flush()  # here, where a closed pipe can still be handled

@@ -10,84 +10,37 @@ Losses, gradient norms and the parameters after the step must agree.
 
 from __future__ import annotations
 
-import functools
 import json
-import pathlib
 
 import chex
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 
 from mlr_jax import host  # noqa: E402
-from mlr_jax.bench import runner, torch_atari, torch_dmc  # noqa: E402  (after importorskip)
+from mlr_jax.bench import parity, runner, torch_atari, torch_dmc  # noqa: E402  (after importorskip)
 from mlr_jax.config import make_config  # noqa: E402
 from mlr_jax import device_frames  # noqa: E402
 from tolerances import assert_adam_step_close
 
-NO_RANDOMNESS = ["shift_pad=0", "intensity_scale=0", "mlr.mask_ratio=0",
-                 "mlr.mask_count_rule=mask_floor"]
-RTOL = 1e-4
-NUM_ACTIONS = 6
-ACTION_DIM = 2
-
-
-def _atari_batch(cfg, seed):
-    """A random batch with a done at s_t in every third sample (discount 0) and one two steps
-    later in the second (SPR's rollout is masked from there)."""
-    batch = runner.random_batch(cfg, NUM_ACTIONS, seed)
-    terminal = np.arange(cfg.batch_size) % 3 == 0
-    first_done = np.where(terminal, 0, batch.first_done)
-    first_done[1] = 2
-    return batch._replace(discounts=np.where(terminal, 0.0, batch.discounts).astype(np.float32),
-                          first_done=first_done.astype(np.int32))
-
-
-def _dmc_batch(cfg, seed):
-    sac, seq = runner.random_batch(cfg, ACTION_DIM, seed)
-    return sac._replace(discount=(np.arange(cfg.batch_size) % 4 != 0).astype(np.float32)), seq
-
-
-# ------------------------------------------------------------------ Atari
-
-
-# the objective's own clip group (the encoder + head group is "grad_norm")
-AUX_CLIP_GROUP = {"mlr": "decoder_grad_norm", "spr": "dynamics_grad_norm"}
+RTOL = parity.PARITY_RTOL
+NUM_ACTIONS, ACTION_DIM = parity.NUM_ACTIONS, parity.ACTION_DIM
+AUX_CLIP_GROUP = parity.AUX_CLIP_GROUP
 
 
 @pytest.fixture(scope="module", params=["mlr", "spr"])
 def atari_jax_step(request):
     """One JAX train_step per objective (compiled once for the module), augmentation and mask
     off, a small clip norm so both clip groups are active."""
-    from mlr_jax.agents.atari import make_agent
-
-    cfg = make_config("atari", "pong", "smoke",
-                      NO_RANDOMNESS + ["clip_norm=0.5", f"aux={request.param}"])
-    agent = make_agent(cfg, NUM_ACTIONS)
-    state = agent.init(jax.random.PRNGKey(3))
-    batch = _atari_batch(cfg, seed=3)
-    new_state, metrics = agent.train_step(state, jax.tree.map(jnp.asarray, batch),
-                                          jax.random.PRNGKey(4))
-    return cfg, batch, state, new_state, metrics
-
-
-def _torch_twin(cfg, state, new_state):
-    """The torch update with ``state``'s weights and the head noise the JAX step used (online:
-    the step's key, kept as ``new_state.noise_key``; target: the state's key)."""
-    update = torch_atari.make_update(cfg, NUM_ACTIONS)
-    update.load_jax_state(state)
-    torch_atari.load_jax_noise(update.model.net, new_state.noise_key)
-    torch_atari.load_jax_noise(update.target.net, state.target_noise_key)
-    no_mask = torch.ones(cfg.mlr.seq_len, cfg.image_size, cfg.image_size)
-    return update, {"mask": no_mask, "augment": False}
+    cfg = parity.atari_config("smoke", [f"aux={request.param}"])
+    return (cfg, *parity.atari_jax_step(cfg))
 
 
 def test_atari_losses_match_jax_agent(atari_jax_step):
     cfg, batch, state, new_state, metrics = atari_jax_step
-    update, fixed = _torch_twin(cfg, state, new_state)
+    update, fixed = parity.atari_torch_twin(cfg, state, new_state)
     with torch.no_grad():
         terms = update.loss_terms(update.prepare(batch, **fixed))
     aux = f"{cfg.aux}_loss"
@@ -104,7 +57,7 @@ def test_atari_losses_match_jax_agent(atari_jax_step):
 def test_atari_one_step_matches_jax_agent(atari_jax_step):
     """Gradients, both clip groups, the head's grad scale, Adam and the target copies agree."""
     cfg, batch, state, new_state, metrics = atari_jax_step
-    update, fixed = _torch_twin(cfg, state, new_state)
+    update, fixed = parity.atari_torch_twin(cfg, state, new_state)
     out = update.update(batch, resample_noise=False, **fixed)
     group = AUX_CLIP_GROUP[cfg.aux]
     assert min(float(metrics["grad_norm"]), float(metrics[group])) > cfg.clip_norm
@@ -132,7 +85,7 @@ def test_atari_update_trains_every_parameter_and_refreshes_targets():
     torch.manual_seed(0)
     update = torch_atari.make_update(cfg, NUM_ACTIONS)
     before = {k: v.clone() for k, v in update.model.state_dict().items()}
-    out = update.update(_atari_batch(cfg, seed=0))
+    out = update.update(parity.atari_batch(cfg, seed=0))
     assert np.isfinite(float(out["total"])) and float(out["mlr_loss"]) > 0
     changed = {k for k, v in update.model.state_dict().items() if not torch.equal(v, before[k])}
     assert {k for k, _ in update.model.named_parameters()} <= changed
@@ -170,35 +123,11 @@ def test_crop_at_is_a_replicate_padded_window():
 def test_dmc_update_matches_jax_agent_functions():
     """Critic, MLR, actor/alpha steps and the EMAs on the same randomly cropped, masked and
     intensity-scaled inputs and the same policy noise."""
-    from mlr_jax.agents import dmc as jax_dmc, dmc_aux
-
-    cfg = make_config("dmc", "cartpole_swingup", "smoke", ["aux_warmup_steps=1"])
-    nets = jax_dmc.build_networks(cfg, ACTION_DIM)
-    state = jax_dmc.init(nets, jax.random.PRNGKey(0))
-    update = torch_dmc.make_update(cfg, ACTION_DIM)
-    update.load_jax_state(state)
-    torch.manual_seed(0)
-    inp = update.prepare(_dmc_batch(cfg, seed=0))
+    cfg = parity.dmc_config("smoke")
+    inp, update, out, state, metrics = parity.dmc_one_update(cfg)
     assert 0.3 < float((inp.masked_seq == 0).float().mean()) < 0.7  # half of the cells hidden
-    critic_noise, actor_noise = torch.randn(2, cfg.batch_size, ACTION_DIM)
-    out = update.update_inputs(inp, critic_noise, actor_noise)
-
-    def j(x):
-        return jnp.asarray(x.numpy())
-
-    def jitted(fn):
-        return jax.jit(functools.partial(fn, nets))
-
-    state, m_critic = jitted(jax_dmc.update_critic)(
-        state, j(inp.obs), j(inp.action), j(inp.reward[:, 0]), j(inp.discount[:, 0]),
-        j(inp.next_obs), j(critic_noise))
-    state, m_mlr = jitted(dmc_aux.update_mlr)(state, j(inp.masked_seq), j(inp.target_seq),
-                                             j(inp.seq_action))
-    state, m_actor = jitted(jax_dmc.update_actor_and_alpha)(state, j(inp.obs), j(actor_noise))
-    state = jitted(jax_dmc.update_targets)(state)
-    for name, metrics in (("critic_loss", m_critic), ("mlr_loss", m_mlr), ("mlr_grad_norm", m_mlr),
-                          ("actor_loss", m_actor), ("alpha_loss", m_actor)):
-        np.testing.assert_allclose(float(out[name]), float(metrics[name]), rtol=RTOL, err_msg=name)
+    for name, value in metrics.items():
+        np.testing.assert_allclose(out[name], float(value), rtol=RTOL, err_msg=name)
 
     expected = torch_dmc.make_update(cfg, ACTION_DIM)
     expected.load_jax_state(state)
@@ -214,7 +143,7 @@ def test_dmc_update_trains_and_gates_actor_every_other_step():
     cfg = make_config("dmc", "cartpole_swingup", "smoke")
     torch.manual_seed(0)
     update = torch_dmc.make_update(cfg, ACTION_DIM)
-    batch = _dmc_batch(cfg, seed=1)
+    batch = parity.dmc_batch(cfg, seed=1)
     actor_before = [p.clone() for p in update.actor.trunk.parameters()]
     target_before = [p.clone() for p in update.critic_target.parameters()]
     first = update.update(batch)
@@ -275,20 +204,6 @@ def test_as_frame_rows_gathers_back_the_batch():
     chex.assert_shape(rows_batch.seq.obs.rows, (cfg.aux_batch_size, cfg.mlr.seq_len, cfg.frame_stack))
     chex.assert_trees_all_equal(jax.tree.map(np.asarray, device_frames.gather_batch(table, rows_batch)),
                                 batch)
-
-
-def test_runner_times_and_profiles_the_baseline_update_with_device_frames(tmp_path):
-    record = runner.run_benchmark("atari", "cpu", "smoke", frameworks=("jax",), repeats=1, warmup=1,
-                                  outdir=tmp_path, env_steps=0, profile_dir=tmp_path / "trace",
-                                  overrides=["run.replay_frames=device", "aux=none"])
-    assert record["jax"]["replay_frames"] == "device"
-    assert record["config"]["aux"] == "none"
-    assert pathlib.Path(record["path"]).name.startswith("atari_smoke-baseline_cpu_fp32_")
-    assert record["summary"].startswith("atari/smoke Baseline on cpu")
-    # the profiled updates: a Perfetto trace and the largest XLA ops per update
-    profile = record["jax"]["profile"]
-    assert pathlib.Path(profile["trace"]).is_file() and profile["updates"] == 2
-    assert profile["top_ops"] and all(r["ms_per_update"] > 0 for r in profile["top_ops"])
 
 
 def test_runner_rejects_bad_arguments(tmp_path):
