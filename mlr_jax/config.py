@@ -16,6 +16,7 @@ Three entry points are used by the rest of the library:
 from __future__ import annotations
 
 import dataclasses
+import re
 import json
 import math
 import typing
@@ -590,6 +591,18 @@ def _get(cfg: Any, key: str) -> Any:
     return cfg
 
 
+def check_local_path(path: str, what: str) -> None:
+    """Refuse a URL (``gs://bucket/runs``, ``s3://...``) where a directory is written: run
+    directories, checkpoints, metrics and reports go through the local filesystem."""
+    scheme = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", str(path))
+    if scheme:
+        raise ConfigError(
+            f"{what}={str(path)!r} is a {scheme.group(1)}:// URL, but mlr-jax writes run "
+            "directories through the local filesystem: mount the bucket (for example "
+            "`gcsfuse --implicit-dirs BUCKET /mnt/BUCKET` on every host) and give the mounted "
+            "path, e.g. /mnt/BUCKET/runs")
+
+
 def validate(cfg: Any) -> Any:
     """Raise :class:`ConfigError` naming the first inconsistent value; return cfg."""
     m = cfg.mlr
@@ -602,6 +615,7 @@ def validate(cfg: Any) -> Any:
                                   + close_matches(str(value), choices[key]))
         elif (problem := BOUNDS[key].error(key, value)) is not None:
             raise ConfigError(problem)
+    check_local_path(cfg.run.outdir, "run.outdir")
     # relations between fields
     if m.seq_len % m.block_size:
         raise ConfigError(

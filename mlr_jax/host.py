@@ -1,5 +1,6 @@
-"""Process-wide host settings: glibc's allocator tuned for XLA:CPU, stop signals, and the
-facts about this host that every benchmark record carries (:func:`describe`).
+"""Process-wide host settings: glibc's allocator tuned for XLA:CPU, stop signals, the
+accelerator memory policy (:func:`device_memory_policy`), and the facts about this host that
+every benchmark record carries (:func:`describe`).
 
 :class:`StopSignals` turns SIGINT / SIGTERM (Ctrl-C, a scheduler's preemption notice) into a
 request the training loop answers by saving a checkpoint and stopping.
@@ -80,6 +81,31 @@ def available_memory() -> int | None:
 def format_bytes(n: float) -> str:
     """``"512.0 MiB"`` below a GiB, ``"28.9 GiB"`` from there on."""
     return f"{n / 2**20:,.1f} MiB" if n < 2**30 else f"{n / 2**30:,.1f} GiB"
+
+
+PREALLOCATE, MEM_FRACTION = "XLA_PYTHON_CLIENT_PREALLOCATE", "XLA_PYTHON_CLIENT_MEM_FRACTION"
+
+
+def device_memory_policy(command: str, shards: int = 1, environ: dict | None = None) -> str:
+    """Choose how JAX takes accelerator memory for ``command``, before JAX starts a backend
+    (it reads these variables then); a variable the user set is left as it is.
+
+    - ``train`` and ``sweep`` alone on their accelerators: JAX's default, 75% of each device
+      preallocated up front, one pool that the update's buffers never fragment;
+    - ``sweep --shard i/n`` with ``n > 1``: the shards may share a device, so each process
+      allocates what it uses (``PREALLOCATE=false``) instead of claiming 75% each;
+    - ``eval``, ``report``, ``bench`` and ``config``: allocate on demand, so they run beside a
+      training run on the same device (``bench`` also shares it with torch).
+
+    Returns a one-line description (what was set, or that the user's setting stands)."""
+    env = os.environ if environ is None else environ
+    if PREALLOCATE in env or MEM_FRACTION in env:
+        return f"device memory: the user's {PREALLOCATE}/{MEM_FRACTION}"
+    if command in ("train", "sweep") and shards <= 1:
+        return "device memory: JAX's default (75% of each device preallocated)"
+    env[PREALLOCATE] = "false"
+    why = f"{shards} shards may share a device" if command == "sweep" else "it may run beside training"
+    return f"device memory: allocated on demand ({PREALLOCATE}=false: {why})"
 
 
 def describe() -> dict[str, Any]:

@@ -73,6 +73,11 @@ def test_flags_and_overrides(capsys):
     (["sweep", "atari", "--games", "pong", "--seeds", "0", "--shard", "2/2"], "--shard '2/2': need 0 <= i < n"),
     (["sweep", "atari", "--games", "pong", "--seeds", "0-3", "--group-size", "0"],
      "group size must be at least 1, got 0"),
+    (["train", "atari", "--outdir", "gs://bucket/runs"],
+     "run.outdir='gs://bucket/runs' is a gs:// URL, but mlr-jax writes run directories through "
+     "the local filesystem: mount the bucket"),
+    (["sweep", "dmc", "--tasks", "all", "--seeds", "0-1", "--outdir", "s3://b/sweep"],
+     "--outdir='s3://b/sweep' is a s3:// URL"),
     (["sweep", "atari", "--games", "pong", "--seeds", "0", "--shard", "0/2", "--distributed"],
      "--shard and --distributed both pick this process's share"),
 ])

@@ -1,4 +1,4 @@
-"""mlr_jax.host: the allocator settings (applied on import, opt-out, bad values named) and StopSignals."""
+"""mlr_jax.host: the allocator settings (applied on import, opt-out, bad values named), StopSignals and the device memory policy."""
 import os
 import signal
 import subprocess
@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from mlr_jax import host
+from mlr_jax import cli, host
 
 
 def test_import_tunes_glibc_malloc():
@@ -102,3 +102,25 @@ def test_an_alarm_split_across_reads_is_still_dropped():
     out = alarms.feed(b"step 1/9\r") + alarms.feed(TOOK[:50]) + alarms.feed(TOOK[50:])
     out += alarms.feed(b"after\n") + alarms.flush()
     assert out == b"step 1/9\rafter\n"
+
+
+@pytest.mark.parametrize("command, shards, expected", [
+    ("train", 1, None), ("sweep", 1, None), ("sweep", 4, "false"),
+    ("eval", 1, "false"), ("report", 1, "false"), ("bench", 1, "false"),
+])
+def test_device_memory_policy_preallocates_only_for_training_alone(command, shards, expected):
+    env = {}
+    line = host.device_memory_policy(command, shards, env)
+    assert env.get(host.PREALLOCATE) == expected and line.startswith("device memory: ")
+    assert ("on demand" in line) == (expected == "false")
+    # what the user set stands
+    mine = {host.MEM_FRACTION: ".3"}
+    assert "the user's" in host.device_memory_policy("eval", 1, mine) and mine == {host.MEM_FRACTION: ".3"}
+
+
+def test_the_cli_sets_the_policy_before_running_a_command(monkeypatch, tmp_path):
+    monkeypatch.delenv(host.PREALLOCATE, raising=False)
+    monkeypatch.delenv(host.MEM_FRACTION, raising=False)
+    with pytest.raises(SystemExit):  # not a run directory: the policy was set before that
+        cli.main(["eval", str(tmp_path)])
+    assert os.environ[host.PREALLOCATE] == "false"
