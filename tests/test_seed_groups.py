@@ -148,17 +148,19 @@ def test_a_seed_in_a_group_trains_as_it_would_alone(tmp_path, domain, flag, name
             assert final["agent_steps"] == 130
 
 
+@pytest.mark.parametrize("num_devices", [1, 2], ids=["2-seeds-on-1-device", "1-seed-per-device"])
 @pytest.mark.parametrize("domain, name", [("atari", "toy_catch"), ("dmc", "toy_reach")])
-def test_acting_for_a_group_is_acting_for_each_seed(domain, name):
-    """The group's one vmapped act (``Domain.explore``, greedy for Atari) gives each seed the
-    action its own state and key give alone (freshly initialised states, different
-    observations)."""
+def test_acting_for_a_group_is_acting_for_each_seed(domain, name, num_devices):
+    """The group's one vmapped act (``Domain.explore``, greedy for Atari), its two seeds on one
+    device or one per device, gives each seed the action its own state and key give alone
+    (freshly initialised states, different observations)."""
     cfg = make_config(domain, name, "toy")
     env = envs.make_env(cfg, 1, 0)
-    group = make_domain(cfg, env, parallel.layout(2))
+    layout = parallel.layout(2, num_devices)
+    group = make_domain(cfg, env, layout)
     alone = make_domain(cfg, env)
     keys = np.stack([np.asarray(jax.random.PRNGKey(s)) for s in (3, 4)])
-    state = parallel.layout(2).stacked(group.agent.init, keys, group.axes)
+    state = layout.stacked(group.agent.init, keys, group.axes)
     obs = np.stack([env.reset() for _ in range(2)])  # [seeds, 1 env, C, H, W]
     obs[1] = np.random.default_rng(0).integers(0, 256, obs[1].shape, dtype=np.uint8)
     env.close()
@@ -166,7 +168,7 @@ def test_acting_for_a_group_is_acting_for_each_seed(domain, name):
     rngs = [np.random.default_rng(s) for s in (3, 4)]
     actions = group.explore(state, obs, keys, step, rngs)
     one = parallel.layout(1)
-    for i, member in enumerate(parallel.layout(2).unstack(state, group.axes)):
+    for i, member in enumerate(layout.unstack(state, group.axes)):
         mine = alone.explore(one.put(parallel.stack([member], alone.axes), alone.axes), obs[i:i + 1],
                              keys[i:i + 1], step, rngs[i:i + 1])
         np.testing.assert_allclose(actions[i], mine[0], rtol=1e-5, atol=1e-6, err_msg=f"seed {i}")

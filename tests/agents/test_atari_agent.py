@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from mlr_jax import parallel
+from mlr_jax.agents.common import seed_axes
 import one_run
 from mlr_jax.agents import atari
 from mlr_jax.agents.atari import make_agent
@@ -324,3 +325,31 @@ def test_update_stages_called_alone():
     assert_trees_close(two.aux_target, momentum_view(first), rtol=0)
     assert_trees_close(two.target_params, subset(second, "encoder", "head"), rtol=0)
     np.testing.assert_array_equal(np.asarray(two.target_noise_key), np.asarray(keys[2]))
+
+
+def test_two_seeds_on_one_device_update_each_seed_as_alone(setup):
+    """Two seeds (their own initial states, batches and keys) updated by one vmapped step
+    (:class:`mlr_jax.parallel.Layout`) on one device, where every convolution becomes a
+    grouped one: each seed's metrics and parameters after 3 updates equal its own updates
+    alone, within float32 rounding (Adam's eps 1.5e-4 keeps chained steps there). One seed
+    per device: ``tests/test_seed_groups.py``."""
+    cfg, agent, _, _ = setup
+    layout = parallel.layout(2, num_devices=1)
+    assert layout.seed_shards == 1
+    keys = np.stack([one_run.raw_key(jax.random.PRNGKey(s)) for s in (1, 2)])
+    axes = seed_axes(jax.eval_shape(agent.init, jax.random.PRNGKey(0)))
+    group = layout.stacked(agent.init, keys, axes)
+    step = layout.train_step(agent.train_step, axes, donate_state=False)
+    alone = [agent.init(jax.random.PRNGKey(s)) for s in (1, 2)]
+    for i in range(3):
+        batches = [fake_batch(cfg, seed=10 * s + i) for s in (1, 2)]
+        step_keys = np.stack([one_run.raw_key(jax.random.PRNGKey(100 * s + i)) for s in (1, 2)])
+        group, metrics = step(group, jax.tree.map(lambda *xs: np.stack(xs), *batches), step_keys)
+        for s in range(2):
+            alone[s], expected = agent.train_step(alone[s], batches[s], jax.random.PRNGKey(100 * (s + 1) + i))
+            for name in ("loss", "rl_loss", "mlr_loss", "grad_norm", "decoder_grad_norm"):
+                np.testing.assert_allclose(metrics[name][s], expected[name], rtol=METRIC_RTOL,
+                                           err_msg=f"seed {s} update {i} {name}")
+    for s, member in enumerate(layout.unstack(group, axes)):
+        assert_trees_close(member.params, alone[s].params, rtol=1e-4, atol=1e-6)
+    assert not np.allclose(jax.tree.leaves(alone[0].params)[0], jax.tree.leaves(alone[1].params)[0])

@@ -264,16 +264,22 @@ def test_sac_crops_draw_the_codes_offsets(rule, last):
     assert set(crops[:, 0, 0, 0].tolist()) == offsets and set(crops[:, 1, 0, 0].tolist()) == offsets
 
 
-def test_seeds_in_one_step_share_the_actor_gating(nets, state, cfg, jit_step):
-    """Two seeds updated by one vmapped step (:class:`mlr_jax.parallel.Layout`) share the update
-    counter, so the actor's ``lax.cond`` stays a branch: the step's program keeps the agent's
-    conds (a per-seed counter would turn them into selects that run the actor every update),
-    each seed's actor changes on even updates only, and each seed's update is its own."""
-    layout = parallel.layout(2)
+@pytest.mark.parametrize("num_devices", [1, 2], ids=["2-seeds-on-1-device", "1-seed-per-device"])
+def test_seeds_in_one_step_share_the_actor_gating(nets, state, cfg, jit_step, num_devices):
+    """Two seeds updated by one vmapped step (:class:`mlr_jax.parallel.Layout`), both on one
+    device (every convolution a grouped one; the group's state made by ``Layout.stacked``, as
+    the loop makes it) or one per device, share the update counter, so the actor's ``lax.cond``
+    stays a branch: the step's program keeps the agent's conds (a per-seed counter would turn
+    them into selects that run the actor every update), each seed's actor changes on even
+    updates only, and each seed's update is its own."""
+    layout = parallel.layout(2, num_devices)
+    assert layout.seed_shards == num_devices
     axes = seed_axes(state)
     step = layout.train_step(functools.partial(dmc.train_step, nets), axes, donate_state=False)
-    seeds = [jax.device_get(state), jax.device_get(dmc.init(nets, jax.random.key(1)))]
-    stacked = layout.put(parallel.stack(seeds, axes), axes)
+    init = jax.jit(functools.partial(dmc.init, nets))
+    stacked = layout.stacked(lambda key: init(jax.random.wrap_key_data(key)),
+                             np.stack([jax.random.key_data(jax.random.key(s)) for s in (0, 1)]), axes)
+    seeds = layout.unstack(stacked, axes)
 
     def inputs(i):
         keys = np.stack([one_run.raw_key(jax.random.key(100 + 10 * s + i)) for s in range(2)])
