@@ -168,6 +168,9 @@ class AtariConfig:
     priority_exponent: float = 0.5
     beta_start: float = 0.4
     beta_end: float = 1.0
+    # agent steps over which beta anneals, whatever the run's length (the authors'
+    # pri_beta_steps); 0 = over the run's `steps` (the same for a 100k run)
+    beta_steps: int = 100_000
     # augmentation
     shift_pad: int = 4
     intensity_scale: float = 0.05
@@ -280,7 +283,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "steps": 2_000, "learning_starts": 300, "eps_ramp_start": 300, "eps_steps": 301,
             "lr": 1e-3, "updates_per_step": 1, "image_size": 20, "channels": "16,16",
             "kernels": "4,3", "strides": "2,2", "hidden_size": 64, "shift_pad": 2,
-            "replay_capacity": 5_000, "mlr.seq_len": 4, "mlr.block_size": 2,
+            "replay_capacity": 5_000, "beta_steps": 0, "mlr.seq_len": 4, "mlr.block_size": 2,
             "mlr.patch_size": 5, "mlr.num_layers": 1, "run.eval_episodes": 200,
             "run.eval_every": 500, "run.log_every": 250, "run.checkpoint_every": 0,
         },
@@ -556,7 +559,7 @@ BOUNDS: dict[str, Bounds] = {
     "updates_per_step": _ints(), "learning_starts": _ints(0), "eps_start": _UNIT,
     "eps_end": _UNIT, "eps_ramp_start": _ints(0), "eps_steps": _ints(), "eval_epsilon": _UNIT,
     "target_update_period": _ints(), "target_tau": _RATE, "priority_exponent": _reals(lo_open=False),
-    "beta_start": _UNIT, "beta_end": _UNIT, "shift_pad": _ints(0), "scale_masked_input": _FLAG,
+    "beta_start": _UNIT, "beta_end": _UNIT, "beta_steps": _ints(0), "shift_pad": _ints(0), "scale_masked_input": _FLAG,
     # DMCConfig
     "env_steps": _ints(), "action_repeat": _ints(), "crop_size": _ints(), "camera_id": _ints(0),
     "num_filters": _ints(), "num_conv_layers": _ints(), "feature_dim": _ints(),

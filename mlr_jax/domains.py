@@ -184,10 +184,11 @@ def importance_beta(cfg: AtariConfig, step: int) -> float:
     """The importance-sampling exponent of the updates made after ``step`` agent steps are
     stored, as rlpyt's ``DQN.update_itr_hyperparams``: the updates at step index ``itr =
     step - 1`` use the beta set after the updates of ``itr - 1``, linear from ``beta_start``
-    at ``learning_starts`` to ``beta_end`` at ``steps`` (the authors' ``pri_beta_steps`` is
-    the run length, 100k)."""
+    at ``learning_starts`` to ``beta_end`` at ``beta_steps`` (the authors'
+    ``pri_beta_steps``, 100k whatever the run's length; 0: the run's ``steps``)."""
     itr = step - 1
-    return _linear(itr - 1, cfg.learning_starts, cfg.steps, cfg.beta_start, cfg.beta_end)
+    end = cfg.beta_steps or cfg.steps
+    return _linear(itr - 1, cfg.learning_starts, end, cfg.beta_start, cfg.beta_end)
 
 
 def sample_batch(cfg: AtariConfig | DMCConfig, replay: AtariReplay | DMCReplay, step: int,

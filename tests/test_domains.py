@@ -58,17 +58,26 @@ def test_epsilon_matches_rlpyt(ramp_start, eps_steps, eps_end):
         assert domains.epsilon(cfg, itr) == pytest.approx(reference.sample_mode(itr), abs=1e-12)
 
 
-def test_first_update_and_importance_beta_match_rlpyt():
-    """The paper's schedule scaled down (the same formulas at any length): the loop updates
-    once ``step`` transitions are stored, i.e. at step index ``itr = step - 1``."""
-    cfg = make_config("atari", "toy_catch", "toy", ["steps=5000", "learning_starts=500"])
-    used = rlpyt_run(cfg.steps, cfg.learning_starts, cfg.steps, cfg.beta_start, cfg.beta_end)
+@pytest.mark.parametrize("beta_steps, last", [(0, (0.99, 1.0)), (100_000, (0.42, 0.43))])
+def test_first_update_and_importance_beta_match_rlpyt(beta_steps, last):
+    """The paper's schedule in a shorter run: the loop updates once ``step`` transitions are
+    stored, i.e. at step index ``itr = step - 1``; beta anneals over the authors'
+    ``pri_beta_steps`` (100k, whatever the run's length) or, with ``beta_steps=0``, over the run."""
+    cfg = make_config("atari", "toy_catch", "toy", ["steps=5000", "learning_starts=500",
+                                                    f"beta_steps={beta_steps}"])
+    used = rlpyt_run(cfg.steps, cfg.learning_starts, beta_steps or cfg.steps, cfg.beta_start, cfg.beta_end)
     domain = domains.make_domain(cfg, envs.make_env(cfg, 1, seed=0))
     first_itr = min(used)
     assert first_itr + 1 == domain.learning_starts  # the first updates once 501 steps are stored
     for itr, beta in used.items():
         assert domains.importance_beta(cfg, itr + 1) == pytest.approx(beta, abs=1e-12), itr
-    assert used[first_itr] == used[first_itr + 1] == 0.4 and 0.99 < used[cfg.steps - 1] < 1.0
+    assert used[first_itr] == used[first_itr + 1] == 0.4 and last[0] < used[cfg.steps - 1] < last[1]
+
+
+def test_beta_anneals_over_the_authors_100k_steps_by_default():
+    assert AtariConfig().beta_steps == 100_000 == AtariConfig().steps
+    assert make_config("atari", "pong", "cpu").beta_steps == 100_000  # a 15k run: beta ends near 0.48
+    assert make_config("atari", "toy_catch", "toy").beta_steps == 0  # the toy task: over its run
 
 
 def test_paper_config_starts_learning_at_step_index_2000():

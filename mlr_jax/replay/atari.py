@@ -204,7 +204,7 @@ class AtariReplay:
 
         Args:
           indices: int[N] absolute start indices; ones overwritten since they were sampled
-            are ignored.
+            are ignored, and a start given twice takes its first priority (as rlpyt).
           priorities: float[N], finite and >= 0 (e.g. the KL loss); stored as
             ``priority ** priority_exponent``.
         """
@@ -215,6 +215,10 @@ class AtariReplay:
                              "must be matching 1-D arrays")
         if not np.all(np.isfinite(priorities)) or (priorities.size and priorities.min() < 0):
             raise ValueError(f"priorities must be finite and >= 0, got {priorities}")
+        # a start drawn more than once keeps its first new priority (rlpyt's SumTree:
+        # np.unique(return_index=True)); then only starts still stored are updated
+        _, first = np.unique(indices, return_index=True)
+        indices, priorities = indices[first], priorities[first]
         keep = self._ring.stored(indices)
         indices, priorities = indices[keep], priorities[keep]
         if not indices.size:

@@ -250,6 +250,15 @@ def test_new_steps_get_the_max_priority_seen():
     np.testing.assert_allclose(prio[10:30], 1.0)
 
 
+def test_a_start_drawn_twice_keeps_its_first_new_priority():
+    """rlpyt's SumTree.update_batch_priorities drops repeated draws with
+    np.unique(return_index=True): the first occurrence's priority is written."""
+    replay = make_replay(60, initial_priority=1.0)
+    Stream(40, seed=6).add_to(replay, 0, 30)
+    replay.update_priorities(np.array([5, 7, 5, 7, 9]), np.array([4.0, 9.0, 16.0, 25.0, 36.0]))
+    np.testing.assert_allclose(replay.state_dict()["priority"][[5, 7, 9]], [2.0, 3.0, 6.0])
+
+
 def test_fixed_initial_priority():
     replay = make_replay(60, initial_priority=1.0)
     stream = Stream(40, seed=6)
