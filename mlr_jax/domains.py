@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from typing import TYPE_CHECKING, Any, Callable
 
 import jax
@@ -94,9 +93,12 @@ def frame_shape(cfg: AtariConfig | DMCConfig) -> tuple[int, ...]:
 
 
 def memory_needed(cfg: AtariConfig | DMCConfig) -> dict[str, tuple[int, str]]:
-    """Lower bounds of the bytes a run holds at once, each with how it was counted: the
-    replay's frames (uint8, as many as the run stores) and one batch's frames (uint8; the
-    network's float32 copies and activations come on top)."""
+    """Lower bounds of the bytes one run holds at once, each with how it was counted:
+    ``replay``, the host replay's frames (uint8; its table is allocated whole but only the
+    frames the run stores are ever written, so only they take memory); ``device_frames``, the
+    replay's frame table on the devices with ``run.replay_frames=device``, allocated whole
+    (``replay_capacity + 1`` rows, the last all zeros); ``batch``, one batch's frames (uint8;
+    the network's float32 copies and activations come on top)."""
     frame = int(np.prod(frame_shape(cfg)))
     size = "x".join(map(str, frame_shape(cfg)))
     if isinstance(cfg, AtariConfig):
@@ -112,8 +114,10 @@ def memory_needed(cfg: AtariConfig | DMCConfig) -> dict[str, tuple[int, str]]:
                  f"(2 x batch_size={cfg.batch_size}" + (f" + aux_batch_size={cfg.aux_batch_size} "
                                                         f"x {seq_len} steps" if seqs else "")
                  + f") x {cfg.frame_stack} frames of {size}")
+    rows = cfg.replay_capacity + 1
     return {"replay": (stored * frame, f"{stored} stored frames of {size} "
                                        f"(replay_capacity={cfg.replay_capacity})"),
+            "device_frames": (rows * frame, f"a table of replay_capacity + 1 = {rows} frames of {size}"),
             "batch": batch}
 
 
@@ -122,12 +126,10 @@ def check_memory(cfg: AtariConfig | DMCConfig, host_bytes: int | None = None,
     """Raise :class:`ConfigError` with the figures when :func:`memory_needed` of a group of
     ``num_seeds`` runs exceeds what the host (default: :func:`mlr_jax.host.available_memory`)
     or, on an accelerator, each device (default: its ``memory_stats()["bytes_limit"]``) can
-    hold; unknown sizes are not checked. The host holds every seed's replay; frames on the
-    device (``run.replay_frames``) count there, the replays of the seeds a device holds
-    (:func:`mlr_jax.parallel.layout`) and an equal share of the batches. Checked before
-    anything is allocated."""
-    need = {k: (n * num_seeds, what + (f", x {num_seeds} seeds" if num_seeds > 1 else ""))
-            for k, (n, what) in memory_needed(cfg).items()}
+    hold; unknown sizes are not checked. The host holds every seed's replay; with frames on
+    the devices (``run.replay_frames``) each device holds the whole frame tables of the seeds
+    it holds (:func:`mlr_jax.parallel.seed_shards`: all of them with several processes) and an
+    equal share of the batches. Checked before anything is allocated."""
     on_device = parallel.replay_frames(cfg.run.replay_frames) == "device"
     if host_bytes is None:
         host_bytes = host.available_memory()
@@ -135,19 +137,26 @@ def check_memory(cfg: AtariConfig | DMCConfig, host_bytes: int | None = None,
     if device_bytes is None and accelerator:
         device_bytes = parallel.device_memory_limit()
     n_dev = parallel.device_count()
-    seed_shards = math.gcd(num_seeds, n_dev)  # the seeds' split (parallel.layout)
-    budgets = [("this host", host_bytes, {"replay": 1.0, "batch": 0.0 if on_device else 1.0})]
+    per_device = num_seeds // parallel.seed_shards(num_seeds, n_dev)  # seeds a device holds
+    parts = memory_needed(cfg)
+
+    def times(n: int, devices: int = 1) -> tuple[float, str]:  # n seeds' worth over devices
+        return n / devices, (f", x {n} seeds" if n > 1 else "") + (f" / {devices} devices" if devices > 1 else "")
+
+    budgets = [("this host", host_bytes, {"replay": times(num_seeds),
+                                          "batch": times(0 if on_device else num_seeds)})]
     if accelerator or device_bytes is not None:
-        budgets.append(("each device", device_bytes,
-                        {"replay": 1.0 / seed_shards if on_device else 0.0, "batch": 1.0 / n_dev}))
-    for where, available, share in budgets:
-        parts = {k: int(n * share[k]) for k, (n, _) in need.items() if share[k]}
-        if available is not None and sum(parts.values()) > available:
+        budgets.append(("each device", device_bytes, {"device_frames": times(per_device if on_device else 0),
+                                                      "batch": times(num_seeds, n_dev)}))
+    for where, available, counts in budgets:
+        need = {k: int(parts[k][0] * n) for k, (n, _) in counts.items() if n}
+        if available is not None and sum(need.values()) > available:
             size = host.format_bytes
-            what = "; ".join(f"{k} {size(n)} ({need[k][1]})" for k, n in parts.items())
-            raise ConfigError(f"this run needs at least {size(sum(parts.values()))} of memory on "
+            what = "; ".join(f"{k.replace('_', ' ')} {size(b)} ({parts[k][1]}{counts[k][1]})"
+                             for k, b in need.items())
+            raise ConfigError(f"this run needs at least {size(sum(need.values()))} of memory on "
                               f"{where} but {size(available)} is available: {what}. Lower "
-                              "batch_size or replay_capacity")
+                              "batch_size or replay_capacity, or the seeds per group")
 
 
 def make_replay(cfg: AtariConfig | DMCConfig, action_dim: int = 1,

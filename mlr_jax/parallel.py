@@ -436,6 +436,13 @@ class Layout:
         return step
 
 
+def seed_shards(num_seeds: int, num_devices: int) -> int:
+    """How many ways :func:`layout` splits a group's seeds over ``num_devices`` devices: each
+    device holds ``num_seeds / seed_shards`` of them. With several processes the seeds are not
+    split: every device holds every seed."""
+    return 1 if process_count() > 1 else math.gcd(num_seeds, num_devices)
+
+
 def layout(num_seeds: int = 1, num_devices: int | None = None) -> Layout:
     """The mesh of a group of ``num_seeds`` runs on this run's devices (:func:`devices`; the
     first ``num_devices`` of them when given): ``gcd(num_seeds, D)`` devices along ``seeds``
@@ -451,8 +458,8 @@ def layout(num_seeds: int = 1, num_devices: int | None = None) -> Layout:
         every = every[:num_devices]
     if num_seeds < 1:
         raise ParallelError(f"a group needs at least one seed, got {num_seeds}")
-    seed_shards = 1 if process_count() > 1 else math.gcd(num_seeds, len(every))
-    grid = np.array(every, dtype=object).reshape(seed_shards, len(every) // seed_shards)
+    shards = seed_shards(num_seeds, len(every))
+    grid = np.array(every, dtype=object).reshape(shards, len(every) // shards)
     return Layout(Mesh(grid, (SEEDS, DATA)), num_seeds)
 
 
