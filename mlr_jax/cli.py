@@ -78,6 +78,15 @@ def _add_sweep_options(p: argparse.ArgumentParser, domain: str) -> None:
                    help="seeds trained together in one seed-batched step (default: all)")
     p.add_argument("--shard", default=None, metavar="I/N",
                    help="take jobs I, I+N, I+2N, ... of the grid (an array job's task I of N)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the plan (jobs, group sizes, memory per device and per host, "
+                        "time from the latest bench records) and exit: 0 if it fits, 2 if not "
+                        "even one seed fits")
+    p.add_argument("--device-memory", default=None, metavar="SIZE",
+                   help="plan for devices of this size, e.g. 80GiB (an H100) or 16GiB (a TPU "
+                        "v5e chip); default: this machine's accelerator, if any")
+    p.add_argument("--devices", type=int, default=None, help="plan for this many devices per host")
+    p.add_argument("--hosts", type=int, default=1, help="plan for this many hosts")
     p.set_defaults(game=None, task=None, aux=None, seed=None)
     _add_common_options(p, domain)
 
@@ -369,6 +378,17 @@ def _sweep(args: argparse.Namespace) -> int:
     for name in names:  # every name and objective checked before anything runs
         for aux in auxes:
             make(name, aux)
+    if args.dry_run or (args.group_size is None and parallel.on_accelerator()):
+        from mlr_jax import plan
+
+        groups, text = plan.sweep_plan(args.domain, names, auxes, seeds, make, args.group_size,
+                                       args.device_memory, args.devices, args.hosts)
+        print(text, flush=True)
+        if args.dry_run:
+            return 0 if groups else 2
+        if not groups:
+            raise ConfigError("not even one seed fits a device; see the plan above")
+        args.group_size = min(groups.values())
     spec = {"preset": args.preset, "overrides": [o for o in overrides if o != "run.progress=False"
                                                  and o != "run.progress=True"]}
     try:

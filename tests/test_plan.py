@@ -1,0 +1,59 @@
+"""mlr_jax.plan: a seed group's memory per device and per host from the compiled program, the
+largest group that fits, and ``mlr-jax sweep ... --dry-run``."""
+import jax
+import pytest
+
+from mlr_jax import cli, plan
+from mlr_jax.agents import atari
+from mlr_jax.config import ConfigError, make_config
+
+
+def test_sizes_parse_with_units_and_refuse_nonsense():
+    assert plan.parse_bytes("80GiB") == 80 * 2 ** 30 and plan.parse_bytes("16 GB") == 16 * 10 ** 9
+    assert plan.parse_bytes("1024") == 1024 and plan.parse_bytes("1.5KiB") == 1536
+    for bad in ("lots", "-1GiB", "0", "nanGB"):
+        with pytest.raises(ConfigError, match="--device-memory"):
+            plan.parse_bytes(bad)
+
+
+@pytest.fixture(scope="module")
+def figures():
+    return plan.seed_figures(make_config("atari", "pong", "smoke", ["aux=none"]))
+
+
+def test_seed_figures_are_what_a_seed_allocates(figures):
+    cfg = make_config("atari", "pong", "smoke", ["aux=none"])
+    state = atari.make_agent(cfg, plan.PLAN_ACTIONS["atari"]).init(jax.random.PRNGKey(0))
+    assert figures["state"] == sum(x.nbytes for x in jax.tree.leaves(state))
+    assert figures["device_frames"] == (cfg.replay_capacity + 1) * 84 * 84  # FrameTables' rows
+    assert figures["replay"] == min(cfg.replay_capacity, cfg.steps) * 84 * 84
+    assert figures["update"] > figures["act"] > 0  # XLA's compiled temporaries
+
+
+def test_a_device_holds_its_share_of_the_seeds(figures):
+    per_seed = figures["state"] + figures["update"] + figures["act"] + figures["device_frames"]
+    four_on_two = plan.plan_group(figures, 4, devices=2)  # 2 seeds a device
+    assert four_on_two.device_total == 2 * per_seed and four_on_two.per_host["replay"] == 4 * figures["replay"]
+    three_on_two = plan.plan_group(figures, 3, devices=2)  # gcd 1: every device holds all 3
+    assert three_on_two.device_total == 3 * per_seed
+    two_hosts = plan.plan_group(figures, 4, devices=2, hosts=2)  # several hosts: every seed everywhere
+    assert two_hosts.device_total == 4 * per_seed
+    on_host = plan.plan_group(figures, 2, devices=1, frames_on_device=False)
+    assert on_host.per_device["device_frames"] == 0 and on_host.per_host["batch"] == 2 * figures["batch"]
+    assert plan.data_shards(4, 2) == 1 and plan.data_shards(1, 2) == 2 and plan.data_shards(4, 2, hosts=2) == 4
+    fits = plan.plan_group(figures, 2, devices=1, device_memory=2 * per_seed)
+    assert fits.fits and not plan.plan_group(figures, 3, devices=1, device_memory=2 * per_seed).fits
+
+
+def test_dry_run_prints_the_largest_group_that_fits_or_exits_2(capsys, figures):
+    per_seed = figures["state"] + figures["update"] + figures["act"] + figures["device_frames"]
+    argv = ["sweep", "atari", "--games", "pong,alien", "--seeds", "0-3", "--aux", "none",
+            "--preset", "smoke", "--dry-run", "--devices", "1"]
+    assert cli.main([*argv, "--device-memory", str(int(2.5 * per_seed))]) == 0
+    out = capsys.readouterr().out
+    assert "[plan] none: does not fit: 4 seeds" in out and "[plan] none: does not fit: 3 seeds" in out
+    assert "[plan] none: groups of 2 (frames on the devices)" in out
+    assert "4 jobs: pong none seeds 0,1, pong none seeds 2,3, alien none seeds 0,1, alien none seeds 2,3" in out
+    assert "no accelerator bench record of atari/smoke (none)" in out
+    assert cli.main([*argv, "--device-memory", str(per_seed // 2)]) == 2
+    assert "[plan] none: DOES NOT FIT: 1 seeds" in capsys.readouterr().out
