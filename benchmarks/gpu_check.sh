@@ -16,9 +16,11 @@
 # at most 0.2 s and the batch benchmark (~5 s), about 50 s; the nine take about 7.5 minutes.
 #   1-2. parity: the JAX update against the PyTorch port on the same state, batch and random
 #        draws, Atari MLR and DMC MLR, losses and gradient norms to float32 rounding;
-#   3.   Atari MLR fp32, JAX and torch, with a Perfetto trace of two updates (and, as step
-#        6, the envpool step time; the other steps skip it);
-#   4.   Atari MLR bf16 (JAX only: the port is fp32);
+#   3.   Atari MLR at the default run.precision=tf32 (TF32 matmuls and convolutions; torch's
+#        TF32 switches on, as torch 1.7.1, the authors' pin, had them), JAX and torch, with a
+#        Perfetto trace of two updates (and, as step 6, the envpool step time; the other
+#        steps skip it);
+#   4.   Atari MLR bf16 (JAX only: the port has no bf16);
 #   5.   Atari Baseline (aux=none), JAX and torch;
 #   6.   DMC MLR, JAX and torch, with a trace;
 #   7.   8 Atari seeds in one seed-batched step, bf16;
@@ -70,19 +72,19 @@ step() {
 P="${PRESET}" D="${DEVICE}" HALF=$(( REPEATS / 2 > 0 ? REPEATS / 2 : 1 ))  # DMC: 2 updates a unit
 step "parity atari" "parity_atari_${P}-mlr_${D}_*.json" --parity --domain atari
 step "parity dmc" "parity_dmc_${P}_${D}_*.json" --parity --domain dmc
-step "atari mlr fp32" "atari_${P}_${D}_fp32_*.json" --domain atari --frameworks jax,torch \
+step "atari mlr tf32" "atari_${P}_${D}_tf32_*.json" --domain atari --frameworks jax,torch \
   --repeats "$REPEATS" --warmup 3 --profile /tmp/mlr_profile_atari
 step "atari mlr bf16" "atari_${P}_${D}_bf16_*.json" --domain atari --frameworks jax \
   --precision bf16 --repeats "$REPEATS" --warmup 3 --envpool-steps 0
-step "atari baseline" "atari_${P}-baseline_${D}_fp32_*.json" --domain atari --frameworks jax,torch \
+step "atari baseline" "atari_${P}-baseline_${D}_tf32_*.json" --domain atari --frameworks jax,torch \
   --repeats "$REPEATS" --warmup 3 --envpool-steps 0 aux=none
-step "dmc mlr" "dmc_${P}_${D}_fp32_*.json" --domain dmc --frameworks jax,torch \
+step "dmc mlr" "dmc_${P}_${D}_tf32_*.json" --domain dmc --frameworks jax,torch \
   --repeats "$HALF" --warmup 2 --profile /tmp/mlr_profile_dmc
 step "atari 8 seeds bf16" "atari_${P}-s8_${D}_bf16_*.json" --domain atari --frameworks jax \
   --precision bf16 --seeds 8 --repeats "$REPEATS" --warmup 3 --envpool-steps 0
-step "dmc 2 seeds" "dmc_${P}-s2_${D}_fp32_*.json" --domain dmc --frameworks jax --seeds 2 \
+step "dmc 2 seeds" "dmc_${P}-s2_${D}_tf32_*.json" --domain dmc --frameworks jax --seeds 2 \
   --repeats "$HALF" --warmup 2 --envpool-steps 0
-step "atari spr" "atari_${P}-spr_${D}_fp32_*.json" --domain atari --frameworks jax,torch \
+step "atari spr" "atari_${P}-spr_${D}_tf32_*.json" --domain atari --frameworks jax,torch \
   --repeats "$REPEATS" --warmup 3 --envpool-steps 0 aux=spr
 for domain in atari dmc; do
   trace=$(ls /tmp/mlr_profile_$domain/plugins/profile/*/perfetto_trace.json.gz 2>/dev/null | tail -1)

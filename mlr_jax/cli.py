@@ -113,7 +113,9 @@ def _add_common_options(p: argparse.ArgumentParser, domain: str) -> None:
     p.add_argument("--outdir", default=None,
                    help="parent of the run directory (default: runs); a sweep's directory "
                         "(default: runs/sweep_<domain>)")
-    p.add_argument("--precision", choices=("fp32", "bf16"), default=None)
+    p.add_argument("--precision", choices=("fp32", "tf32", "bf16"), default=None,
+                   help="matmuls and convolutions: tf32 (default: TF32 on GPUs that have it, as the "
+                        "authors' torch; float32 on CPUs), fp32 (full float32) or bf16")
     p.add_argument("--no-progress", action="store_true",
                    help="print lines instead of a progress bar (a resumed run shows the bar "
                         "again unless given this once more)")
@@ -228,8 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="agent steps of the envpool measurement in the record (0 skips it)")
     bench.add_argument("--repeats", type=int, default=10)
     bench.add_argument("--warmup", type=int, default=2)
-    bench.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
-                       help="JAX compute precision (the PyTorch port always runs fp32, as the authors' code)")
+    bench.add_argument("--precision", choices=("fp32", "tf32", "bf16"), default=None,
+                       help="JAX's run.precision (default tf32); the PyTorch port runs float32 "
+                            "with torch's own TF32 settings, recorded in the JSON")
     bench.add_argument("--name", default=None, help="game / task (default: pong / cartpole_swingup)")
     bench.add_argument("--torch-threads", type=int, default=None)
     bench.add_argument("--outdir", default=None,
@@ -439,11 +442,12 @@ def _bench(args: argparse.Namespace) -> int:
     from mlr_jax.bench.timing import DEFAULT_OUTDIR
 
     args.outdir = args.outdir or DEFAULT_OUTDIR
+    precision = [f"run.precision={args.precision}"] if args.precision else []
     if args.loop:
         from mlr_jax.bench.loop_sps import run_loop_benchmark
 
         record = run_loop_benchmark(args.domain, args.preset, args.seeds, args.loop, name=args.name,
-                                    overrides=[f"run.precision={args.precision}", *args.overrides],
+                                    overrides=[*precision, *args.overrides],
                                     outdir=args.outdir)
         print(record["summary"])
         return 0
@@ -469,7 +473,7 @@ def _bench(args: argparse.Namespace) -> int:
                            frameworks=frameworks, repeats=args.repeats, warmup=args.warmup,
                            outdir=args.outdir, name=args.name, torch_threads=args.torch_threads,
                            profile_dir=args.profile, num_seeds=args.seeds, env_steps=args.envpool_steps,
-                           overrides=[f"run.precision={args.precision}", *args.overrides])
+                           overrides=[*precision, *args.overrides])
     print(result["summary"])
     return 0
 

@@ -91,7 +91,10 @@ class RunConfig:
     eval_every: int = 0  # steps between evaluations; 0 = final evaluation only
     log_every: int = 1000  # steps between metric rows and progress lines
     checkpoint_every: int = 0  # steps between checkpoints; 0 = at the end only
-    precision: str = "fp32"  # "fp32" (paper) or "bf16" (matmuls/convs in bfloat16)
+    # float32 matmuls and convolutions: "tf32" (TF32 on GPUs that have it, as the authors'
+    # torch 1.7.1 by default; float32 on CPUs), "fp32" (full float32 everywhere) or "bf16"
+    # (the layers in bfloat16); see mlr_jax.agents.common.PRECISIONS
+    precision: str = "tf32"
     conv_impl: str = "auto"  # "xla", "im2col" or "auto" (im2col on CPU, xla on accelerators)
     # Where the replay's frames are read for a batch: "host" (numpy gather, pixels copied to
     # the device per update), "device" (a copy of the frames on every device; batches carry
@@ -430,7 +433,7 @@ AUX_OBJECTIVES: dict[str, tuple[str, ...]] = {"atari": ("mlr", "spr", "none"), "
 CHOICES: dict[str, tuple[str, ...]] = {
     "aux": tuple(dict.fromkeys(name for names in AUX_OBJECTIVES.values() for name in names)),
     "mlr.mask_count_rule": ("keep_floor", "mask_floor"),
-    "run.precision": ("fp32", "bf16"),
+    "run.precision": ("fp32", "tf32", "bf16"),
     "run.conv_impl": ("auto", "xla", "im2col"),
     "run.replay_frames": ("auto", "host", "device"),
     "run.preset": tuple(sorted(PRESETS["atari"])),

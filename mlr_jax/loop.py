@@ -29,7 +29,7 @@ import numpy as np
 
 from mlr_jax import checkpoint, envs, evaluation, host, parallel
 from mlr_jax import logging as runlog
-from mlr_jax.agents.common import FINITE
+from mlr_jax.agents.common import FINITE, precision_record
 from mlr_jax.config import AtariConfig, ConfigError, DMCConfig, domain_of, from_dict, name_of, to_dict
 from mlr_jax.domains import Domain, check_memory, make_domain
 from mlr_jax import device_frames
@@ -583,12 +583,19 @@ def _final(domain: Domain, m: _Member, step: int, final: Evaluation, counts: dic
     summary = evaluation.summarize_scores(domain.kind, domain.name, scores.tolist(),
                                           budget=domain.budget)
     summary.update(agent_steps=step, env_steps=step * domain.env_steps_per_step,
-                   protocol=protocol, **evaluation.preset_note(m.cfg.run.preset))
+                   protocol=protocol, precision=precision_record(m.cfg.run.precision),
+                   **evaluation.preset_note(m.cfg.run.preset))
     if primary:
         _write_results(m.run, m.cfg, domain, summary, video, counts, wall_time=wall_time)
         if m.tracker is not None:
             m.tracker.media(step, m.run.learning_curve, m.run.eval_video)
     return RunResult(run_dir=m.run.root, steps=step, final_eval=summary, seed=m.cfg.run.seed)
+
+
+def _precision_text(precision: str) -> str:
+    record = precision_record(precision)
+    return (f"{precision} (matmuls and convolutions at {record['matmul_precision']}, layers in "
+            f"{record['compute_dtype']})")
 
 
 def _write_results(run: runlog.RunDir, cfg: AtariConfig | DMCConfig, domain: Domain,
@@ -608,6 +615,7 @@ def _write_results(run: runlog.RunDir, cfg: AtariConfig | DMCConfig, domain: Dom
                          run_info={"agent steps": summary["agent_steps"],
                                    "env steps": summary["env_steps"],
                                    "device": parallel.device_description(),
+                                   "precision": _precision_text(cfg.run.precision),
                                    "processes": parallel.process_count(),
                                    "wall time (s)": round(wall_time, 1)},
                          note=summary.get("note"))

@@ -57,3 +57,22 @@ def test_dry_run_prints_the_largest_group_that_fits_or_exits_2(capsys, figures):
     assert "no accelerator bench record of atari/smoke (none)" in out
     assert cli.main([*argv, "--device-memory", str(per_seed // 2)]) == 2
     assert "[plan] none: DOES NOT FIT: 1 seeds" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("backend", ["gpu", "tpu"])
+def test_accelerator_defaults_with_the_backend_patched(monkeypatch, backend):
+    """What an accelerator gets, checked on a CPU with JAX's backend name patched: XLA's
+    convolutions, the replay frames on the devices, the device's memory limit planned for
+    (frames on the devices counted), and TF32-class matmuls by default."""
+    from mlr_jax import parallel
+    from mlr_jax.agents.common import precision_record
+
+    monkeypatch.setattr(jax, "default_backend", lambda: backend)
+    monkeypatch.setattr(parallel, "device_memory_limit", lambda: 80 * 2 ** 30)
+    assert parallel.on_accelerator()
+    assert parallel.conv_impl("auto") == "xla" and parallel.replay_frames("auto") == "device"
+    cfg = make_config("atari", "pong", "smoke", ["aux=none"])
+    assert precision_record(cfg.run.precision)["matmul_precision"] == "tensorfloat32"
+    groups, text = plan.sweep_plan("atari", ["pong"], ["none"], [0, 1], lambda name, aux: cfg,
+                                   None, None, 1)
+    assert groups == {"none": 2} and "of 80.0 GiB" in text and "(frames on the devices)" in text

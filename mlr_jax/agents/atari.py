@@ -38,7 +38,8 @@ import optax
 from mlr_jax import parallel
 from mlr_jax.agents.atari_aux import (AtariParts, AuxObjective, copy_tree, make_objective, scaled,
                                       window)
-from mlr_jax.agents.common import FINITE, Agent, all_finite, clip_by_global_norm, count_params
+from mlr_jax.agents.common import (FINITE, Agent, all_finite, at_precision, clip_by_global_norm,
+                                    compute_dtype, count_params)
 from mlr_jax.config import AtariConfig
 from mlr_jax.ema import ema_update
 from mlr_jax.mlr.augment import intensity, random_shift
@@ -93,7 +94,7 @@ def build_networks(cfg: AtariConfig, num_actions: int) -> AtariNetworks:
     """Modules, optimiser and objective of the agent for a game with ``num_actions``."""
     if num_actions < 1:
         raise ValueError(f"num_actions must be >= 1, got {num_actions}")
-    dtype = jnp.bfloat16 if cfg.run.precision == "bf16" else jnp.float32
+    dtype = compute_dtype(cfg.run.precision)
     side = conv_output_size(cfg.image_size, cfg.kernels, cfg.strides)
     conv = parallel.conv_impl(cfg.run.conv_impl)
     nets = AtariNetworks(
@@ -282,9 +283,10 @@ def param_counts(state: AtariState) -> dict[str, int]:
 def make_agent(cfg: AtariConfig, num_actions: int) -> Agent:
     """The Atari agent's jitted functions for ``cfg`` and a game with ``num_actions``."""
     nets = build_networks(cfg, num_actions)
+
+    def compiled(fn, **kwargs):
+        return jax.jit(at_precision(functools.partial(fn, nets), cfg.run.precision), **kwargs)
+
     return Agent(init=jax.jit(functools.partial(init, nets)),
-                 train_step=jax.jit(functools.partial(train_step, nets),
-                                    static_argnames="axis_name"),
-                 act=jax.jit(functools.partial(act, nets)),
-                 eval_act=jax.jit(functools.partial(eval_act, nets)),
-                 param_counts=param_counts)
+                 train_step=compiled(train_step, static_argnames="axis_name"),
+                 act=compiled(act), eval_act=compiled(eval_act), param_counts=param_counts)

@@ -1,7 +1,9 @@
-"""Pieces shared by the Atari and DMC agents: the agent interface and gradient helpers."""
+"""Pieces shared by the Atari and DMC agents: the agent interface, the numeric precision,
+and gradient helpers."""
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, NamedTuple
 
 import chex
@@ -68,3 +70,39 @@ def seed_axes(state: Any) -> Any:
     branch under ``vmap`` instead of becoming a select that runs both sides every update.
     ``state`` may be abstract (``jax.eval_shape``)."""
     return jax.tree.map(lambda _: 0, state).replace(**{f: None for f in SHARED_FIELDS})
+
+
+# run.precision -> (XLA's precision for float32 matmuls and convolutions, the computation
+# dtype of the networks' layers). Parameters, optimiser state and losses stay float32.
+#   fp32: full float32 (on TPUs six bfloat16 passes);
+#   tf32: TF32 on GPUs that have it (10-bit inputs, float32 sums: torch 1.7.1's default on
+#         them, the authors' pin), three bfloat16 passes on TPUs, float32 on CPUs;
+#   bf16: the layers compute in bfloat16.
+PRECISIONS = {"fp32": ("float32", jnp.float32), "tf32": ("tensorfloat32", jnp.float32),
+              "bf16": ("bfloat16", jnp.bfloat16)}
+
+
+def compute_dtype(precision: str) -> Any:
+    """The networks' computation dtype for ``run.precision``."""
+    return PRECISIONS[precision][1]
+
+
+def precision_record(precision: str) -> dict[str, str]:
+    """What ``run.precision`` meant, for result files and benchmark records."""
+    matmul, dtype = PRECISIONS[precision]
+    return {"run.precision": precision, "matmul_precision": matmul,
+            "compute_dtype": jnp.dtype(dtype).name}
+
+
+def at_precision(fn: Callable[..., Any], precision: str) -> Callable[..., Any]:
+    """``fn`` traced under ``jax.default_matmul_precision`` of ``run.precision``: every dot and
+    convolution it creates carries that precision config (a jit of it compiles them so)."""
+    matmul = PRECISIONS[precision][0]
+
+    @functools.wraps(fn)
+    def traced(*args, **kwargs):
+        with jax.default_matmul_precision(matmul):
+            return fn(*args, **kwargs)
+
+    return traced
+

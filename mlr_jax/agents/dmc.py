@@ -51,7 +51,7 @@ import jax.numpy as jnp
 import optax
 
 from mlr_jax import ema, parallel
-from mlr_jax.agents.common import FINITE, Agent, all_finite, count_params
+from mlr_jax.agents.common import FINITE, Agent, all_finite, at_precision, compute_dtype, count_params
 from mlr_jax.agents.dmc_aux import AuxObjective, inverse_sqrt_warmup, objective
 from mlr_jax.config import DMCConfig
 from mlr_jax.mlr import augment
@@ -127,7 +127,7 @@ def build_networks(cfg: DMCConfig, action_dim: int) -> DMCNetworks:
     """Modules and optimisers of the agent for ``action_dim``-dimensional actions in [-1, 1]."""
     if action_dim < 1:
         raise ValueError(f"action_dim must be >= 1, got {action_dim}")
-    dtype = jnp.bfloat16 if cfg.run.precision == "bf16" else jnp.float32
+    dtype = compute_dtype(cfg.run.precision)
     conv = parallel.conv_impl(cfg.run.conv_impl)
     m = cfg.mlr
     return DMCNetworks(
@@ -392,8 +392,9 @@ def make_agent(cfg: DMCConfig, action_dim: int) -> Agent:
     Both batch sizes (``batch_size``, ``aux_batch_size``) must split evenly over the devices.
     """
     nets = build_networks(cfg, action_dim)
-    return Agent(init=functools.partial(init, nets),
-                 train_step=functools.partial(train_step, nets),
-                 act=functools.partial(act, nets),
-                 eval_act=functools.partial(eval_act, nets),
-                 param_counts=param_counts)
+
+    def traced(fn):
+        return at_precision(functools.partial(fn, nets), cfg.run.precision)
+
+    return Agent(init=functools.partial(init, nets), train_step=traced(train_step),
+                 act=traced(act), eval_act=traced(eval_act), param_counts=param_counts)

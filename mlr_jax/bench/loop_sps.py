@@ -15,6 +15,7 @@ import os
 import tempfile
 from typing import Any, Sequence
 
+from mlr_jax.agents.common import precision_record
 from mlr_jax import host, loop, parallel
 from mlr_jax import logging as runlog
 from mlr_jax.bench.timing import DEFAULT_OUTDIR, write_record
@@ -60,6 +61,7 @@ def run_loop_benchmark(domain: str, preset: str, num_seeds: int, steps: int, war
         "agent_steps_per_s": rate, "seed_steps_per_s": rate * num_seeds,
         "device": parallel.device_description(), "host": host.describe(),
         "versions": host.versions(), "config": to_dict(cfg), "overrides": list(overrides),
+        "precision": precision_record(cfg.run.precision),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     aux = "" if cfg.aux == "mlr" else f"-{cfg.aux}"

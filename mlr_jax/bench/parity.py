@@ -10,26 +10,27 @@ parity tests in ``tests/bench/test_torch_port.py`` build their updates here too)
 * DMC: the agent's public ``update_*`` functions take pre-augmented inputs and explicit policy
   noise, so both sides get the SAME random crops, mask, intensity and noise (drawn by torch).
 
-Both sides compute in float32 for the comparison: JAX at ``"highest"`` matmul precision,
-torch with TF32 off (accelerators otherwise round matmul or convolution inputs to 10 bits).
+Both sides compute in float32 for the comparison: JAX at ``run.precision=fp32`` (XLA's
+highest matmul precision), torch with TF32 off (accelerators otherwise round matmul or
+convolution inputs to 10 bits).
 Each value must agree within :data:`PARITY_RTOL`: sums over a batch or ~1e5 gradient
 elements reduced in another order agree to about ``sqrt(N) * 6e-8`` relative, ~1e-5.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import functools
 import os
-from typing import Any, Iterator
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from mlr_jax import host, parallel
-from mlr_jax.bench.runner import _check_args, random_batch
+from mlr_jax.agents.common import at_precision, precision_record
+from mlr_jax.bench.runner import _check_args, random_batch, torch_tf32
 from mlr_jax.bench.timing import DEFAULT_OUTDIR, write_record
 from mlr_jax.config import AtariConfig, DMCConfig, make_config, to_dict
 
@@ -43,13 +44,17 @@ AUX_CLIP_GROUP = {"mlr": "decoder_grad_norm", "spr": "dynamics_grad_norm", "none
 
 
 def atari_config(preset: str, overrides: list[str] | tuple[str, ...] = ()) -> AtariConfig:
-    """The Atari comparison's config: no augmentation or mask, clip norm 0.5 (both groups clip)."""
-    return make_config("atari", "pong", preset, [*NO_RANDOMNESS, "clip_norm=0.5", *overrides])
+    """The Atari comparison's config: full float32, no augmentation or mask, clip norm 0.5
+    (both groups clip)."""
+    return make_config("atari", "pong", preset,
+                       ["run.precision=fp32", *NO_RANDOMNESS, "clip_norm=0.5", *overrides])
 
 
 def dmc_config(preset: str, overrides: list[str] | tuple[str, ...] = ()) -> DMCConfig:
-    """The DMC comparison's config: the MLR learning rate past its warm-up's first step."""
-    return make_config("dmc", "cartpole_swingup", preset, ["aux_warmup_steps=1", *overrides])
+    """The DMC comparison's config: full float32, the MLR learning rate past its warm-up's
+    first step."""
+    return make_config("dmc", "cartpole_swingup", preset,
+                       ["run.precision=fp32", "aux_warmup_steps=1", *overrides])
 
 
 def atari_batch(cfg: AtariConfig, seed: int) -> Any:
@@ -66,20 +71,6 @@ def atari_batch(cfg: AtariConfig, seed: int) -> Any:
 def dmc_batch(cfg: DMCConfig, seed: int) -> Any:
     sac, seq = random_batch(cfg, ACTION_DIM, seed)
     return sac._replace(discount=(np.arange(cfg.batch_size) % 4 != 0).astype(np.float32)), seq
-
-
-@contextlib.contextmanager
-def float32_everywhere() -> Iterator[None]:
-    """JAX's matmuls and convolutions at full float32 and torch's TF32 off, inside."""
-    import torch
-
-    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    try:
-        with jax.default_matmul_precision("highest"):
-            yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 def torch_device(device: str) -> str:
@@ -147,7 +138,7 @@ def dmc_one_update(cfg: DMCConfig, device: str = "cpu") -> tuple[Any, Any, Any, 
         return jnp.asarray(x.detach().cpu().numpy())
 
     def jitted(fn):
-        return jax.jit(functools.partial(fn, nets))
+        return jax.jit(at_precision(functools.partial(fn, nets), cfg.run.precision))
 
     state, m_critic = jitted(jax_dmc.update_critic)(
         state, j(inp.obs), j(inp.action), j(inp.reward[:, 0]), j(inp.discount[:, 0]),
@@ -175,7 +166,7 @@ def run_parity(domain: str, device: str = "cpu", preset: str = "paper",
     per value ``{jax, torch, rel_diff}``, ``rtol`` and ``ok`` (every value within it)."""
     _check_args(domain, device, ("jax", "torch"), 1, 0)
     cfg = atari_config(preset, overrides) if domain == "atari" else dmc_config(preset, overrides)
-    with float32_everywhere():
+    with torch_tf32(False):  # and run.precision=fp32 on the JAX side
         pairs = _atari_pairs(cfg, device) if domain == "atari" else _dmc_pairs(cfg, device)
     values = {name: {"jax": a, "torch": b, "rel_diff": abs(a - b) / max(abs(b), 1e-30)}
               for name, a, b in pairs}
@@ -187,7 +178,8 @@ def run_parity(domain: str, device: str = "cpu", preset: str = "paper",
     record = {"kind": "parity", "domain": domain, "preset": preset, "device_kind": device,
               "device": parallel.device_description(), "host": host.describe(),
               "versions": host.versions(),
-              "precision": "float32 (JAX 'highest', torch TF32 off)", "config": to_dict(cfg),
+              "precision": {**precision_record(cfg.run.precision), "torch_tf32": False},
+              "config": to_dict(cfg),
               "overrides": list(overrides), "values": values, "rtol": PARITY_RTOL, "ok": ok,
               "summary": summary,
               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import importlib.util
+import contextlib
 import json
 import os
 import pathlib
@@ -26,14 +27,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import jax
 import numpy as np
 
 from mlr_jax import domains, host, parallel
 from mlr_jax import device_frames
-from mlr_jax.agents.common import seed_axes
+from mlr_jax.agents.common import precision_record, seed_axes
 from mlr_jax.bench.profile import trace_units
 from mlr_jax.bench.timing import DEFAULT_OUTDIR, median_ms, time_calls, write_record
 from mlr_jax.config import AtariConfig, ConfigError, DMCConfig, make_config, to_dict
@@ -246,8 +247,30 @@ def _torch_device(device: str) -> Any:
     return torch.device("cpu")
 
 
+@contextlib.contextmanager
+def torch_tf32(enabled: bool) -> Iterator[None]:
+    """torch's TF32 switches (matmuls, cuDNN convolutions) set to ``enabled`` inside."""
+    import torch
+
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
 def _bench_torch(cfg, domain: str, num_actions: int, batch: Any, device: str, repeats: int,
                  warmup: int, seed: int, threads: int | None) -> dict[str, Any]:
+    # the port computes in float32 with TF32 as the JAX side's run.precision (tf32: torch
+    # 1.7.1's defaults, the authors' pin; fp32: off); with bf16 it stays at TF32
+    with torch_tf32(cfg.run.precision != "fp32"):
+        return _time_torch_update(cfg, domain, num_actions, batch, device, repeats, warmup, seed,
+                                  threads)
+
+
+def _time_torch_update(cfg, domain: str, num_actions: int, batch: Any, device: str, repeats: int,
+                       warmup: int, seed: int, threads: int | None) -> dict[str, Any]:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -378,8 +401,8 @@ def run_benchmark(domain: str = "atari", device: str = "cpu", preset: str = "pap
       outdir: the JSON goes to ``outdir/<domain>_<preset>[-baseline]_<device>_<precision>_<YYYYmmdd-HHMMSS>.json``
         (``-baseline`` for ``aux=none``).
       name: game / task (default: Pong / cartpole_swingup).
-      overrides: dotted config overrides, e.g. ``["run.precision=bf16"]`` (JAX only: the
-        torch port always runs fp32).
+      overrides: dotted config overrides, e.g. ``["run.precision=bf16"]`` (the torch port
+        computes in float32, with TF32 unless ``run.precision=fp32``).
       env_steps: agent steps of the envpool measurement; 0 skips it.
       seed: seed of the batches, parameters and keys.
       torch_threads: ``torch.set_num_threads`` for the torch run (None keeps torch's default;
@@ -410,6 +433,7 @@ def run_benchmark(domain: str = "atari", device: str = "cpu", preset: str = "pap
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "host": host.describe(),
         "versions": host.versions(), "config": to_dict(cfg), "overrides": list(overrides),
+        "precision": precision_record(cfg.run.precision),
         "repeats": repeats, "warmup": warmup, "seed": seed, "num_seeds": num_seeds,
         "updates_per_unit": 1 if domain == "atari" else 2,
     }

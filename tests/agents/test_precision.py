@@ -107,3 +107,24 @@ def test_bf16_update_matches_fp32_within_bfloat16_rounding(case):
         assert excess.max() <= 0.0, f"{name}: an updated parameter is {excess.max():.3g} beyond its bound"
         compared += 1
     assert compared >= 4
+
+
+@pytest.mark.parametrize("precision, xla", [("fp32", "HIGHEST"), ("tf32", "HIGH"), ("bf16", "DEFAULT")])
+@pytest.mark.parametrize("domain", ["atari", "dmc"])
+def test_the_compiled_step_carries_the_precision_asked_for(domain, precision, xla):
+    """``run.precision`` reaches XLA: every dot and convolution of the lowered update (and of
+    acting) carries its precision config (fp32: HIGHEST, full float32 on any backend; tf32:
+    HIGH, TF32 on GPUs; bf16: DEFAULT on bfloat16 inputs)."""
+    name, actions = ("toy_catch", 3) if domain == "atari" else ("toy_reach", 2)
+    cfg = make_config(domain, name, "toy", [f"run.precision={precision}", "run.conv_impl=xla"])
+    agent = (atari if domain == "atari" else dmc).make_agent(cfg, actions)
+    key = jax.random.PRNGKey(0)
+    state = jax.eval_shape(agent.init, key)
+    batch = random_batch(cfg, actions, seed=0)
+    obs = (batch.obs[:1, 0] if domain == "atari" else batch.sac.obs[:1])
+    for program in (jax.jit(agent.train_step).lower(state, batch, key),
+                    jax.jit(agent.eval_act).lower(state, obs, key)):
+        ops = [line for line in program.as_text().splitlines()
+               if "stablehlo.dot_general" in line or "stablehlo.convolution" in line]
+        assert len(ops) >= 3 and all(f"precision {xla}>" in op or f"[{xla}, {xla}]" in op for op in ops), \
+            [op for op in ops if xla not in op][:2]

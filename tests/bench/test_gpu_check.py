@@ -16,9 +16,9 @@ from mlr_jax.bench.parity import PARITY_RTOL
 pytestmark = pytest.mark.slow
 
 SCRIPT = pathlib.Path(__file__).parent.parent.parent / "benchmarks" / "gpu_check.sh"
-RECORDS = ["parity_atari_smoke-mlr_cpu_", "parity_dmc_smoke_cpu_", "atari_smoke_cpu_fp32_",
-           "atari_smoke_cpu_bf16_", "atari_smoke-baseline_cpu_fp32_", "dmc_smoke_cpu_fp32_",
-           "atari_smoke-s8_cpu_bf16_", "dmc_smoke-s2_cpu_fp32_", "atari_smoke-spr_cpu_fp32_"]
+RECORDS = ["parity_atari_smoke-mlr_cpu_", "parity_dmc_smoke_cpu_", "atari_smoke_cpu_tf32_",
+           "atari_smoke_cpu_bf16_", "atari_smoke-baseline_cpu_tf32_", "dmc_smoke_cpu_tf32_",
+           "atari_smoke-s8_cpu_bf16_", "dmc_smoke-s2_cpu_tf32_", "atari_smoke-spr_cpu_tf32_"]
 PARITY_VALUES = {"atari": {"loss", "rl_loss", "grad_norm", "mlr_loss", "decoder_grad_norm"},
                  "dmc": {"critic_loss", "mlr_loss", "mlr_grad_norm", "actor_loss", "alpha_loss"}}
 
@@ -38,7 +38,7 @@ def records(outdir):
 def test_gpu_check_dry_run_writes_each_record_and_fills_in_only_what_is_missing(tmp_path):
     first = run(tmp_path)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    assert first.stdout.index("== parity atari") < first.stdout.index("== atari mlr fp32")  # correctness first
+    assert first.stdout.index("== parity atari") < first.stdout.index("== atari mlr tf32")  # correctness first
     got = records(tmp_path)
     assert list(got) == RECORDS and len(list(tmp_path.glob("*.json"))) == len(RECORDS)
 
@@ -48,12 +48,16 @@ def test_gpu_check_dry_run_writes_each_record_and_fills_in_only_what_is_missing(
         assert set(parity["values"]) == PARITY_VALUES[domain]
         for v in parity["values"].values():
             assert v["rel_diff"] == pytest.approx(abs(v["jax"] - v["torch"]) / abs(v["torch"]))
-    fp32, baseline, group = got["atari_smoke_cpu_fp32_"], got["atari_smoke-baseline_cpu_fp32_"], got["dmc_smoke-s2_cpu_fp32_"]
-    assert fp32["summary"].startswith("atari/smoke on cpu") and baseline["summary"].startswith("atari/smoke Baseline")
-    assert "envpool" in fp32 and "envpool" not in baseline  # measured once per domain
+    tf32, baseline = got["atari_smoke_cpu_tf32_"], got["atari_smoke-baseline_cpu_tf32_"]
+    group = got["dmc_smoke-s2_cpu_tf32_"]
+    assert tf32["precision"] == {"run.precision": "tf32", "matmul_precision": "tensorfloat32",
+                                 "compute_dtype": "float32"}
+    assert tf32["torch"]["settings"]["cudnn_allow_tf32"] and tf32["torch"]["settings"]["cuda_matmul_allow_tf32"]
+    assert tf32["summary"].startswith("atari/smoke on cpu") and baseline["summary"].startswith("atari/smoke Baseline")
+    assert "envpool" in tf32 and "envpool" not in baseline  # measured once per domain
     assert group["jax"]["num_seeds"] == 2 and "torch" not in group
     assert got["atari_smoke-s8_cpu_bf16_"]["config"]["run"]["precision"] == "bf16"
-    for profiled in (fp32, got["dmc_smoke_cpu_fp32_"]):  # a trace of two units and the largest ops
+    for profiled in (tf32, got["dmc_smoke_cpu_tf32_"]):  # a trace of two units and the largest ops
         profile = profiled["jax"]["profile"]
         assert pathlib.Path(profile["trace"]).is_file() and profile["top_ops"]
         assert profile["updates"] == 2 * profiled["updates_per_unit"]
