@@ -49,11 +49,14 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 
 
 def pytest_collection_modifyitems(config, items):
-    """The learning tests first, then the other slow ones, then the rest (a stable sort): with
+    """The `long` tests (gpu_check.sh's dry run), then the learning tests, then the other slow
+    ones, then the rest (a stable sort): with
     `-n 2 --dist loadfile` the long files start at once and the quick ones fill in around
     them, so the two workers finish together instead of one running the learning tests alone
     at the end (about 5 minutes of one idle core)."""
     def rank(item):
+        if item.get_closest_marker("long"):
+            return -1
         return 0 if item.get_closest_marker("learning") else 1 if item.get_closest_marker("slow") else 2
 
     items.sort(key=rank)

@@ -13,7 +13,7 @@ import pytest
 from mlr_jax import host
 from mlr_jax.bench.parity import PARITY_RTOL
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.long]  # about 4.5 minutes on 2 CPU cores
 
 SCRIPT = pathlib.Path(__file__).parent.parent.parent / "benchmarks" / "gpu_check.sh"
 RECORDS = ["parity_atari_smoke-mlr_cpu_", "parity_dmc_smoke_cpu_", "atari_smoke_cpu_tf32_",
