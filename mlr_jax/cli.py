@@ -384,8 +384,11 @@ def _sweep(args: argparse.Namespace) -> int:
     if args.dry_run or (args.group_size is None and parallel.on_accelerator()):
         from mlr_jax import plan
 
+        # a dry run plans for what it is told; a sweep on accelerators for this runtime
+        devices, hosts = ((args.devices, args.hosts) if args.dry_run
+                          else (None, parallel.process_count()))
         groups, text = plan.sweep_plan(args.domain, names, auxes, seeds, make, args.group_size,
-                                       args.device_memory, args.devices, args.hosts)
+                                       args.device_memory, devices, hosts)
         print(text, flush=True)
         if args.dry_run:
             return 0 if groups else 2
