@@ -225,7 +225,7 @@ def sweep_plan(domain: str, names: list[str], auxes: list[str], seeds: list[int]
         raise ConfigError(f"--devices and --hosts must be at least 1, got {devices} and {hosts}")
     memory = (parse_bytes(device_memory) if device_memory is not None
               else parallel.device_memory_limit() if parallel.on_accelerator() else None)
-    devices = devices or len(jax.local_devices())
+    devices = devices or parallel.device_count()
     size = host.format_bytes
     lines = [f"[plan] {domain}: {len(names)} x {len(auxes)} x {len(seeds)} = "
              f"{len(names) * len(auxes) * len(seeds)} runs on {hosts} host(s) x {devices} device(s) of "
