@@ -29,6 +29,9 @@ from mlr_jax import parallel
 from mlr_jax.replay.frames import FrameRows
 
 
+LOAD_BYTES = 64 * 2 ** 20  # the block a restore copies to the devices at a time
+
+
 class FrameTables:
     """The frame tables of a group's replays on the devices.
 
@@ -61,9 +64,21 @@ class FrameTables:
 
         return make
 
-    def write(self, seed: int, frame: np.ndarray, row: int | None = None) -> None:
-        """``table[seed, row] = frame`` (``row`` None: ``table[seed] = frame``, every row)."""
-        self.table = self._write(self.table, seed, np.asarray(frame, np.uint8), row)
+    def write(self, seed: int, frame: np.ndarray, row: int) -> None:
+        """``table[seed, row] = frame``."""
+        self.table = self._write(self.table, seed, np.asarray(frame, np.uint8)[None], row)
+
+    def load(self, seed: int, frames: np.ndarray) -> None:
+        """``table[seed] = frames`` (every row), in place: blocks of at most
+        :data:`LOAD_BYTES` cross to the devices one after another, so a restore needs no
+        second table (all blocks have one shape, the last one overlapping its predecessor:
+        one compiled writer)."""
+        rows = len(frames)
+        block = max(1, min(rows, LOAD_BYTES // max(1, frames[0].nbytes)))
+        for start in range(0, rows, block):
+            start = min(start, rows - block)
+            self.table = self._write(self.table, seed, np.asarray(frames[start:start + block], np.uint8),
+                                     start)
 
 
 class DeviceFrames:
@@ -87,7 +102,7 @@ class DeviceFrames:
         """Replace this seed's table with ``frames`` (uint8[num_rows, *frame_shape])."""
         if frames.shape != self.table.shape[1:]:
             raise ValueError(f"frame table of shape {frames.shape} != {self.table.shape[1:]}")
-        self.tables.write(self.seed, frames)
+        self.tables.load(self.seed, frames)
 
 
 def stack_pixels(table: jax.Array, rows: jax.Array) -> jax.Array:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import jax
 import numpy as np
 
-from mlr_jax import host, parallel
+from mlr_jax import parallel
 from mlr_jax.agents import atari as atari_agent
 from mlr_jax.agents import atari_aux
 from mlr_jax.agents import dmc as dmc_agent
@@ -119,44 +119,6 @@ def memory_needed(cfg: AtariConfig | DMCConfig) -> dict[str, tuple[int, str]]:
                                        f"(replay_capacity={cfg.replay_capacity})"),
             "device_frames": (rows * frame, f"a table of replay_capacity + 1 = {rows} frames of {size}"),
             "batch": batch}
-
-
-def check_memory(cfg: AtariConfig | DMCConfig, host_bytes: int | None = None,
-                 device_bytes: int | None = None, num_seeds: int = 1) -> None:
-    """Raise :class:`ConfigError` with the figures when :func:`memory_needed` of a group of
-    ``num_seeds`` runs exceeds what the host (default: :func:`mlr_jax.host.available_memory`)
-    or, on an accelerator, each device (default: its ``memory_stats()["bytes_limit"]``) can
-    hold; unknown sizes are not checked. The host holds every seed's replay; with frames on
-    the devices (``run.replay_frames``) each device holds the whole frame tables of the seeds
-    it holds (:func:`mlr_jax.parallel.seed_shards`: all of them with several processes) and an
-    equal share of the batches. Checked before anything is allocated."""
-    on_device = parallel.replay_frames(cfg.run.replay_frames) == "device"
-    if host_bytes is None:
-        host_bytes = host.available_memory()
-    accelerator = parallel.on_accelerator()
-    if device_bytes is None and accelerator:
-        device_bytes = parallel.device_memory_limit()
-    n_dev = parallel.device_count()
-    per_device = num_seeds // parallel.seed_shards(num_seeds, n_dev)  # seeds a device holds
-    parts = memory_needed(cfg)
-
-    def times(n: int, devices: int = 1) -> tuple[float, str]:  # n seeds' worth over devices
-        return n / devices, (f", x {n} seeds" if n > 1 else "") + (f" / {devices} devices" if devices > 1 else "")
-
-    budgets = [("this host", host_bytes, {"replay": times(num_seeds),
-                                          "batch": times(0 if on_device else num_seeds)})]
-    if accelerator or device_bytes is not None:
-        budgets.append(("each device", device_bytes, {"device_frames": times(per_device if on_device else 0),
-                                                      "batch": times(num_seeds, n_dev)}))
-    for where, available, counts in budgets:
-        need = {k: int(parts[k][0] * n) for k, (n, _) in counts.items() if n}
-        if available is not None and sum(need.values()) > available:
-            size = host.format_bytes
-            what = "; ".join(f"{k.replace('_', ' ')} {size(b)} ({parts[k][1]}{counts[k][1]})"
-                             for k, b in need.items())
-            raise ConfigError(f"this run needs at least {size(sum(need.values()))} of memory on "
-                              f"{where} but {size(available)} is available: {what}. Lower "
-                              "batch_size or replay_capacity, or the seeds per group")
 
 
 def make_replay(cfg: AtariConfig | DMCConfig, action_dim: int = 1,

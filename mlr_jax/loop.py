@@ -27,11 +27,11 @@ from typing import Any, Callable, NamedTuple
 import jax
 import numpy as np
 
-from mlr_jax import checkpoint, envs, evaluation, host, parallel
+from mlr_jax import checkpoint, envs, evaluation, host, parallel, plan
 from mlr_jax import logging as runlog
 from mlr_jax.agents.common import FINITE, precision_record
 from mlr_jax.config import AtariConfig, ConfigError, DMCConfig, domain_of, from_dict, name_of, to_dict
-from mlr_jax.domains import Domain, check_memory, make_domain
+from mlr_jax.domains import Domain, make_domain
 from mlr_jax import device_frames
 
 
@@ -356,7 +356,7 @@ def train_group(cfgs: list[AtariConfig | DMCConfig], resume: list[str | pathlib.
 
     Before anything slow is built, it refuses (``ConfigError`` / ``CheckpointError``) a
     batch that does not divide over the devices, a group that cannot fit in memory
-    (:func:`mlr_jax.domains.check_memory`), an unwritable ``run.outdir`` and, with
+    (:func:`mlr_jax.plan.check_group`), an unwritable ``run.outdir`` and, with
     ``resume``, a checkpoint of another format or config.
     """
     _check_group(cfgs)
@@ -369,7 +369,7 @@ def train_group(cfgs: list[AtariConfig | DMCConfig], resume: list[str | pathlib.
     for field in ("batch_size", "aux_batch_size"):  # fail before anything is built
         if hasattr(cfg, field):
             parallel.check_divisible(getattr(cfg, field), layout.data_shards, field)
-    check_memory(cfg, num_seeds=len(cfgs))
+    memory = plan.check_group(cfg, len(cfgs))
     runlog.check_wandb(cfg.run.wandb)
     if resume is not None:
         if len(resume) != len(cfgs):
@@ -387,7 +387,6 @@ def train_group(cfgs: list[AtariConfig | DMCConfig], resume: list[str | pathlib.
     for i, m in enumerate(members):
         m.replay = domain.make_replay(tables.mirror(i) if tables else None)
     keys, init_keys = _split(np.stack([np.asarray(jax.random.PRNGKey(s)) for s in seeds]))
-    state = layout.stacked(domain.agent.init, init_keys, domain.axes)
     shapes = jax.eval_shape(domain.agent.init, jax.random.PRNGKey(0))  # one seed's state
     step = 0
 
@@ -410,7 +409,8 @@ def train_group(cfgs: list[AtariConfig | DMCConfig], resume: list[str | pathlib.
         step = steps[0]
         state = layout.put(parallel.stack(restored, domain.axes), domain.axes)
         log(f"[mlr-jax] resuming {', '.join(str(r.root) for r in runs)} from step {step}")
-    else:
+    else:  # a resumed group never holds a second, initial state on its devices
+        state = layout.stacked(domain.agent.init, init_keys, domain.axes)
         for m in members:
             root = (str(runlog.RunDir.create(cfg.run.outdir, kind, name, cfg.aux, m.cfg.run.seed).root)
                     if primary else "")
@@ -434,6 +434,7 @@ def train_group(cfgs: list[AtariConfig | DMCConfig], resume: list[str | pathlib.
         log(f"[mlr-jax] {len(members)} seeds in one step: {layout.seed_shards} device(s) along "
             f"the seeds, {layout.data_shards} along each seed's batch")
     log("[mlr-jax] parameters: " + ", ".join(f"{k}={v:,}" for k, v in counts.items()))
+    log(f"[mlr-jax] memory: {memory.describe()}")
 
     train_step = device_frames.parallel_train_step(layout, domain.agent.train_step, domain.axes,
                                                    tables)

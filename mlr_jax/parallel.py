@@ -382,24 +382,25 @@ class Layout:
                        out_shardings=self._sharding(P(SEEDS)))()
 
     def seed_writer(self) -> Callable[..., jax.Array]:
-        """``write(table, seed, value, row=None) -> table``: ``table[seed, row] = value`` (or
-        ``table[seed] = value``) on a table ``[S, N, ...]`` split over the seeds, in place
+        """``write(table, seed, rows, start) -> table``: ``table[seed, start:start + k] =
+        rows`` (``rows[k, ...]``) on a table ``[S, N, ...]`` split over the seeds, in place
         (the old buffer is donated). Each device updates its own seeds' rows; none gathers
-        the table."""
+        the table, and only ``rows`` crosses from the host."""
 
-        def write(table, seed, row, value, whole):
-            def local(t, seed, row, value):
+        def write(table, seed, start, rows):
+            def local(t, seed, start, rows):
                 index = seed - jax.lax.axis_index(SEEDS) * t.shape[0]
                 mine = (index >= 0) & (index < t.shape[0])
-                at = (jnp.clip(index, 0, t.shape[0] - 1),) + (() if whole else (row,))
-                return t.at[at].set(jnp.where(mine, value.astype(t.dtype), t[at]))
+                at = (jnp.clip(index, 0, t.shape[0] - 1), start) + (0,) * (t.ndim - 2)
+                old = jax.lax.dynamic_slice(t, at, (1,) + rows.shape)
+                new = jnp.where(mine, rows.astype(t.dtype)[None], old)
+                return jax.lax.dynamic_update_slice(t, new, at)
 
             return jax.shard_map(local, mesh=self.mesh, in_specs=(P(SEEDS), P(), P(), P()),
-                                 out_specs=P(SEEDS), check_vma=False)(table, seed, row, value)
+                                 out_specs=P(SEEDS), check_vma=False)(table, seed, start, rows)
 
-        jitted = jax.jit(write, static_argnums=4, donate_argnums=0)
-        return lambda table, seed, value, row=None: jitted(
-            table, np.int32(seed), np.int32(row or 0), value, row is None)
+        jitted = jax.jit(write, donate_argnums=0)
+        return lambda table, seed, rows, start: jitted(table, np.int32(seed), np.int32(start), rows)
 
     def train_step(self, train_step: StepFn, axes: Any, num_tables: int = 0,
                    donate_state: bool = True) -> StepFn:

@@ -1,7 +1,8 @@
-"""The memory of a seed group on its devices and hosts, from the compiled program: what
-``mlr-jax sweep ... --dry-run`` prints and what picks a sweep's group size.
+"""The memory of a seed group on its devices and hosts, from the compiled program: one
+model behind the start-up refusal of every run (:func:`check_group`), ``mlr-jax sweep ...
+--dry-run`` and a sweep's choice of group size (:func:`largest_group`).
 
-Per seed, for a config:
+Per seed, for a config (:func:`seed_figures`):
 
 - ``state``: the agent state (online, target and momentum parameters, optimiser state), the
   bytes of :func:`jax.eval_shape` of the agent's ``init``;
@@ -9,14 +10,21 @@ Per seed, for a config:
   ``jit(...).lower(...).compile().memory_analysis()`` on this machine's backend (a CPU
   plans for an accelerator with the CPU compiler's figure: an estimate, its fusions differ);
 - ``act``: the acting program's temporaries, likewise;
+- ``batch``: one batch's pixels (uint8; the device reads its share, gathered from its frame
+  table or copied from the host; the host holds a seed's whole batch while the frames stay
+  there);
 - ``device_frames``: with the frames on the devices, the frame table as
   :class:`mlr_jax.device_frames.FrameTables` allocates it (``replay_capacity + 1`` rows);
-- ``replay`` and ``batch`` (host): the host replay's stored frames, and a batch's pixels when
-  the frames stay on the host (:func:`mlr_jax.domains.memory_needed`).
+- ``replay`` (host): the host replay's stored frames (:func:`mlr_jax.domains.memory_needed`).
 
 A device holds ``seeds / seed_shards`` seeds (:func:`mlr_jax.parallel.seed_shards`; every
 seed under several hosts); temporaries are counted once per seed on a device (the vmapped
-step's buffers grow with the seeds it holds). Every host holds every seed's replay.
+step's buffers grow with the seeds it holds). Every host holds every seed's replay. On the
+CPU backend the devices are the host's memory, so their parts count against the host.
+
+A resumed run needs no more: its state is restored instead of initialised (never both on the
+devices), and the frame tables are reloaded in place, a block at a time
+(:meth:`mlr_jax.device_frames.FrameTables.load`).
 """
 
 from __future__ import annotations
@@ -69,12 +77,12 @@ def _abstract(tree: Any) -> Any:
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype), tree)
 
 
-def seed_figures(cfg: AtariConfig | DMCConfig, data_shards: int = 1) -> dict[str, int]:
+def seed_figures(cfg: AtariConfig | DMCConfig, data_shards: int = 1,
+                 compiled: bool = True) -> dict[str, int]:
     """Bytes one seed needs: ``state``, ``update`` and ``act`` temporaries (compiled at the
-    batch one of ``data_shards`` devices gets), ``device_frames``, and the host's ``replay``
-    and ``batch`` (see the module doc)."""
-    from mlr_jax.bench.runner import random_batch
-
+    batch one of ``data_shards`` devices gets; 0 without ``compiled``: compiling the update
+    takes 12-28 s on a CPU), ``batch``, ``device_frames`` and the host's ``replay`` (see the
+    module doc)."""
     domain = "atari" if isinstance(cfg, AtariConfig) else "dmc"
     local = dataclasses.replace(cfg, batch_size=max(1, cfg.batch_size // data_shards))
     if isinstance(cfg, DMCConfig):
@@ -82,17 +90,20 @@ def seed_figures(cfg: AtariConfig | DMCConfig, data_shards: int = 1) -> dict[str
     agent = _agent(local)
     key = jax.ShapeDtypeStruct((2,), np.uint32)
     state = jax.eval_shape(agent.init, key)
-    batch = _abstract(random_batch(local, PLAN_ACTIONS[domain], seed=0))
-    update = jax.jit(agent.train_step).lower(state, batch, key).compile().memory_analysis()
-    obs_shape = (1, cfg.frame_stack * (1 if domain == "atari" else 3), cfg.image_size, cfg.image_size)
-    obs = jax.ShapeDtypeStruct(obs_shape, np.uint8)
-    act_args = (state, obs, key, 0.0) if domain == "atari" else (state, obs, key)
-    act = jax.jit(agent.act).lower(*act_args).compile().memory_analysis()
+    update = act = 0
+    if compiled:
+        from mlr_jax.bench.runner import random_batch
+
+        batch = _abstract(random_batch(local, PLAN_ACTIONS[domain], seed=0))
+        update = jax.jit(agent.train_step).lower(state, batch, key).compile().memory_analysis().temp_size_in_bytes
+        obs_shape = (1, cfg.frame_stack * (1 if domain == "atari" else 3), cfg.image_size, cfg.image_size)
+        obs = jax.ShapeDtypeStruct(obs_shape, np.uint8)
+        act_args = (state, obs, key, 0.0) if domain == "atari" else (state, obs, key)
+        act = jax.jit(agent.act).lower(*act_args).compile().memory_analysis().temp_size_in_bytes
     needed = domains.memory_needed(cfg)
     return {"state": int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))),
-            "update": int(update.temp_size_in_bytes), "act": int(act.temp_size_in_bytes),
-            "device_frames": needed["device_frames"][0], "replay": needed["replay"][0],
-            "batch": needed["batch"][0]}
+            "update": int(update), "act": int(act), "batch": needed["batch"][0],
+            "device_frames": needed["device_frames"][0], "replay": needed["replay"][0]}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,9 +126,16 @@ class GroupPlan:
         return sum(self.per_host.values())
 
     @property
+    def device_fits(self) -> bool:
+        return self.device_memory is None or self.device_total <= self.device_memory
+
+    @property
+    def host_fits(self) -> bool:
+        return self.host_memory is None or self.host_total <= self.host_memory
+
+    @property
     def fits(self) -> bool:
-        return ((self.device_memory is None or self.device_total <= self.device_memory)
-                and (self.host_memory is None or self.host_total <= self.host_memory))
+        return self.device_fits and self.host_fits
 
     def describe(self) -> str:
         size = host.format_bytes
@@ -127,24 +145,71 @@ class GroupPlan:
 
         dev = f"of {size(self.device_memory)}" if self.device_memory else "(device size unknown)"
         hst = f"of {size(self.host_memory)}" if self.host_memory else "(host size unknown)"
-        return (f"{self.seeds} seeds: each device {size(self.device_total)} {dev} ({parts(self.per_device)}); "
+        temps = "" if self.per_device["update"] else "; the update's temporaries not compiled"
+        return (f"{self.seeds} seed{'s' if self.seeds > 1 else ''}: each device "
+                f"{size(self.device_total)} {dev} ({parts(self.per_device)}{temps}); "
                 f"each host {size(self.host_total)} {hst} ({parts(self.per_host)})")
 
 
 def plan_group(figures: dict[str, int], seeds: int, devices: int, hosts: int = 1,
                frames_on_device: bool = True, device_memory: int | None = None,
-               host_memory: int | None = None) -> GroupPlan:
+               host_memory: int | None = None, devices_in_host: bool = False) -> GroupPlan:
     """The memory of a group of ``seeds`` with one seed's ``figures`` (:func:`seed_figures`,
-    compiled at the batch of one data shard of this layout)."""
+    compiled at the batch of one data shard of this layout). ``devices_in_host``: the
+    devices are the host's memory (the CPU backend), so the host also holds every device's
+    parts."""
     total_devices = devices * hosts
     shards = 1 if hosts > 1 else math.gcd(seeds, total_devices)
     on_device = seeds // shards
+    split = total_devices // shards  # a seed's batch is split over these
     per_device = {"state": on_device * figures["state"],
                   "update": on_device * figures["update"], "act": on_device * figures["act"],
+                  "batch": on_device * figures["batch"] // split,
                   "device_frames": on_device * figures["device_frames"] if frames_on_device else 0}
     per_host = {"replay": seeds * figures["replay"],
                 "batch": 0 if frames_on_device else seeds * figures["batch"]}
+    if devices_in_host:
+        per_host["devices"] = devices * sum(per_device.values())
     return GroupPlan(seeds, per_device, per_host, device_memory, host_memory)
+
+
+def check_group(cfg: AtariConfig | DMCConfig, num_seeds: int, host_memory: int | None = None,
+                device_memory: int | None = None, compiled: bool | None = None) -> GroupPlan:
+    """The plan of a group of ``num_seeds`` runs of ``cfg`` on this runtime's devices and
+    processes, checked before anything is allocated (:func:`mlr_jax.loop.train_group`).
+
+    Args:
+      host_memory: bytes this host can take (default :func:`mlr_jax.host.available_memory`).
+      device_memory: bytes a device can hold (default, on an accelerator, its
+        ``memory_stats()["bytes_limit"]``; on the CPU backend the devices are the host).
+      compiled: count the update's and the act's temporaries, compiled by XLA for one seed
+        (default: on an accelerator, where memory is what stops a group; a CPU run would pay
+        12-28 s of compilation for it).
+
+    Raises:
+      ConfigError: the group does not fit; the message names each part and where.
+    """
+    accelerator = parallel.on_accelerator()
+    if host_memory is None:
+        host_memory = host.available_memory()
+    if device_memory is None and accelerator:
+        device_memory = parallel.device_memory_limit()
+    hosts = parallel.process_count()
+    devices = parallel.device_count() // hosts
+    frames_on_device = parallel.replay_frames(cfg.run.replay_frames) == "device"
+    figures = seed_figures(cfg, data_shards(num_seeds, devices, hosts),
+                           compiled=accelerator if compiled is None else compiled)
+    group = plan_group(figures, num_seeds, devices, hosts, frames_on_device, device_memory,
+                       host_memory, devices_in_host=not accelerator)
+    if not group.fits:
+        where = "each device" if not group.device_fits else "this host"
+        counted = {k for part in (group.per_device, group.per_host) for k, v in part.items() if v}
+        how = "; ".join(f"{k.replace('_', ' ')}: {text}" for k, (_, text) in domains.memory_needed(cfg).items()
+                        if k in counted)
+        raise ConfigError(f"this group does not fit in memory on {where}: {group.describe()}. "
+                          f"A seed's frames: {how}. Lower batch_size or replay_capacity, or the "
+                          "seeds per group (mlr-jax sweep ... --dry-run plans a sweep's groups)")
+    return group
 
 
 def data_shards(seeds: int, devices: int, hosts: int = 1) -> int:

@@ -4,9 +4,13 @@
 # the requirements and the package itself (editable). Idempotent.
 #   --bench       also install the PyTorch comparison (benchmarks/requirements-torch.txt),
 #                 which the benchmark and its equivalence tests need.
-#   --jax=KIND    the JAX build: cpu (default, what requirements.txt installs), cuda12
-#                 (NVIDIA GPUs) or tpu (Cloud TPU VMs, every host of a pod slice); the
-#                 accelerator builds are installed at the version requirements.txt resolved.
+#   --jax=KIND    the JAX build: cpu (default, what requirements.txt installs), cuda13
+#                 (NVIDIA GPUs, driver >= 580; the CUDA of PyPI's torch, so --bench shares
+#                 one set of NVIDIA libraries), cuda12 (older drivers; not with --bench: two
+#                 cuDNN 9 builds would load under one name) or tpu (Cloud TPU VMs, every
+#                 host of a pod slice); installed at the version requirements.txt resolved,
+#                 in one pip resolution with the PyTorch comparison, then `pip check`ed.
+#                 scripts/check_gpu_install.py checks that resolution without a GPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WITH_BENCH=0
@@ -14,10 +18,17 @@ JAX_KIND=cpu
 for arg in "$@"; do
   case "$arg" in
     --bench) WITH_BENCH=1 ;;
-    --jax=cpu|--jax=cuda12|--jax=tpu) JAX_KIND="${arg#--jax=}" ;;
-    *) echo "setup.sh: unknown option '$arg' (known: --bench, --jax=cpu|cuda12|tpu)" >&2; exit 2 ;;
+    --jax=cpu|--jax=cuda12|--jax=cuda13|--jax=tpu) JAX_KIND="${arg#--jax=}" ;;
+    *) echo "setup.sh: unknown option '$arg' (known: --bench, --jax=cpu|cuda12|cuda13|tpu)" >&2; exit 2 ;;
   esac
 done
+if [ "$JAX_KIND" = cuda12 ] && [ "$WITH_BENCH" = 1 ]; then
+  echo "setup.sh: --jax=cuda12 with --bench would load two CUDA stacks in one process: PyPI's" \
+       "torch (benchmarks/requirements-torch.txt) is built for CUDA 13 and brings" \
+       "nvidia-cudnn-cu13, jax[cuda12] brings nvidia-cudnn-cu12, both libcudnn.so.9. Use" \
+       "--jax=cuda13 (NVIDIA driver >= 580), or --jax=cuda12 without --bench" >&2
+  exit 2
+fi
 
 SUDO=""
 if [ "$(id -u)" != "0" ]; then SUDO="sudo"; fi
@@ -37,13 +48,17 @@ echo "[setup] installing requirements"
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -r requirements.txt
 .venv/bin/python -m pip install -q --no-deps -e .
+EXTRA=()  # the accelerator build and the PyTorch comparison, resolved together
 if [ "$JAX_KIND" != cpu ]; then
   JAX_VERSION="$(.venv/bin/python -c 'import jax; print(jax.__version__)')"
-  echo "[setup] installing jax[$JAX_KIND]==$JAX_VERSION"
-  .venv/bin/python -m pip install -q "jax[$JAX_KIND]==$JAX_VERSION"
+  EXTRA+=("jax[$JAX_KIND]==$JAX_VERSION")
 fi
 if [ "$WITH_BENCH" = 1 ]; then
-  echo "[setup] installing the PyTorch comparison (benchmarks/requirements-torch.txt)"
-  .venv/bin/python -m pip install -q -r benchmarks/requirements-torch.txt
+  EXTRA+=(-r benchmarks/requirements-torch.txt)
 fi
+if [ "${#EXTRA[@]}" -gt 0 ]; then
+  echo "[setup] installing ${EXTRA[*]} (one resolution)"
+  .venv/bin/python -m pip install -q "${EXTRA[@]}"
+fi
+.venv/bin/python -m pip check
 echo "[setup] done: activate with 'source .venv/bin/activate'"

@@ -68,7 +68,20 @@ def test_dmc_batches_equal_host_batches(method):
     chex.assert_trees_all_equal(host_pixels(device, batch), expected)
 
 
-def test_table_copies_follow_writes_and_restore():
+@pytest.mark.parametrize("block_rows", [None, 4])
+def test_table_copies_follow_writes_and_restore(block_rows, monkeypatch):
+    """A restore writes the table in place: with blocks of 4 rows (21 rows: 6 blocks, the
+    last one starting at row 17) nothing larger than a block crosses to the devices."""
+    sent = []
+    if block_rows:
+        monkeypatch.setattr(device_frames, "LOAD_BYTES", block_rows * 3 * 4 * 4)
+        writer = parallel.Layout.seed_writer
+
+        def recording(self):
+            write = writer(self)
+            return lambda table, seed, rows, start: (sent.append(rows.shape[0]),
+                                                     write(table, seed, rows, start))[1]
+        monkeypatch.setattr(parallel.Layout, "seed_writer", recording)
     kwargs = dict(capacity=20, action_dim=1, frame_stack=3, seq_len=4, frame_shape=(3, 4, 4))
     replay = DMCReplay(**kwargs, mirror=on_devices())
     fill([replay], 47, (3, 4, 4), lambda t: np.zeros(1, np.float32))
@@ -82,8 +95,11 @@ def test_table_copies_follow_writes_and_restore():
     assert not host[:, 20].any()
 
     restored = DMCReplay(**kwargs, mirror=on_devices())
+    sent.clear()
     restored.load_state_dict(replay.state_dict())
     chex.assert_trees_all_equal(np.asarray(restored.device_frames.table), host)
+    if block_rows:
+        assert sent == [4] * 6
     with pytest.raises(ValueError, match=r"frame table of shape \(5, 3, 4, 4\)"):
         restored.device_frames.load(np.zeros((5, 3, 4, 4), np.uint8))
 

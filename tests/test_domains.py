@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from mlr_jax import device_frames, domains, envs, parallel
-from mlr_jax.config import AtariConfig, ConfigError, make_config
+from mlr_jax.config import AtariConfig, make_config
 
 
 class RlpytEpsilon:
@@ -98,40 +98,6 @@ def test_memory_needed_counts_the_replay_and_batch_frames_by_hand():
     assert need["device_frames"][0] == 100_001 * 3 * 100 * 100  # 3.0 GB allocated, 0.38 GB written
     assert need["batch"][0] == (2 * 512 + 128 * 16) * 3 * 3 * 100 * 100
     assert domains.memory_needed(dataclasses.replace(dmc, aux="none"))["batch"][0] == 2 * 512 * 9 * 10**4
-
-
-def test_check_memory_refuses_with_the_figures_before_allocating():
-    atari = make_config("atari", "pong", "paper", ["batch_size=100000"])
-    with pytest.raises(ConfigError) as err:
-        domains.check_memory(atari, host_bytes=24 * 2**30)
-    assert str(err.value) == (
-        "this run needs at least 42.7 GiB of memory on this host but 24.0 GiB is available: "
-        "replay 672.9 MiB (100000 stored frames of 84x84 (replay_capacity=100000)); batch "
-        "42.1 GiB (batch_size=100000 x 16 steps x 4 frames of 84x84). Lower batch_size or "
-        "replay_capacity, or the seeds per group")
-    domains.check_memory(make_config("atari", "pong", "paper"), host_bytes=24 * 2**30)
-    # a device holding one share of the batch (the test session has 2 CPU devices)
-    dmc = make_config("dmc", "cartpole_swingup", "paper")
-    domains.check_memory(dmc, host_bytes=2**40, device_bytes=2**30)
-    with pytest.raises(ConfigError, match=r"on each device but 100\.0 MiB is available: batch 131\.8 MiB"):
-        domains.check_memory(dmc, host_bytes=2**40, device_bytes=100 * 2**20)
-
-
-def test_device_frames_count_whole_tables_of_the_seeds_a_device_holds():
-    """With the frames on the devices, FrameTables allocates replay_capacity + 1 rows per seed
-    whatever the run stores, and a device holds the tables of its seeds: 4 seeds on the test
-    session's 2 devices are 2 per device (3 tables would not fit 3 x 2.9 GB)."""
-    dmc = make_config("dmc", "cartpole_swingup", "paper", ["run.replay_frames=device"])
-    table = 100_001 * 3 * 100 * 100
-    domains.check_memory(dmc, host_bytes=2**40, device_bytes=2 * table + 2**30, num_seeds=4)
-    with pytest.raises(ConfigError) as err:
-        domains.check_memory(dmc, host_bytes=2**40, device_bytes=2 * table, num_seeds=4)
-    assert "on each device" in str(err.value)
-    assert "device frames 5.6 GiB (a table of replay_capacity + 1 = 100001 frames of 3x100x100, x 2 seeds)" in str(err.value)
-    assert "batch 527.3 MiB ((2 x batch_size=512 + aux_batch_size=128 x 16 steps) x 3 frames of " \
-           "3x100x100, x 4 seeds / 2 devices)" in str(err.value)
-    # the layout's split: every device holds every seed when the seeds are not split
-    assert parallel.seed_shards(4, 2) == 2 and parallel.seed_shards(3, 2) == 1
 
 
 @pytest.mark.parametrize("domain, name", [("atari", "pong"), ("dmc", "cartpole_swingup")])

@@ -204,6 +204,6 @@ def test_a_stop_during_the_final_checkpoint_or_evaluation_then_resume(tmp_path, 
     monkeypatch.setattr(envs, "make_env", lambda *a, **k: pytest.fail("an environment was built"))
     with pytest.raises(checkpoint.CheckpointMismatch, match="hidden_size: checkpoint=64 current=128"):
         loop.train(dataclasses.replace(cfg, hidden_size=128), resume=run_dir, log=quiet)
-    with pytest.raises(ConfigError, match=r"needs at least [\d,]+\.\d GiB of memory on this host .*"
-                                          r"\(batch_size=1000000000 x 11 steps x 4 frames of 20x20\)"):
+    with pytest.raises(ConfigError, match=r"does not fit in memory on this host: .* batch [\d,]+\.\d GiB.*"
+                                          r"batch: batch_size=1000000000 x 11 steps x 4 frames of 20x20"):
         loop.train(dataclasses.replace(cfg, batch_size=10**9), log=quiet)

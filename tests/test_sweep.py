@@ -100,3 +100,26 @@ def test_two_processes_split_a_sweep_stop_and_continue(tmp_path):
     report = (root / "report.md").read_text()
     assert "| atari | 400 | toy_catch | none | 2 |" in report
     assert "| atari | 400 | toy_catch | spr | 2 |" in report
+
+
+@pytest.mark.slow
+def test_a_distributed_sweep_splits_the_grid_and_writes_one_report(tmp_path):
+    """``sweep --distributed`` (here ``--coordinator``: two CPU processes over gloo, as the
+    hosts of a pod would be started): each process works alone on its share of the jobs,
+    waits for the other at the end, and process 0 alone writes the report of the whole grid."""
+    from test_multiprocess import free_port
+
+    root, port = tmp_path / "sweep", free_port()
+    grid = [*GRID[:5], "0-1", "--aux", "none", *GRID[8:], "--group-size", "1"]
+    commands = [[sys.executable, "-m", "mlr_jax", *grid, "--outdir", str(root), "--coordinator",
+                 f"localhost:{port}", "--num-processes", "2", "--process-id", str(i)] for i in range(2)]
+    outputs = finish(start_processes(commands, devices_per_process=1))
+    for i, out in enumerate(outputs):
+        assert f"this process ({i}/2) has 1 job(s), 1 runs" in out, out[-2000:]
+        assert f"[sweep] process {i}/2 finished its share; waiting for the others" in out
+    assert "[sweep] 2/2 runs done; process 0 writes the report" in outputs[1]
+    started = {tuple(e["seeds"]) for e in ledger(root) if e["event"] == "started"}
+    assert started == {(0,), (1,)}  # one job each, neither trained twice
+    report = (root / "report.md").read_text()
+    assert "| atari | 400 | toy_catch | none | 2 |" in report  # both seeds, one report
+    assert report.count("| atari | 400 | toy_catch | none |") == 1
