@@ -222,6 +222,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--loop", type=int, default=0, metavar="STEPS",
                        help="time the whole training loop instead (acting, environment, replay, "
                             "updates) over STEPS agent steps of updates, --seeds S at once")
+    bench.add_argument("--host-only", action="store_true",
+                       help="with --loop: every update a no-op of the same inputs and outputs, so "
+                            "the record times the loop's host work (host_ms_per_seed_step, "
+                            "envpool's share apart) and counts its device-to-host copies")
     bench.add_argument("--parity", action="store_true",
                        help="compare one JAX update with the PyTorch port's on this device instead "
                             "(same state, batch and random draws; losses and gradient norms to "
@@ -451,9 +455,11 @@ def _bench(args: argparse.Namespace) -> int:
 
         record = run_loop_benchmark(args.domain, args.preset, args.seeds, args.loop, name=args.name,
                                     overrides=[*precision, *args.overrides],
-                                    outdir=args.outdir)
+                                    outdir=args.outdir, host_only=args.host_only)
         print(record["summary"])
         return 0
+    if args.host_only:
+        raise ConfigError("--host-only times the training loop: give --loop STEPS")
     if args.parity:
         from mlr_jax.bench.parity import run_parity
 

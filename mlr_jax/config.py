@@ -120,7 +120,14 @@ class AtariConfig:
     frame_stack: int = 4
     frame_skip: int = 4
     noop_max: int = 30
-    max_episode_steps: int = 27_000
+    # the agent step that ends a game (envpool counts agent steps and ends the game at this
+    # one): the authors' env checks `step_counter >= horizon` (27,000) before counting the
+    # step, so its games end at agent step 27,001 (108,004 frames)
+    max_episode_steps: int = 27_001
+    # the time limit ends the game as game over does: the authors' env returns done=True at
+    # the horizon, and rlpyt's replay cuts the n-step return there (False: bootstrap through
+    # the time limit, the textbook treatment of a truncation)
+    time_limit_terminal: bool = True
     repeat_action_probability: float = 0.0
     fire_reset: bool = False
     # cv2.resize of the 210x160 screen to 84x84: "bilinear" (the authors' env, cv2's default;
@@ -149,6 +156,10 @@ class AtariConfig:
     # from the observation at the done) or "any_step" (the textbook cut: discount 0 when any
     # step of t..t+n-1 is done). Returns are cut at the first done either way.
     done_n_rule: str = "first_step"
+    # which sequence starts the replay may draw: "rlpyt" (its sum tree as the authors ran it:
+    # starts 3 .. count - (2 + n_step + seq_len), i.e. the newest 1 + n_step + seq_len slots
+    # and the first 3 are off) or "written" (any start whose window is written)
+    replay_start_rule: str = "rlpyt"
     gamma: float = 0.99
     batch_size: int = 32
     lr: float = 1e-4
@@ -226,6 +237,10 @@ class DMCConfig:
     # offsets of the SAC batch's random 100 -> 84 crops: "exclusive" (the code's
     # np.random.randint(0, 16): 0..15) or "inclusive" (0..16, every crop position)
     sac_crop_rule: str = "exclusive"
+    # which MLR sequences the replay may draw: "authors" (their sample_spr: no window holding
+    # an episode's last step, none reaching the newest step) or "episode" (any window inside
+    # one episode)
+    sequence_rule: str = "authors"
     seed_steps: int = 1_000  # agent steps of uniform random actions
     replay_capacity: int = 100_000
     # MLR
@@ -442,6 +457,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "stack_reset": ("zero", "repeat"),
     "done_n_rule": ("first_step", "any_step"),
     "sac_crop_rule": ("exclusive", "inclusive"),
+    "replay_start_rule": ("rlpyt", "written"),
+    "sequence_rule": ("authors", "episode"),
     "env_backend": ("envpool", "dm_control"),
 }
 
@@ -554,7 +571,7 @@ BOUNDS: dict[str, Bounds] = {
     "momentum_tau": _RATE,
     # AtariConfig
     "steps": _ints(), "frame_skip": _ints(), "noop_max": _ints(0), "max_episode_steps": _ints(),
-    "repeat_action_probability": _UNIT, "fire_reset": _FLAG, "channels": Bounds(tuple, 1),
+    "repeat_action_probability": _UNIT, "fire_reset": _FLAG, "time_limit_terminal": _FLAG, "channels": Bounds(tuple, 1),
     "kernels": Bounds(tuple, 1), "strides": Bounds(tuple, 1), "hidden_size": _ints(),
     "num_atoms": _ints(2), "v_min": _reals(None), "v_max": _reals(None),
     "noisy_std": _reals(lo_open=False), "head_grad_scale": _reals(), "renormalize": _FLAG,
@@ -643,7 +660,7 @@ def validate(cfg: Any) -> Any:
         if not 0 <= cfg.eps_ramp_start < cfg.eps_steps:
             raise ConfigError(f"eps_ramp_start={cfg.eps_ramp_start} must be in [0, eps_steps="
                               f"{cfg.eps_steps})")
-        if cfg.replay_capacity < m.seq_len + cfg.n_step + cfg.frame_stack + 1:
+        if cfg.replay_capacity < m.seq_len + cfg.n_step + max(cfg.frame_stack, 2) + 1:
             raise ConfigError(
                 f"replay_capacity={cfg.replay_capacity} cannot hold one sequence of "
                 f"{m.seq_len}+{cfg.n_step} steps")

@@ -40,7 +40,13 @@ class Domain:
       learning_starts: updates happen once this many agent steps are stored (Atari:
         rlpyt's first updates come at step index ``cfg.learning_starts``, after that step's
         transition is stored, i.e. at ``cfg.learning_starts + 1`` stored steps; DMC: CURL's
-        loop updates at step ``seed_steps`` before that step's transition is stored).
+        loop updates at step index ``seed_steps`` before that step's transition is stored,
+        i.e. at ``seed_steps`` stored steps).
+      learn_before_env_step: the order of an agent step (:class:`mlr_jax.loop._Group`):
+        DMC as the authors' ``DMControl/src/train.py`` -- pick the action, update, then step
+        the environment and store -- so an update never samples the transition just taken
+        and a run makes ``agent_steps - seed_steps`` updates; Atari as rlpyt -- act, step and
+        store, then update.
       updates_per_step: gradient updates per agent step once learning.
       env_steps_per_step: environment frames / physics steps per agent step (reporting).
       unit: agent steps -> the unit of ``cfg.run.*_every`` (Atari 1: agent steps; DMC the
@@ -53,8 +59,9 @@ class Domain:
         frames in ``mirror`` (a :class:`~mlr_jax.replay.frames.FrameMirror` factory, e.g.
         :meth:`mlr_jax.device_frames.FrameTables.mirror`) or, with None, on the host only.
       explore: ``(stacked_state, obs[S, N, ...], keys[S], step, rngs) -> actions[S, N, ...]``
-        (numpy), every seed's training behaviour at once (``rngs``: each seed's host
-        generator); ``step`` is the 0-based index of the agent step about to be taken.
+        (numpy: one device-to-host copy), every seed's training behaviour at once (``rngs``:
+        each seed's host generator); ``step`` is the 0-based index of the agent step about
+        to be taken.
       eval_act: ``(state, obs, key) -> actions``, the evaluation policy of one seed's state,
         jitted once per run.
       eval_policy: what ``eval_act`` does, for the evaluation protocol (Atari: epsilon,
@@ -68,6 +75,7 @@ class Domain:
     name: str
     total_steps: int
     learning_starts: int
+    learn_before_env_step: bool
     updates_per_step: int
     env_steps_per_step: int
     unit: int
@@ -133,9 +141,9 @@ def make_replay(cfg: AtariConfig | DMCConfig, action_dim: int = 1,
             cfg.priority_exponent, frame_shape=frame_shape(cfg),
             stack_fill="zero" if zero else "repeat", reset_stack_on_terminal=zero,
             initial_priority=1.0,  # rlpyt's default priority for new data, as the authors ran it
-            mirror=mirror, done_n_rule=cfg.done_n_rule)
+            mirror=mirror, done_n_rule=cfg.done_n_rule, start_rule=cfg.replay_start_rule)
     return DMCReplay(cfg.replay_capacity, action_dim, cfg.frame_stack, cfg.mlr.seq_len,
-                     frame_shape=frame_shape(cfg), mirror=mirror)
+                     frame_shape=frame_shape(cfg), mirror=mirror, sequence_rule=cfg.sequence_rule)
 
 
 def _linear(x: int, x0: int, x1: int, y0: float, y1: float) -> float:
@@ -185,7 +193,7 @@ def _atari(cfg: AtariConfig, env: VecEnv, layout: parallel.Layout) -> Domain:
     act = layout.map_seeds(agent.act, axes, 0, 0, None)
 
     def explore(state, obs, keys, step, rngs):
-        return np.asarray(act(state, obs, keys, epsilon(cfg, step)))
+        return jax.device_get(act(state, obs, keys, epsilon(cfg, step)))
 
     def store(replay, obs, actions, rec):
         replay.add(obs[0, -1], int(actions[0]), float(rec.reward[0]), bool(rec.terminal[0]),
@@ -196,7 +204,8 @@ def _atari(cfg: AtariConfig, env: VecEnv, layout: parallel.Layout) -> Domain:
 
     return Domain(
         kind="atari", name=cfg.game, total_steps=cfg.steps, learning_starts=cfg.learning_starts + 1,
-        updates_per_step=cfg.updates_per_step, env_steps_per_step=cfg.frame_skip, unit=1,
+        learn_before_env_step=False, updates_per_step=cfg.updates_per_step,
+        env_steps_per_step=cfg.frame_skip, unit=1,
         budget="100k" if cfg.steps == 100_000 else str(cfg.steps),
         agent=agent, axes=axes, make_replay=functools.partial(make_replay, cfg, 1),
         explore=explore, eval_act=jax.jit(agent.eval_act),
@@ -216,7 +225,7 @@ def _dmc(cfg: DMCConfig, env: VecEnv, layout: parallel.Layout) -> Domain:
         if step < cfg.seed_steps:
             return np.stack([rng.uniform(-1.0, 1.0, (obs.shape[1], env.action_dim)).astype(np.float32)
                              for rng in rngs])
-        return np.asarray(act(state, obs, keys))
+        return jax.device_get(act(state, obs, keys))
 
     def store(replay, obs, actions, rec):
         replay.add(obs[0, -RGB:], actions[0], float(rec.reward[0]), bool(rec.terminal[0]),
@@ -226,7 +235,8 @@ def _dmc(cfg: DMCConfig, env: VecEnv, layout: parallel.Layout) -> Domain:
                   f"{cfg.env_steps}")
     return Domain(
         kind="dmc", name=cfg.task, total_steps=cfg.agent_steps, learning_starts=cfg.seed_steps,
-        updates_per_step=1, env_steps_per_step=cfg.action_repeat, unit=cfg.action_repeat,
+        learn_before_env_step=True, updates_per_step=1, env_steps_per_step=cfg.action_repeat,
+        unit=cfg.action_repeat,
         budget=budget, agent=agent, axes=axes,
         make_replay=functools.partial(make_replay, cfg, env.action_dim),
         explore=explore, eval_act=jax.jit(agent.eval_act),

@@ -1,13 +1,16 @@
 """The training loop shared by both domains: act, store, update, evaluate, log, checkpoint.
 
 ``train_group(cfgs)`` trains a group of runs, one config with several seeds, as one program
-(``train(cfg)`` is a group of one). It reads top to bottom: build each seed's environment and
-replay, the domain adapter (:mod:`mlr_jax.domains`: agent, exploration, batch sampling), the
-seed-batched, data-parallel train step (:mod:`mlr_jax.parallel`) and the run directories
-(:mod:`mlr_jax.logging`); then, for every agent step, act for every seed at once, store each
-seed's transition, run ``updates_per_step`` updates of every seed at once once learning has
-started, and periodically log, evaluate and checkpoint each run. Every run ends with its final
-evaluation, ``final_eval.json``, ``learning_curve.png`` and ``summary.md``.
+(``train(cfg)`` is a group of one), in the named phases of :class:`_Group`: its set-up builds
+each seed's environment and replay, the domain adapter (:mod:`mlr_jax.domains`: agent,
+exploration, batch sampling), the seed-batched, data-parallel train step
+(:mod:`mlr_jax.parallel`) and the run directories (:mod:`mlr_jax.logging`); then every agent
+step acts for every seed at once (``act``), steps each seed's environment and stores its
+transition (``store``) and, once learning has started, runs ``updates_per_step`` updates of
+every seed at once (``learn``; DMC before the environment step, Atari after, as the authors'
+loops), and periodically logs (with the milliseconds of each phase), evaluates and
+checkpoints each run. Every run ends with its final evaluation, ``final_eval.json``,
+``learning_curve.png`` and ``summary.md``.
 
 In a multi-process run (:func:`mlr_jax.parallel.initialize_distributed`) every process runs
 this same loop on the same environment and replay, takes the primary's actions, and checks at
@@ -22,6 +25,7 @@ import os
 import pathlib
 import signal
 import time
+from time import perf_counter  # the phase timers' clock (time.monotonic: the runs' wall time)
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -320,7 +324,7 @@ _split_keys = jax.jit(jax.vmap(jax.random.split))
 
 def _split(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Every seed's ``key, sub = jax.random.split(key)``, as its own run does."""
-    pairs = np.array(_split_keys(keys))  # writable: a resume sets rows
+    pairs = np.array(jax.device_get(_split_keys(keys)))  # writable: a resume sets rows
     return pairs[:, 0], pairs[:, 1]
 
 
@@ -332,7 +336,8 @@ def train(cfg: AtariConfig | DMCConfig, resume: str | pathlib.Path | None = None
 
 def train_group(cfgs: list[AtariConfig | DMCConfig], resume: list[str | pathlib.Path] | None = None,
                 log=print, desc: str | None = None,
-                on_start: Callable[[list[pathlib.Path]], None] | None = None) -> list[RunResult]:
+                on_start: Callable[[list[pathlib.Path]], None] | None = None,
+                host_only: bool = False) -> list[RunResult]:
     """Train the agents of ``cfgs`` (one game or task, one config, several seeds) together
     and evaluate each.
 
@@ -353,225 +358,356 @@ def train_group(cfgs: list[AtariConfig | DMCConfig], resume: list[str | pathlib.
       desc: the progress display's label (default ``<domain>:<name>`` and the seeds).
       on_start: called with the run directories (in the order of ``cfgs``) once they exist,
         before the first step (a sweep's ledger records them); primary process only.
+      host_only: replace every update by a no-op of the same inputs and outputs (the state
+        passes through and the metrics are constants of their shapes, so XLA drops the
+        update's work): the loop's host work alone (``mlr-jax bench --loop --host-only``).
 
     Before anything slow is built, it refuses (``ConfigError`` / ``CheckpointError``) a
     batch that does not divide over the devices, a group that cannot fit in memory
     (:func:`mlr_jax.plan.check_group`), an unwritable ``run.outdir`` and, with
     ``resume``, a checkpoint of another format or config.
     """
-    _check_group(cfgs)
-    cfg = cfgs[0]
-    kind, name, seeds = domain_of(cfg), name_of(cfg), [c.run.seed for c in cfgs]
-    primary = parallel.is_primary()  # the process that writes files and prints
-    log = log if primary else _quiet
-    envs.check_name(cfg)
-    layout = parallel.layout(len(cfgs))
-    for field in ("batch_size", "aux_batch_size"):  # fail before anything is built
-        if hasattr(cfg, field):
-            parallel.check_divisible(getattr(cfg, field), layout.data_shards, field)
-    memory = plan.check_group(cfg, len(cfgs))
-    runlog.check_wandb(cfg.run.wandb)
-    if resume is not None:
-        if len(resume) != len(cfgs):
-            raise ConfigError(f"{len(resume)} run directories to resume for {len(cfgs)} configs")
-        runs = [runlog.RunDir.open(r) for r in resume]
-        for run, c in zip(runs, cfgs):
-            checkpoint.check_resumable(run.checkpoints, to_dict(c))
-    elif primary:
-        runlog.RunDir.check_outdir(cfg.run.outdir)
-    members = [_Member(c, envs.make_env(c, c.num_envs, c.run.seed, evaluation=False), None,
-                       np.random.default_rng(c.run.seed)) for c in cfgs]
-    domain = make_domain(cfg, members[0].env, layout)
-    on_device = parallel.replay_frames(cfg.run.replay_frames) == "device"
-    tables = device_frames.FrameTables(layout) if on_device else None
-    for i, m in enumerate(members):
-        m.replay = domain.make_replay(tables.mirror(i) if tables else None)
-    keys, init_keys = _split(np.stack([np.asarray(jax.random.PRNGKey(s)) for s in seeds]))
-    shapes = jax.eval_shape(domain.agent.init, jax.random.PRNGKey(0))  # one seed's state
-    step = 0
+    group = _Group(cfgs, resume, log, desc, host_only)
+    if group.primary and on_start is not None:
+        on_start([m.run.root for m in group.members])
+    return group.run()
 
-    if resume is not None:
+
+def _noop_update(train_step: Callable[..., Any]) -> Callable[..., Any]:
+    """``train_step`` with the same inputs and output shapes that changes nothing: the state
+    passes through, every metric is a constant (True for the finite flag; priorities of 1)."""
+
+    def step(state, batch, key, axis_name=None):
+        _, metrics = train_step(state, batch, key, axis_name=axis_name)  # shapes only: no output uses it
+        return state, jax.tree.map(lambda m: jax.numpy.ones(m.shape, m.dtype), metrics)
+
+    return step
+
+
+PHASES = ("act", "env", "store", "sample", "update")  # timed per agent step: perf/ms_<phase>
+
+
+class _Group:
+    """One group's training, as named phases over explicit state.
+
+    ``__init__`` checks the configs, then builds the environments, replays, agent state and
+    run directories (or restores them). :meth:`run` repeats :meth:`agent_step` -- :meth:`act`,
+    :meth:`store` and :meth:`learn` (DMC learns before the environment step, as the authors'
+    CURL loop does; Atari after, as rlpyt's) -- then :meth:`log_row`, :meth:`evaluate_due`
+    and :meth:`save_checkpoint` when due, and ends with each run's final evaluation.
+    """
+
+    def __init__(self, cfgs, resume, log, desc, host_only):
+        _check_group(cfgs)
+        cfg = self.cfg = cfgs[0]
+        kind, name, seeds = domain_of(cfg), name_of(cfg), [c.run.seed for c in cfgs]
+        self.primary = parallel.is_primary()  # the process that writes files and prints
+        self.log = log = log if self.primary else _quiet
+        envs.check_name(cfg)
+        layout = self.layout = parallel.layout(len(cfgs))
+        for field in ("batch_size", "aux_batch_size"):  # fail before anything is built
+            if hasattr(cfg, field):
+                parallel.check_divisible(getattr(cfg, field), layout.data_shards, field)
+        memory = plan.check_group(cfg, len(cfgs))
+        runlog.check_wandb(cfg.run.wandb)
+        if resume is not None:
+            if len(resume) != len(cfgs):
+                raise ConfigError(f"{len(resume)} run directories to resume for {len(cfgs)} configs")
+            runs = [runlog.RunDir.open(r) for r in resume]
+            for run, c in zip(runs, cfgs):
+                checkpoint.check_resumable(run.checkpoints, to_dict(c))
+        elif self.primary:
+            runlog.RunDir.check_outdir(cfg.run.outdir)
+        members = self.members = [
+            _Member(c, envs.make_env(c, c.num_envs, c.run.seed, evaluation=False), None,
+                    np.random.default_rng(c.run.seed)) for c in cfgs]
+        domain = self.domain = make_domain(cfg, members[0].env, layout)
+        on_device = parallel.replay_frames(cfg.run.replay_frames) == "device"
+        tables = device_frames.FrameTables(layout) if on_device else None
+        for i, m in enumerate(members):
+            m.replay = domain.make_replay(tables.mirror(i) if tables else None)
+        self.keys, init_keys = _split(np.stack([np.asarray(jax.random.PRNGKey(s)) for s in seeds]))
+        shapes = jax.eval_shape(domain.agent.init, jax.random.PRNGKey(0))  # one seed's state
+        self.step = 0
+        if resume is not None:
+            self.state = self._restore(runs, shapes)
+        else:  # a resumed group never holds a second, initial state on its devices
+            self.state = layout.stacked(domain.agent.init, init_keys, domain.axes)
+            for m in members:
+                root = (str(runlog.RunDir.create(cfg.run.outdir, kind, name, cfg.aux, m.cfg.run.seed).root)
+                        if self.primary else "")
+                m.run = runlog.RunDir(pathlib.Path(parallel.share_text(root)))  # the primary's, everywhere
+        self.counts = domain.agent.param_counts(shapes)
+        self._write_run_files(seeds)
+        if parallel.process_count() > 1:
+            log(f"[mlr-jax] {parallel.process_count()} processes, {parallel.device_count()} devices")
+        log(f"[mlr-jax] {kind} {name} aux={cfg.aux} seed{'s' if len(seeds) > 1 else ''}="
+            f"{seed_list(seeds)} -> " + ", ".join(str(m.run.root) for m in members))
+        if len(members) > 1:
+            log(f"[mlr-jax] {len(members)} seeds in one step: {layout.seed_shards} device(s) along "
+                f"the seeds, {layout.data_shards} along each seed's batch")
+        log("[mlr-jax] parameters: " + ", ".join(f"{k}={v:,}" for k, v in self.counts.items()))
+        log(f"[mlr-jax] memory: {memory.describe()}")
+
+        update = _noop_update(domain.agent.train_step) if host_only else domain.agent.train_step
+        self.train_step = device_frames.parallel_train_step(layout, update, domain.axes, tables)
+        self.take = layout.take(domain.axes)
+        self.updates = int(np.asarray(self.state.step))  # updates done (both agents' states count them)
+        for m in members:
+            m.tracker = (runlog.WandbTracker(m.run, m.cfg.run.wandb, m.cfg.run.wandb_mode,
+                                             to_dict(m.cfg))
+                         if self.primary and cfg.run.wandb else None)
+            m.writer = (runlog.MetricsWriter(m.run, keep_until=self.step if resume is not None else None,
+                                             tracker=m.tracker)
+                        if self.primary else runlog.NoMetrics())
+        self.unit = domain.unit  # progress counts the steps the user gave: DMC environment steps
+        self.progress = runlog.Progress(
+            domain.total_steps * self.unit, initial=self.step * self.unit, enabled=cfg.run.progress,
+            print_every=cfg.run.log_every,
+            desc=desc or f"{kind}:{name}" + (f" seeds {seed_list(seeds)}" if len(seeds) > 1 else ""),
+            unit="env step" if kind == "dmc" else "step", show=self.primary)
+        self.seconds = dict.fromkeys(PHASES, 0.0)  # time in each phase since the last log row
+        self.stop = None  # the stop signals' handler while running
+
+    # ------------------------------------------------------------------ set-up
+
+    def _restore(self, runs: list[runlog.RunDir], shapes: Any) -> Any:
+        """Every seed's newest checkpoint: its replay, counters and keys; the stacked state."""
         restored, steps = [], []
-        for i, (m, run) in enumerate(zip(members, runs)):
+        for i, (m, run) in enumerate(zip(self.members, runs)):
             m.run = run
-            member_state, loop_state = _restore(run, m.cfg, shapes, m.replay, log)
+            member_state, loop_state = _restore(run, m.cfg, shapes, m.replay, self.log)
             restored.append(member_state)
             steps.append(int(loop_state["step"]))
             m.episodes = int(loop_state["episodes"])
             m.latest_score = float(loop_state["latest_score"])
             m.wall_before = float(loop_state.get("wall_time", 0.0))  # absent before it was saved
-            keys[i] = np.asarray(loop_state["key"])
+            self.keys[i] = np.asarray(loop_state["key"])
             m.rng.bit_generator.state = loop_state["rng"]
         if len(set(steps)) != 1:
             raise checkpoint.CheckpointError(
                 "the runs of a group resume together from the same agent step, but their latest "
                 "checkpoints are at steps " + ", ".join(f"{s} ({r.root})" for s, r in zip(steps, runs)))
-        step = steps[0]
-        state = layout.put(parallel.stack(restored, domain.axes), domain.axes)
-        log(f"[mlr-jax] resuming {', '.join(str(r.root) for r in runs)} from step {step}")
-    else:  # a resumed group never holds a second, initial state on its devices
-        state = layout.stacked(domain.agent.init, init_keys, domain.axes)
-        for m in members:
-            root = (str(runlog.RunDir.create(cfg.run.outdir, kind, name, cfg.aux, m.cfg.run.seed).root)
-                    if primary else "")
-            m.run = runlog.RunDir(pathlib.Path(parallel.share_text(root)))  # the primary's, everywhere
-    counts = domain.agent.param_counts(shapes)
-    if primary:
-        for m in members:
+        self.step = steps[0]
+        self.log(f"[mlr-jax] resuming {', '.join(str(r.root) for r in runs)} from step {self.step}")
+        return self.layout.put(parallel.stack(restored, self.domain.axes), self.domain.axes)
+
+    def _write_run_files(self, seeds: list[int]) -> None:
+        """config.json, param_counts.json and, in a group, group.json of every run."""
+        if not self.primary:
+            return
+        for m in self.members:
             runlog.write_json(m.run.config, to_dict(m.cfg))
-            runlog.write_json(m.run.param_counts, counts)
-            if len(members) > 1:
+            runlog.write_json(m.run.param_counts, self.counts)
+            if len(self.members) > 1:
                 runlog.write_json(m.run.root / GROUP_FILE, {
                     "seeds": seeds, "runs": [os.path.relpath(o.run.root, m.run.root.parent)
-                                             for o in members]})
-    if primary and on_start is not None:
-        on_start([m.run.root for m in members])
-    if parallel.process_count() > 1:
-        log(f"[mlr-jax] {parallel.process_count()} processes, {parallel.device_count()} devices")
-    log(f"[mlr-jax] {kind} {name} aux={cfg.aux} seed{'s' if len(seeds) > 1 else ''}="
-        f"{seed_list(seeds)} -> " + ", ".join(str(m.run.root) for m in members))
-    if len(members) > 1:
-        log(f"[mlr-jax] {len(members)} seeds in one step: {layout.seed_shards} device(s) along "
-            f"the seeds, {layout.data_shards} along each seed's batch")
-    log("[mlr-jax] parameters: " + ", ".join(f"{k}={v:,}" for k, v in counts.items()))
-    log(f"[mlr-jax] memory: {memory.describe()}")
+                                             for o in self.members]})
 
-    train_step = device_frames.parallel_train_step(layout, domain.agent.train_step, domain.axes,
-                                                   tables)
-    take = layout.take(domain.axes)
-    updates = int(np.asarray(state.step))  # updates done (both agents' states count them)
-    for m in members:
-        m.tracker = (runlog.WandbTracker(m.run, m.cfg.run.wandb, m.cfg.run.wandb_mode,
-                                         to_dict(m.cfg))
-                     if primary and cfg.run.wandb else None)
-        m.writer = (runlog.MetricsWriter(m.run, keep_until=step if resume is not None else None,
-                                         tracker=m.tracker)
-                    if primary else runlog.NoMetrics())
-    unit = domain.unit  # progress counts the steps the user gave: DMC environment steps
-    progress = runlog.Progress(
-        domain.total_steps * unit, initial=step * unit, enabled=cfg.run.progress,
-        print_every=cfg.run.log_every,
-        desc=desc or f"{kind}:{name}" + (f" seeds {seed_list(seeds)}" if len(seeds) > 1 else ""),
-        unit="env step" if kind == "dmc" else "step", show=primary)
+    # ------------------------------------------------------------------ phases
 
-    def wall_time(m):
-        return m.wall_before + time.monotonic() - start_time
+    def act(self) -> np.ndarray:
+        """Every seed's action for its current observation, from one device program (the
+        primary's, in every process)."""
+        self.keys, act_keys = _split(self.keys)
+        obs = np.stack([m.obs for m in self.members])
+        return parallel.from_primary(self.domain.explore(self.state, obs, act_keys, self.step,
+                                                         [m.rng for m in self.members]))
 
-    def save_checkpoint():
-        if not primary:
+    def store(self, actions: np.ndarray) -> None:
+        """Each seed's environment takes its action, and its replay stores the transition;
+        the agent step is then taken (``self.step`` counts it)."""
+        self.step += 1
+        for m, action in zip(self.members, actions):
+            with self._timed("env"):
+                rec = m.env.step(action)
+            with self._timed("store"):
+                self.domain.store(m.replay, m.obs, action, rec)
+            m.obs = rec.obs
+            for score in rec.score[rec.episode_end]:
+                m.episodes += 1
+                m.latest_score = float(score)
+                m.writer.write(self.step, {runlog.EPISODE_SCORE: m.latest_score,
+                                           "episode/count": m.episodes})
+
+    def learn(self, stored: int) -> None:
+        """``updates_per_step`` updates of every seed once ``stored`` transitions reach
+        ``learning_starts``: a batch per seed, one step for all, then each seed's finite
+        check and priority writes."""
+        if stored < self.domain.learning_starts:
             return
-        for i, (m, member_state) in enumerate(zip(members, layout.unstack(state, domain.axes))):
-            loop_state = {"step": step, "episodes": m.episodes, "latest_score": m.latest_score,
-                          "key": keys[i].copy(), "rng": m.rng.bit_generator.state,
-                          "wall_time": wall_time(m)}
-            checkpoint.save(m.run.checkpoints, step, member_state, m.replay.state_dict(),
+        for _ in range(self.domain.updates_per_step):
+            self.keys, update_keys = _split(self.keys)
+            with self._timed("sample"):
+                batches = [self.domain.sample(m.replay, stored, m.rng) for m in self.members]
+            with self._timed("update"):
+                self.state, metrics = self.train_step(self.state, _stack(batches), update_keys)
+                metrics = jax.device_get(metrics)
+            self.updates += 1
+            for i, (m, batch) in enumerate(zip(self.members, batches)):
+                mine = {k: v[i] for k, v in metrics.items()}
+                check_finite(self.updates, self.step, mine, m.run.root)
+                self.domain.after_update(m.replay, batch, mine)
+                m.window.append({k: v for k, v in mine.items() if np.ndim(v) == 0})
+
+    def agent_step(self) -> None:
+        """One agent step of every seed: act, then store and learn in the domain's order."""
+        with self._timed("act"):
+            actions = self.act()
+        if self.domain.learn_before_env_step:
+            self.learn(stored=self.step)
+            self.store(actions)
+        else:
+            self.store(actions)
+            self.learn(stored=self.step)
+
+    # ------------------------------------------------------------------ periodic work
+
+    def _timed(self, phase: str):
+        return _PhaseTimer(self.seconds, phase)
+
+    def _due(self, every: int) -> bool:
+        return _due(self.step, self.unit, every)
+
+    def log_row(self) -> None:
+        """Each run's metrics row: the update metrics' means since the last row, the agent
+        steps per second, the milliseconds per agent step of each phase and, while
+        :func:`mlr_jax.parallel.counting_transfers` counts, the device-to-host reads per
+        agent step."""
+        elapsed = max(time.monotonic() - self.start_time, 1e-9)
+        steps = max(self.step - self.last_row_step, 1)
+        phases = {f"perf/ms_{k}": 1000 * v / steps for k, v in self.seconds.items()}
+        self.seconds = dict.fromkeys(PHASES, 0.0)
+        self.last_row_step = self.step
+        count = parallel.transfers()  # counted only while the bench or a test asks
+        if count is not None:
+            phases["perf/device_to_host"] = (count - self.last_row_transfers) / steps
+            self.last_row_transfers = count
+        agree = {"step": self.step}
+        for i, m in enumerate(self.members):
+            row = _window_means(m.window)
+            m.window = []
+            row["perf/sps"] = (self.step - self.start_step) / elapsed
+            row["perf/env_steps"] = self.step * self.domain.env_steps_per_step
+            m.writer.write(self.step, {**row, **phases})
+            agree.update({f"episodes_{i}": m.episodes, f"latest_score_{i}": m.latest_score,
+                          f"observation_sum_{i}": float(np.sum(m.obs, dtype=np.int64))})
+        parallel.check_same_across_processes(agree, f"the environments at agent step {self.step}")
+
+    def wall_time(self, m: _Member) -> float:
+        return m.wall_before + time.monotonic() - self.start_time
+
+    def save_checkpoint(self) -> None:
+        if not self.primary:
+            return
+        for i, (m, member_state) in enumerate(zip(self.members,
+                                                  self.layout.unstack(self.state, self.domain.axes))):
+            loop_state = {"step": self.step, "episodes": m.episodes, "latest_score": m.latest_score,
+                          "key": self.keys[i].copy(), "rng": m.rng.bit_generator.state,
+                          "wall_time": self.wall_time(m)}
+            checkpoint.save(m.run.checkpoints, self.step, member_state, m.replay.state_dict(),
                             loop_state, to_dict(m.cfg))
 
-    def run_eval(i, eval_key, record=0):
-        m = members[i]
-        return evaluate(domain, m.cfg, take(state, i), cfg.run.eval_episodes,
+    def evaluation(self, i: int, eval_key: jax.Array, record: int = 0) -> Evaluation:
+        m = self.members[i]
+        return evaluate(self.domain, m.cfg, self.take(self.state, i), self.cfg.run.eval_episodes,
                         m.cfg.run.seed + EVAL_SEED_OFFSET, eval_key, record,
-                        stop=lambda: stop.requested is not None)
+                        stop=lambda: self.stop.requested is not None)
 
-    parallel.barrier(f"mlr_jax_loop_start_{step}")  # hosts restore and compile at their own pace
-    for m in members:
-        m.obs = m.env.reset()
-    start_time, start_step = time.monotonic(), step
-    results = []
-    # Ctrl-C / SIGTERM, up to the last file written: finish the agent step (or the checkpoint
-    # being written), save a checkpoint, stop (one process; several agree on the step
-    # through JAX's preemption service, which owns SIGTERM)
-    stopped_by = None
-    with host.StopSignals(STOP_SIGNALS if parallel.process_count() == 1 else ()) as stop:
-        try:
-            while step < domain.total_steps:
-                keys, act_keys = _split(keys)
-                obs = np.stack([m.obs for m in members])
-                actions = parallel.from_primary(
-                    domain.explore(state, obs, act_keys, step, [m.rng for m in members]))
-                step += 1
-                for m, action in zip(members, actions):
-                    rec = m.env.step(action)
-                    domain.store(m.replay, m.obs, action, rec)
-                    m.obs = rec.obs
-                    for score in rec.score[rec.episode_end]:
-                        m.episodes += 1
-                        m.latest_score = float(score)
-                        m.writer.write(step, {runlog.EPISODE_SCORE: m.latest_score,
-                                              "episode/count": m.episodes})
-                if step >= domain.learning_starts:
-                    for _ in range(domain.updates_per_step):
-                        keys, update_keys = _split(keys)
-                        batches = [domain.sample(m.replay, step, m.rng) for m in members]
-                        state, metrics = train_step(state, _stack(batches), update_keys)
-                        metrics = jax.device_get(metrics)
-                        updates += 1
-                        for i, (m, batch) in enumerate(zip(members, batches)):
-                            mine = {k: v[i] for k, v in metrics.items()}
-                            check_finite(updates, step, mine, m.run.root)
-                            domain.after_update(m.replay, batch, mine)
-                            m.window.append({k: v for k, v in mine.items() if np.ndim(v) == 0})
-                if _due(step, unit, cfg.run.log_every) or step == domain.total_steps:
-                    sps = (step - start_step) / max(time.monotonic() - start_time, 1e-9)
-                    agree = {"step": step}
-                    for i, m in enumerate(members):
-                        row = _window_means(m.window)
-                        m.window = []
-                        row["perf/sps"] = sps
-                        row["perf/env_steps"] = step * domain.env_steps_per_step
-                        m.writer.write(step, row)
-                        agree.update({f"episodes_{i}": m.episodes, f"latest_score_{i}": m.latest_score,
-                                      f"observation_sum_{i}": float(np.sum(m.obs, dtype=np.int64))})
-                    parallel.check_same_across_processes(agree, f"the environments at agent step {step}")
-                if _due(step, unit, cfg.run.eval_every) and step < domain.total_steps:
-                    keys, eval_keys = _split(keys)
-                    for i, m in enumerate(members):
-                        try:
-                            scores = run_eval(i, eval_keys[i]).scores
-                            m.writer.write(step, {runlog.EVAL_MEAN: float(scores.mean()),
-                                                  runlog.EVAL_STD: float(scores.std())})
-                        except EvaluationStopped:
-                            log(f"[mlr-jax] evaluation at agent step {step} abandoned "
-                                f"({stop.requested}); it is not in metrics.jsonl")
-                            break
-                if _due(step, unit, cfg.run.checkpoint_every):
-                    save_checkpoint()
-                latest = [m.latest_score for m in members if not np.isnan(m.latest_score)]
-                progress.update(step * unit, score=float(np.mean(latest)) if latest else float("nan"),
-                                episodes=sum(m.episodes for m in members))
-                if parallel.stop_agreed(step, stop.requested is not None) and step < domain.total_steps:
-                    stopped_by = stop.requested or "SIGTERM"
-                    break
-            save_checkpoint()  # a stop signal now waits for it: the checkpoint stays whole
-            if stopped_by is None:
-                keys, eval_keys = _split(keys)
-                for i, m in enumerate(members):
-                    results.append(_final(domain, m, step, run_eval(i, eval_keys[i], VIDEO_FRAMES),
-                                          counts, wall_time(m), primary))
-        except EvaluationStopped:
-            stopped_by = stop.requested
-        except NonFiniteUpdate:
-            for m in members:
-                m.writer.close()  # every row up to the bad update stays on disk
-            raise
-        finally:
-            progress.close()
-            for m in members:
-                m.env.close()
+    def evaluate_due(self) -> None:
+        """The periodic evaluation of every seed (abandoned on a stop signal)."""
+        self.keys, eval_keys = _split(self.keys)
+        for i, m in enumerate(self.members):
+            try:
+                scores = self.evaluation(i, eval_keys[i]).scores
+            except EvaluationStopped:
+                self.log(f"[mlr-jax] evaluation at agent step {self.step} abandoned "
+                         f"({self.stop.requested}); it is not in metrics.jsonl")
+                return
+            m.writer.write(self.step, {runlog.EVAL_MEAN: float(scores.mean()),
+                                       runlog.EVAL_STD: float(scores.std())})
 
-    for m in members:
-        m.writer.close()
-    if stopped_by is not None:
-        raise TrainingInterrupted(step, members[0].run.root, stopped_by,
-                                  final=step == domain.total_steps)
-    for result in results:
-        summary = result.final_eval
-        note = f" ({summary['note']})" if "note" in summary else ""
-        log(f"[mlr-jax] final evaluation of seed {result.seed}: {summary['mean']:.2f} ± "
-            f"{summary['std']:.2f} over {len(summary['scores'])} episodes{note}")
-        log(f"[mlr-jax] results in {result.run_dir} (final_eval.json, summary.md, metrics.jsonl, "
-            f"learning_curve.png, eval.gif, tb/, checkpoints/)")
-    return results
+    def after_step(self) -> None:
+        """Log row, evaluation and checkpoint when due; the progress line."""
+        total = self.domain.total_steps
+        if self._due(self.cfg.run.log_every) or self.step == total:
+            self.log_row()
+        if self._due(self.cfg.run.eval_every) and self.step < total:
+            self.evaluate_due()
+        if self._due(self.cfg.run.checkpoint_every):
+            self.save_checkpoint()
+        latest = [m.latest_score for m in self.members if not np.isnan(m.latest_score)]
+        self.progress.update(self.step * self.unit,
+                             score=float(np.mean(latest)) if latest else float("nan"),
+                             episodes=sum(m.episodes for m in self.members))
+
+    # ------------------------------------------------------------------ the run
+
+    def run(self) -> list[RunResult]:
+        """Agent steps until the run's end or a stop signal, then the final evaluations.
+
+        Ctrl-C / SIGTERM, up to the last file written: finish the agent step (or the
+        checkpoint being written), save a checkpoint, stop (one process; several agree on
+        the step through JAX's preemption service, which owns SIGTERM)."""
+        domain, members = self.domain, self.members
+        parallel.barrier(f"mlr_jax_loop_start_{self.step}")  # hosts restore and compile at their own pace
+        for m in members:
+            m.obs = m.env.reset()
+        self.start_time, self.start_step = time.monotonic(), self.step
+        self.last_row_step, self.last_row_transfers = self.step, parallel.transfers() or 0
+        results, stopped_by = [], None
+        with host.StopSignals(STOP_SIGNALS if parallel.process_count() == 1 else ()) as self.stop:
+            try:
+                while self.step < domain.total_steps:
+                    self.agent_step()
+                    self.after_step()
+                    if (parallel.stop_agreed(self.step, self.stop.requested is not None)
+                            and self.step < domain.total_steps):
+                        stopped_by = self.stop.requested or "SIGTERM"
+                        break
+                self.save_checkpoint()  # a stop signal now waits for it: the checkpoint stays whole
+                if stopped_by is None:
+                    self.keys, eval_keys = _split(self.keys)
+                    for i, m in enumerate(members):
+                        results.append(_final(domain, m, self.step,
+                                              self.evaluation(i, eval_keys[i], VIDEO_FRAMES),
+                                              self.counts, self.wall_time(m), self.primary))
+            except EvaluationStopped:
+                stopped_by = self.stop.requested
+            except NonFiniteUpdate:
+                for m in members:
+                    m.writer.close()  # every row up to the bad update stays on disk
+                raise
+            finally:
+                self.progress.close()
+                for m in members:
+                    m.env.close()
+        for m in members:
+            m.writer.close()
+        if stopped_by is not None:
+            raise TrainingInterrupted(self.step, members[0].run.root, stopped_by,
+                                      final=self.step == domain.total_steps)
+        for result in results:
+            summary = result.final_eval
+            note = f" ({summary['note']})" if "note" in summary else ""
+            self.log(f"[mlr-jax] final evaluation of seed {result.seed}: {summary['mean']:.2f} ± "
+                     f"{summary['std']:.2f} over {len(summary['scores'])} episodes{note}")
+            self.log(f"[mlr-jax] results in {result.run_dir} (final_eval.json, summary.md, "
+                     "metrics.jsonl, learning_curve.png, eval.gif, tb/, checkpoints/)")
+        return results
+
+
+class _PhaseTimer:
+    """``with _PhaseTimer(seconds, phase):`` adds the block's wall time to ``seconds[phase]``."""
+
+    def __init__(self, seconds: dict[str, float], phase: str):
+        self.seconds, self.phase = seconds, phase
+
+    def __enter__(self):
+        self.t0 = perf_counter()
+
+    def __exit__(self, *exc):
+        self.seconds[self.phase] += perf_counter() - self.t0
 
 
 def _final(domain: Domain, m: _Member, step: int, final: Evaluation, counts: dict[str, int],

@@ -30,6 +30,7 @@ then a one-process program on its own devices.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
@@ -69,6 +70,47 @@ def devices() -> list[Any]:
 def device_count() -> int:
     """Devices of this run (:func:`devices`)."""
     return len(devices())
+
+
+# --------------------------------------------------------------------------- transfers
+
+_TRANSFERS: list[int] = []  # the count of device-to-host reads while counting_transfers() is on
+
+
+@contextlib.contextmanager
+def counting_transfers():
+    """Count device-to-host reads of jax arrays while active (:func:`transfers`).
+
+    Every read of an array's value on the host passes ``jax.Array._value`` (``jax.device_get``
+    of each leaf, ``float``/``int``/``bool``, ``.tolist()``, printing) and is counted once
+    until the array caches its host copy. ``jax.transfer_guard`` cannot count on the CPU
+    backend (a CPU array's memory is the host's; it never fires), and ``np.asarray`` of a CPU
+    array reads it through the buffer protocol without the counter: the library reads device
+    values with ``jax.device_get``.
+    """
+    from jax._src import array  # private: the one place every host read of an array passes
+
+    if _TRANSFERS:
+        raise RuntimeError("counting_transfers() is already active")
+    original = array.ArrayImpl._value
+
+    def counted(self):
+        if self._npy_value is None:
+            _TRANSFERS[0] += 1
+        return original.fget(self)
+
+    _TRANSFERS.append(0)
+    array.ArrayImpl._value = property(counted)
+    try:
+        yield
+    finally:
+        array.ArrayImpl._value = original
+        _TRANSFERS.clear()
+
+
+def transfers() -> int | None:
+    """Device-to-host reads since :func:`counting_transfers` began; None when not counting."""
+    return _TRANSFERS[0] if _TRANSFERS else None
 
 
 # --------------------------------------------------------------------------- processes

@@ -4,8 +4,9 @@ Envpool runs full games (``episodic_life=False``, ``reward_clip=False``) with th
 settings from :class:`~mlr_jax.config.AtariConfig`; this wrapper derives the learning signal:
 
 * ``reward = sign(r)``; ``score`` is the raw, unclipped sum over the whole game.
-* ``terminal``: training -- a life was lost (``info["lives"]`` decreased) or the game is over;
-  evaluation -- only game over. Reaching the time limit is not a terminal.
+* ``terminal``: training -- a life was lost (``info["lives"]`` decreased), the game is over
+  or, with ``time_limit_terminal`` (the default: the authors' env reports its horizon as a
+  done), the time limit was reached; evaluation -- only game over.
 * ``episode_end``: game over or the time limit.
 * the frame stack ``[N, frame_stack, 84, 84]`` (oldest -> newest) is built here from
   envpool's single frames. With ``stack_reset="zero"`` (the authors' env) a new stack of
@@ -20,7 +21,9 @@ checked by ``tests/envs/test_atari_env.py``):
   the pixel-wise max of the last two frames, resized to 84x84 gray with ``cv::resize``:
   bilinear (its default, as the authors' ``cv2.resize``) when
   ``use_inter_area_resize=False``, INTER_AREA otherwise (envpool's default);
-* ``max_episode_steps`` counts agent steps (27,000 = 108,000 frames);
+* ``max_episode_steps`` counts agent steps: ``elapsed_step`` is 0 after a reset, one step
+  adds 1 and the game ends when it reaches ``max_episode_steps`` (the default 27,001 is the
+  authors' ``horizon=27000``, checked before their env counts the step);
 * reset performs 1..``noop_max`` no-ops (then FIRE if ``use_fire_reset``);
 * in sync mode ``reset(env_ids)`` resets just those environments, and their next ``step``
   is an ordinary step (``elapsed_step`` 1), so this wrapper resets finished games itself in
@@ -87,6 +90,7 @@ class AtariVecEnv(VecEnv):
                                  (1, int(cfg.image_size), int(cfg.image_size)),
                                  "zero" if cfg.stack_reset == "zero" else "repeat")
         self._break_at_life_loss = cfg.stack_reset == "zero" and not self._evaluation
+        self._time_limit_terminal = bool(cfg.time_limit_terminal) and not self._evaluation
         self._scores = ScoreTracker(self._num_envs)
         self._started = False
 
@@ -133,6 +137,8 @@ class AtariVecEnv(VecEnv):
         life_lost = scatter(ids, info["lives"] < self._lives[ids], np.zeros(n, bool))
         self._store(ids, obs, info["lives"], life_lost[ids] & self._break_at_life_loss)
         terminal = game_over if self._evaluation else game_over | life_lost
+        if self._time_limit_terminal:
+            terminal = terminal | scatter(ids, truncated & ~terminated, np.zeros(n, bool))
         score = self._scores.update(raw, episode_end)
         if episode_end.any():
             new_obs, new_info = self._pool.reset(np.flatnonzero(episode_end).astype(np.int32))

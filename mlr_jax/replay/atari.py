@@ -28,11 +28,26 @@ Sampling follows rlpyt's prioritized sequence replay as the authors used it: a s
 (new steps get ``max priority seen ** exponent``, 1 before any update; rlpyt gave them a
 fixed 1: ``initial_priority=1.0``), and the window
 ``[t, t + L)`` with ``L = max(seq_len, n_step + 1)`` is returned with ``obs[:, 0] = s_t``
-and ``obs[:, n_step] = s_{t+n}``. Starts whose window is not fully written, or whose stack
-history has been overwritten, have probability 0. Like the authors' ``sanitize_batch``,
+and ``obs[:, n_step] = s_{t+n}``. Like the authors' ``sanitize_batch``,
 observations after the first ``done`` (terminal or episode end) in the window repeat the
 observation of that done step (the last state before the reset); actions are NOT sanitized
 (the authors' code leaves them as stored).
+
+Which starts can be drawn (``start_rule``; all others have probability 0), with ``count``
+steps stored so far and ``oldest = max(0, count - capacity)`` the oldest one kept:
+
+* ``"rlpyt"`` (default): rlpyt's prioritized sequence replay as the authors configured it
+  (``batch_T = seq_len``, ``n_step_return = n_step``, one environment, one step appended at a
+  time, no RNN state). Its sum tree keeps the leaves behind the write cursor off for
+  ``off_backward = 1 + n_step + batch_T`` slots and the ``off_forward = max(1, F - 1)`` slots
+  from the cursor on (the oldest steps, whose previous action and stack history are about to
+  be overwritten); on its first pass it never turns on the first ``off_forward`` slots. In
+  absolute steps: ``oldest + max(1, F - 1) <= t <= count - (2 + n_step + seq_len)``, i.e.
+  starts 3 .. count - 28 for MLR's ``F = 4``, ``n_step = 10``, ``seq_len = 16`` (rlpyt
+  reads ``seq_len + n_step`` observations from ``t`` on, and its tree waits 2 steps more).
+  The authors' replay held 1M steps, so their 100k-step runs never left the first pass.
+* ``"written"``: every start whose window ``[t, t + L)`` is written and whose stack history
+  is still stored (``t >= oldest`` and ``t + L <= count``; ``t - min(F - 1, age) >= oldest``).
 
 Which dones stop the bootstrap (``done_n_rule``): the return is always cut at the first done,
 but rlpyt at the authors' pinned commit stored ``done_n[t] = done[t]`` only (its
@@ -51,6 +66,7 @@ from mlr_jax.replay.frames import FrameMirror, FrameRing, check_state
 from mlr_jax.replay.sum_tree import SumTree
 
 DONE_N_RULES = ("first_step", "any_step")
+START_RULES = ("rlpyt", "written")
 
 
 class AtariBatch(NamedTuple):
@@ -97,6 +113,9 @@ class AtariReplay:
         textbook n-step cut); see the module docstring.
       initial_priority: priority of new steps; None = the largest priority seen so far
         (1 before any update), 1.0 = the authors' rlpyt buffer (a fixed default).
+      start_rule: which starts may be drawn: ``"rlpyt"`` (the authors' rlpyt sum tree, the
+        default) or ``"written"`` (any start whose window is written); see the module
+        docstring.
       mirror: a :class:`~mlr_jax.replay.frames.FrameMirror` factory to keep a copy of the
         frames elsewhere, e.g. :class:`mlr_jax.device_frames.DeviceFrames` on every local
         device (:func:`mlr_jax.domains.make_replay` passes it for ``run.replay_frames``);
@@ -107,19 +126,32 @@ class AtariReplay:
                  n_step: int = 10, gamma: float = 0.99, priority_exponent: float = 0.5,
                  frame_shape: tuple[int, int] = (84, 84), stack_fill: str = "repeat",
                  reset_stack_on_terminal: bool = False, initial_priority: float | None = None,
-                 mirror: Callable[..., FrameMirror] | None = None, done_n_rule: str = "any_step"):
+                 mirror: Callable[..., FrameMirror] | None = None, done_n_rule: str = "any_step",
+                 start_rule: str = "rlpyt"):
         if n_step < 1 or seq_len < 1:
             raise ValueError(f"n_step={n_step} and seq_len={seq_len} must be >= 1")
         if done_n_rule not in DONE_N_RULES:
             raise ValueError(f"done_n_rule must be one of {DONE_N_RULES}, got {done_n_rule!r}")
+        if start_rule not in START_RULES:
+            raise ValueError(f"start_rule must be one of {START_RULES}, got {start_rule!r}")
         # the first offset in the window whose done still stops the bootstrap
         self._bootstrap_cut = 1 if done_n_rule == "first_step" else int(n_step)
         self.seq_len = int(seq_len)
         self.n_step = int(n_step)
         self.window = max(self.seq_len, self.n_step + 1)  # L
-        if capacity < self.window + frame_stack - 1:
-            raise ValueError(f"capacity={capacity} cannot hold one window of {self.window} "
-                             f"steps plus {frame_stack - 1} history frames")
+        self.start_rule = start_rule
+        # start t is valid once t + lag <= count and while t >= oldest + lead (plus the stack
+        # history check, which the rlpyt rule's lead already implies)
+        if start_rule == "rlpyt":
+            self._lead = max(1, int(frame_stack) - 1)  # rlpyt's off_forward
+            self._lag = 2 + self.n_step + self.seq_len  # 1 + rlpyt's off_backward
+        else:
+            self._lead, self._lag = 0, self.window
+        need = self._lag + max(self._lead, frame_stack - 1)
+        if capacity < need:
+            raise ValueError(f"capacity={capacity} cannot hold one window: start_rule="
+                             f"{start_rule!r} needs {need} steps (seq_len={seq_len}, "
+                             f"n_step={n_step}, frame_stack={frame_stack})")
         if len(frame_shape) != 2:
             raise ValueError(f"Atari frame_shape must be (H, W), got {frame_shape}")
         self.gamma = float(gamma)
@@ -160,7 +192,7 @@ class AtariReplay:
                                   terminal=terminal, episode_end=episode_end)
         new = self._max_priority if self.initial_priority is None else self.initial_priority
         self._priority[self._ring.slot(index)] = new ** self.priority_exponent
-        self._refresh(self._ring.changed_starts(self.window))
+        self._refresh(self._changed_starts())
 
     def mark_episode_end(self) -> None:
         """End the game at the newest stored step (e.g. after a resume restarts the env):
@@ -173,10 +205,15 @@ class AtariReplay:
     def sample(self, batch_size: int, beta: float, rng: np.random.Generator) -> AtariBatch:
         """Draw ``batch_size`` windows by priority (with replacement); see :class:`AtariBatch`."""
         if self._tree.total <= 0.0:
+            if self.start_rule == "rlpyt":
+                why = (f"start_rule='rlpyt': starts from step {self._lead}, with the start and "
+                       f"{self._lag - 1} steps after it written; seq_len={self.seq_len}, "
+                       f"n_step={self.n_step}")
+            else:
+                why = f"start_rule='written': seq_len={self.seq_len}, n_step={self.n_step}"
             raise ValueError(
-                f"AtariReplay.sample: no valid start yet: {len(self)} steps stored, a sequence "
-                f"needs {self.window} consecutive written steps (seq_len={self.seq_len}, "
-                f"n_step={self.n_step}) with positive priority")
+                f"AtariReplay.sample: no valid start yet: {len(self)} steps stored, the first "
+                f"start needs {self._lead + self._lag} ({why}) and a positive priority")
         ring, L, n = self._ring, self.window, self.n_step
         slots = self._tree.sample(batch_size, rng)
         p = self._tree.get(slots)
@@ -230,8 +267,21 @@ class AtariReplay:
     # ------------------------------------------------------------------ validity
 
     def _valid(self, starts: np.ndarray) -> np.ndarray:
-        """bool[N]: the window ``[s, s + L)`` is written and ``s_t``'s history is stored."""
-        return self._ring.history_ok(starts) & (starts + self.window <= self._ring.count)
+        """bool[N]: ``start_rule`` allows start ``s`` (the window ``[s, s + L)`` is written
+        and ``s_t``'s history is stored either way)."""
+        ring = self._ring
+        ok = ring.history_ok(starts) & (starts + self._lag <= ring.count)
+        return ok & (starts >= ring.oldest + self._lead)
+
+    def _changed_starts(self) -> np.ndarray:
+        """Starts whose validity the last :meth:`add` may have changed: the newest ``lag``
+        (their window grew) and, once the ring wraps, the oldest ``max(lead, F - 1)`` (their
+        history or rlpyt's forward margin moved)."""
+        ring = self._ring
+        changed = ring.changed_starts(self._lag)
+        if self._lead and ring.count > ring.capacity:
+            changed = np.union1d(changed, np.arange(ring.oldest, ring.oldest + self._lead))
+        return changed.astype(np.int64)
 
     def _refresh(self, starts: np.ndarray) -> None:
         slots = self._ring.slot(starts)

@@ -24,10 +24,27 @@ have their full size (the official code dropped invalid sequences and shrank the
   already returned the next episode's first observation, so the last step of an episode
   that ended by time limit has no successor and is never sampled (1 of 125..500 steps).
 * :meth:`DMCReplay.sample_sequences` -> :class:`SeqBatch` of ``K`` consecutive observations
-  and the actions taken at them (the official ``obses[idxs]``, ``actions[idxs]``), never
-  crossing an episode end or the write position. The official code also excluded windows
-  whose last step is the episode's final step; here that step is allowed (it is a real state
-  of the same episode).
+  and the actions taken at them (the official ``obses[idxs]``, ``actions[idxs]``).
+
+Which sequence starts are valid (``sequence_rule``):
+
+* ``"authors"`` (default), the official ``ReplayBuffer.sample_spr`` (DMControl/src/utils.py,
+  which MLR's ``mtm_sac`` calls): the start's slot ``p`` satisfies ``p < N - K`` with ``N``
+  the steps stored (``randint(0, N - jumps - 1)``, ``jumps = K - 1``; slots in write order,
+  step ``t`` in slot ``t % capacity`` as there), and no step of the window is the last step
+  of an episode (their ``real_dones``, set on the time-limit step; here ``episode_end``,
+  which also marks true terminals and :meth:`DMCReplay.mark_episode_end`). So a window
+  never reaches an episode's final step; before the buffer is full it never reaches the
+  newest step either; once full it never covers slot ``capacity - 1``. The official code
+  also kept, once full, the ``K - 1`` windows that run past the write position from the
+  newest step into the oldest (two unrelated stretches of experience) and the first
+  ``F - 1`` oldest steps whose earlier frames are overwritten; this replay cannot rebuild
+  either and leaves them out (``K + F - 2`` of ``capacity`` starts at most). The official
+  code drew ``2 B`` starts, kept the valid ones and returned the first ``B`` of them (fewer
+  if fewer were valid); each kept window is uniform over the valid starts, which is what
+  this replay samples, always ``B`` of them.
+* ``"episode"``: every window of ``K`` stored steps of one episode (with its stack history),
+  including the window that ends at the episode's final step or at the newest step.
 """
 from __future__ import annotations
 
@@ -37,6 +54,8 @@ import numpy as np
 
 from mlr_jax.replay.frames import FrameMirror, FrameRing, check_state
 from mlr_jax.replay.sum_tree import SumTree
+
+SEQUENCE_RULES = ("authors", "episode")
 
 
 class SACBatch(NamedTuple):
@@ -80,19 +99,30 @@ class DMCReplay:
         frames elsewhere, e.g. :class:`mlr_jax.device_frames.DeviceFrames` on every local
         device (:func:`mlr_jax.domains.make_replay` passes it for ``run.replay_frames``);
         batches then carry ``FrameRows`` instead of pixels. None: frames on the host only.
+      sequence_rule: which windows :meth:`sample_sequences` draws from: ``"authors"`` (the
+        official ``sample_spr``'s) or ``"episode"`` (every window within one episode); see
+        the module docstring.
     """
 
     def __init__(self, capacity: int = 100_000, action_dim: int = 1, frame_stack: int = 3,
                  seq_len: int = 16, frame_shape: tuple[int, int, int] = (3, 100, 100),
-                 mirror: Callable[..., FrameMirror] | None = None):
+                 mirror: Callable[..., FrameMirror] | None = None,
+                 sequence_rule: str = "authors"):
         if action_dim < 1 or seq_len < 1:
             raise ValueError(f"action_dim={action_dim} and seq_len={seq_len} must be >= 1")
-        if capacity < max(seq_len, 2) + frame_stack - 1:
+        if sequence_rule not in SEQUENCE_RULES:
+            raise ValueError(f"sequence_rule must be one of {SEQUENCE_RULES}, "
+                             f"got {sequence_rule!r}")
+        # Steps s .. s + window - 1 decide whether s starts a transition or a sequence: the
+        # authors' rule also needs step s + K stored before the buffer is full.
+        self._window = max(seq_len + (sequence_rule == "authors"), 2)
+        if capacity < self._window + frame_stack - 1:
             raise ValueError(f"capacity={capacity} cannot hold one sequence of {seq_len} steps")
         if len(frame_shape) != 3:
             raise ValueError(f"DMC frame_shape must be (C, H, W), got {frame_shape}")
         self.action_dim = int(action_dim)
         self.seq_len = int(seq_len)
+        self.sequence_rule = sequence_rule
         self._ring = FrameRing(capacity, frame_shape, frame_stack, "repeat", fields={
             "action": ((self.action_dim,), np.float32), "reward": ((), np.float32),
             "terminal": ((), bool), "episode_end": ((), bool)},
@@ -124,7 +154,7 @@ class DMCReplay:
             raise ValueError(f"action shape {action.shape} != ({self.action_dim},)")
         self._ring.append(frame, bool(episode_end), action=action, reward=reward,
                           terminal=terminal, episode_end=episode_end)
-        self._refresh(self._ring.changed_starts(max(self.seq_len, 2)))
+        self._refresh(self._ring.changed_starts(self._window))
 
     def mark_episode_end(self) -> None:
         """End the episode at the newest stored step (e.g. after a resume restarts the env):
@@ -132,6 +162,7 @@ class DMCReplay:
         index = self._ring.end_segment()
         if index >= 0:
             self._ring.data["episode_end"][self._ring.slot(index)] = True
+            self._refresh(self._ring.changed_starts(self._window))  # windows now ending there
 
     def sample(self, batch_size: int, rng: np.random.Generator) -> SACBatch:
         """``batch_size`` uniform transitions; see :class:`SACBatch`."""
@@ -147,9 +178,13 @@ class DMCReplay:
                         next_obs=ring.observations(successor))
 
     def sample_sequences(self, batch_size: int, rng: np.random.Generator) -> SeqBatch:
-        """``batch_size`` uniform windows of ``seq_len`` steps within one episode."""
-        start = self._draw(self._sequences, batch_size, rng, "sample_sequences",
-                           f"a sequence needs {self.seq_len} consecutive steps of one episode")
+        """``batch_size`` uniform windows of ``seq_len`` steps within one episode, among those
+        that ``sequence_rule`` allows (see the module docstring)."""
+        need = f"a sequence needs {self.seq_len} consecutive steps of one episode"
+        if self.sequence_rule == "authors":
+            need += (", none of them its last, and until the buffer is full one more step "
+                     "stored after them")
+        start = self._draw(self._sequences, batch_size, rng, "sample_sequences", need)
         steps = start[:, None] + np.arange(self.seq_len)
         return SeqBatch(obs=self._ring.observations(steps),
                         action=self._ring.data["action"][self._ring.slot(steps)])
@@ -170,9 +205,15 @@ class DMCReplay:
         return ring.history_ok(t) & (terminal | ring.same_segment(t, t + 1))
 
     def _valid_sequences(self, s: np.ndarray) -> np.ndarray:
-        """bool[N]: steps ``s .. s + K - 1`` are stored, in one episode, with history."""
+        """bool[N]: steps ``s .. s + K - 1`` are stored, in one episode, with history; under
+        the authors' rule also none is an episode's last step and ``slot(s) < N - K``."""
         ring = self._ring
-        return ring.history_ok(s) & ring.same_segment(s, s + self.seq_len - 1)
+        last = s + self.seq_len - 1
+        valid = ring.history_ok(s) & ring.same_segment(s, last)
+        if self.sequence_rule == "authors":
+            ends = np.where(ring.stored(last), ring.data["episode_end"][ring.slot(last)], True)
+            valid &= ~ends & (ring.slot(s) < len(ring) - self.seq_len)
+        return valid
 
     def _refresh(self, starts: np.ndarray) -> None:
         slots = self._ring.slot(starts)

@@ -14,7 +14,7 @@ from mlr_jax.envs import atari_task_id, make_env
 # pool plays the same full games, so the wrapper's signals can be derived from its output.
 RAW_SETTINGS = dict(episodic_life=False, reward_clip=False, repeat_action_probability=0.0,
                     use_fire_reset=False, noop_max=30, frame_skip=4, stack_num=1,
-                    img_height=84, img_width=84, max_episode_steps=27_000,
+                    img_height=84, img_width=84, max_episode_steps=27_001,
                     full_action_space=False, use_inter_area_resize=False)
 BREAKOUT_LIVES = 5
 
@@ -181,16 +181,56 @@ def test_replay_rebuilds_the_stacks_the_agent_acted_on(stack_reset):
     np.testing.assert_array_equal(rebuilt, np.stack(seen))
 
 
-def test_time_limit_counts_agent_steps_and_is_not_terminal():
-    cfg = dataclasses.replace(AtariConfig(game="pong"), max_episode_steps=50)
-    env = make_env(cfg, 2, seed=0)
+@pytest.mark.parametrize("time_limit_terminal", [True, False])
+def test_time_limit_counts_agent_steps_and_is_terminal_as_the_authors(time_limit_terminal):
+    """The authors' env reports its horizon as a done, which the replay treats as game over
+    (no bootstrap past it); ``time_limit_terminal=False`` bootstraps through it. Evaluation
+    never sees it as a terminal."""
+    cfg = dataclasses.replace(AtariConfig(game="pong"), max_episode_steps=50,
+                              time_limit_terminal=time_limit_terminal)
+    for evaluation in (False, True):
+        env = make_env(cfg, 2, seed=0, evaluation=evaluation)
+        env.reset()
+        actions = _random_actions(2, env.num_actions, 2, 50)
+        for t, action in enumerate(actions):
+            step = env.step(action)
+            assert step.episode_end.all() == (t == 49)
+            # no game over or life lost in 50 Pong steps: the time limit is the only done
+            assert step.terminal.all() == (t == 49 and time_limit_terminal and not evaluation)
+            assert step.terminal.any() == step.terminal.all()
+        assert np.all(np.isfinite(step.score)) and np.all(step.score <= 0)  # Pong: -21..21
+        assert not step.obs[:, :3].any() and step.obs[:, 3].any()  # a new game's stack
+        env.close()
+
+
+def authors_episode_length(horizon):
+    """Agent steps in a game the authors' ``AtariEnv`` cuts at ``horizon``
+    (``Atari/src/rlpyt_atari_env.py`` ``step``: ``game_over = ... or self._step_counter >=
+    self.horizon``, then ``self._step_counter += 1``; ``reset`` sets the counter to 0)."""
+    counter, steps, over = 0, 0, False
+    while not over:
+        over = counter >= horizon
+        counter += 1
+        steps += 1
+    return steps
+
+
+def test_episode_cap_is_the_authors():
+    """The authors' horizon 27,000 ends a game at agent step 27,001; envpool ends it at agent
+    step ``max_episode_steps``, which the config passes through unchanged."""
+    assert authors_episode_length(27_000) == 27_001 == AtariConfig().max_episode_steps
+    env = make_env(AtariConfig(game="pong"), 1, seed=0)
+    assert env.envpool_config["max_episode_steps"] == 27_001
+    assert env.protocol["max_frames_per_episode"] == 108_004
+    env.close()
+    # the same counting on a short game: horizon 20 -> the 21st step ends it
+    cfg = dataclasses.replace(AtariConfig(game="pong"),
+                              max_episode_steps=authors_episode_length(20))
+    env = make_env(cfg, 1, seed=1)
     env.reset()
-    actions = _random_actions(2, env.num_actions, 2, 50)
-    for t, action in enumerate(actions):
-        step = env.step(action)
-        assert step.episode_end.all() == (t == 49) and not step.terminal.any()
-    assert np.all(np.isfinite(step.score)) and np.all(step.score <= 0)  # Pong: -21..21
-    assert not step.obs[:, :3].any() and step.obs[:, 3].any()  # a new game's stack
+    ends = [bool(env.step(np.zeros(1, np.int64)).episode_end[0]) for _ in range(42)]
+    assert np.flatnonzero(ends).tolist() == [20, 41]
+    env.close()
 
 
 @pytest.mark.parametrize("name, task_id", [

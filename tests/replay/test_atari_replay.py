@@ -16,6 +16,7 @@ from mlr_jax.replay import AtariBatch, AtariReplay
 SHAPE = (8, 8)
 F, SEQ, N, GAMMA = 4, 6, 3, 0.9
 L = max(SEQ, N + 1)
+START_RULES = ("rlpyt", "written")
 
 
 def encode(game, step):
@@ -63,8 +64,11 @@ class Stream:
                               encode(self.game[first], first))
         return np.stack(frames)
 
-    def valid_starts(self, count, capacity, reset_on_terminal):
+    def valid_starts(self, count, capacity, reset_on_terminal, start_rule="rlpyt"):
         lo = max(0, count - capacity)
+        if start_rule == "rlpyt":  # the stored steps in the slots rlpyt's tree leaves on
+            on = np.flatnonzero(rlpyt_tree_leaves(count, capacity, SEQ, N, F) > 0)
+            return set((lo + (on - lo) % capacity).tolist())
         valid = []
         for s in range(lo, count - L + 1):
             first = self.segment_start(s, reset_on_terminal)
@@ -88,6 +92,35 @@ class Stream:
         return np.stack(obs), self.action[s:s + L], ret, discount
 
 
+def rlpyt_tree_leaves(count, capacity, batch_T, n_step, n_frames, updates=None):
+    """The leaves of rlpyt's priority tree (``rlpyt/replays/sum_tree.py`` ``SumTree.advance``
+    at b32d589) after ``count`` appends of one step, one environment, no RNN state, default
+    priority 1: as the authors' ``AsyncPrioritizedSequenceReplayFrameBuffer`` ran it.
+    ``updates``: ``{appended: (slots, values)}``, leaves written after that many appends."""
+    b = 1 + n_step + batch_T  # init_priority_tree: off_backward = 1 + n_step_return + batch_T
+    f = max(1, n_frames - 1)  # n-step buffer: off_forward 1; frame buffer: n_frames - 1
+    T, leaves, guard = capacity, np.zeros(capacity), True
+
+    def ring(lo, hi):  # rlpyt's [lo, hi) over the ring: the wrapped case when hi <= lo
+        return np.arange(lo, hi) if hi > lo else np.r_[np.arange(lo, T), np.arange(0, hi)]
+
+    for i in range(count):
+        t = i % T  # the cursor: the slot the step was written to
+        on_lo, on_hi = (t - b) % T, (t - b) % T + 1
+        off_lo, off_hi = (t + 1 - b) % T, (t + f) % T + 1
+        if guard:  # first pass: no wrapping back, nothing below f turned on
+            on_lo = max(f, t - b)
+            on_hi = off_lo = max(on_lo, t + 1 - b)
+            guard = t + 1 - b < f
+        if on_hi != on_lo:
+            leaves[ring(on_lo, on_hi)] = 1.0
+        leaves[ring(off_lo, off_hi)] = 0.0
+        if updates and i + 1 in updates:
+            slots, values = updates[i + 1]
+            leaves[slots] = values
+    return leaves
+
+
 def make_replay(capacity=60, **kwargs):
     return AtariReplay(capacity=capacity, frame_stack=F, seq_len=SEQ, n_step=N, gamma=GAMMA,
                        priority_exponent=0.5, frame_shape=SHAPE, **kwargs)
@@ -108,20 +141,22 @@ def test_batch_shapes_and_dtypes():
     assert len(replay) == 40
 
 
-@pytest.mark.parametrize("fill,reset_on_terminal,rule", [
-    ("zero", False, "any_step"), ("repeat", False, "any_step"), ("zero", True, "first_step")])
-def test_samples_match_slow_reference_while_wrapping(fill, reset_on_terminal, rule):
+@pytest.mark.parametrize("fill,reset_on_terminal,rule,start_rule", [
+    ("zero", False, "any_step", "rlpyt"), ("repeat", False, "any_step", "rlpyt"),
+    ("zero", True, "first_step", "rlpyt"), ("repeat", False, "any_step", "written"),
+    ("zero", True, "first_step", "written")])
+def test_samples_match_slow_reference_while_wrapping(fill, reset_on_terminal, rule, start_rule):
     capacity, n = 60, 250
     stream = Stream(n, seed=1)
     replay = make_replay(capacity, stack_fill=fill, reset_stack_on_terminal=reset_on_terminal,
-                         done_n_rule=rule)
+                         done_n_rule=rule, start_rule=start_rule)
     rng = np.random.default_rng(0)
     count = 0
     for stop in (20, 59, 60, 61, 97, 143, 200, 250):
         stream.add_to(replay, count, stop)
         count = stop
         batch = replay.sample(1500, beta=0.4, rng=rng)
-        valid = stream.valid_starts(count, capacity, reset_on_terminal)
+        valid = stream.valid_starts(count, capacity, reset_on_terminal, start_rule)
         # every valid start is drawn and nothing else: nothing crosses the write head
         assert set(batch.indices.tolist()) == valid
         for i in range(0, 1500, 25):
@@ -131,6 +166,46 @@ def test_samples_match_slow_reference_while_wrapping(fill, reset_on_terminal, ru
             np.testing.assert_array_equal(batch.actions[i], actions)
             np.testing.assert_allclose(batch.returns[i], ret, rtol=1e-6, atol=1e-6)
             np.testing.assert_allclose(batch.discounts[i], discount, rtol=1e-6)
+
+
+def test_rlpyt_transcription_is_the_closed_form_rule():
+    """What the tree transcription says for MLR's setting (F=4, n_step=10, batch_T=16), as the
+    module docstring states it: starts oldest + 3 .. count - 28."""
+    for count, capacity in ((30, 100), (31, 100), (90, 100), (100, 100), (101, 100),
+                            (131, 100), (257, 100)):
+        oldest = max(0, count - capacity)
+        on = np.flatnonzero(rlpyt_tree_leaves(count, capacity, 16, 10, 4))
+        starts = np.sort(oldest + (on - oldest) % capacity)
+        np.testing.assert_array_equal(starts, np.arange(oldest + 3, count - 28 + 1))
+
+
+@pytest.mark.parametrize("frame_stack, seq_len, n_step, capacity", [
+    (F, SEQ, N, 60), (4, 16, 10, 64), (1, 5, 2, 23), (2, 3, 1, 17)])
+def test_starts_and_priorities_follow_rlpyts_tree(frame_stack, seq_len, n_step, capacity):
+    """The replay's sum-tree leaves (0 = never drawn) equal rlpyt's, step by step before the
+    ring fills and after it wraps, with priority updates of sampled starts in between, and
+    a large sample draws exactly the starts rlpyt's tree has on."""
+    n = 4 * capacity + 7
+    stream = Stream(n, seed=11)
+    replay = AtariReplay(capacity=capacity, frame_stack=frame_stack, seq_len=seq_len,
+                         n_step=n_step, gamma=GAMMA, priority_exponent=0.5, frame_shape=SHAPE,
+                         stack_fill="zero", reset_stack_on_terminal=True, initial_priority=1.0)
+    rng = np.random.default_rng(12)
+    updates = {}
+    for count in range(1, n + 1):
+        stream.add_to(replay, count - 1, count)
+        if count % 13 == 0 and replay._tree.total > 0:  # an update, as after a train step
+            batch = replay.sample(5, 0.4, rng)
+            new = rng.uniform(0.1, 4.0, 5)
+            replay.update_priorities(batch.indices, new)
+            slots, first = np.unique(batch.indices % capacity, return_index=True)
+            updates[count] = (slots, new[first] ** 0.5)
+        expected = rlpyt_tree_leaves(count, capacity, seq_len, n_step, frame_stack, updates)
+        np.testing.assert_allclose(replay._tree.leaves, expected, rtol=1e-12, err_msg=str(count))
+        if count in (capacity - 1, capacity + 2, 2 * capacity + 5, n):
+            drawn = replay.sample(4000, 0.4, rng).indices
+            np.testing.assert_array_equal(np.unique(drawn % capacity), np.flatnonzero(expected))
+    assert updates and n > 3 * capacity
 
 
 @pytest.mark.parametrize("fill", ["zero", "repeat"])
@@ -203,7 +278,7 @@ def test_first_step_rule_reproduces_rlpyts_stored_done_n():
 
 
 def test_sanitize_repeats_the_terminal_step_observation():
-    replay = make_replay()
+    replay = make_replay(start_rule="written")
     reward = np.array([1, 0, 1, 1, 1, 1], np.float32)
     for t in range(L):  # exactly one valid start (0); life loss at step 2
         replay.add(encode(0, t), t + 10, reward[t], t == 2, False)
@@ -286,7 +361,7 @@ def test_mark_episode_end_cuts_returns_and_stacks():
     for t in range(4):
         replay.add(encode(0, t), 1, 1.0, False, False)
     replay.mark_episode_end()  # e.g. a resume restarts the environment after step 3
-    for t in range(4, 4 + L):
+    for t in range(4, 4 + 2 + N + SEQ):  # rlpyt's rule: starts 3 and 4 can be drawn
         replay.add(encode(1, t), 1, 1.0, False, False)
     batch = replay.sample(300, 0.4, np.random.default_rng(0))
     at = {int(s): i for i, s in enumerate(batch.indices)}
@@ -300,10 +375,22 @@ def test_mark_episode_end_cuts_returns_and_stacks():
 
 
 def test_clear_errors():
-    replay = make_replay()
+    replay = make_replay(start_rule="written")
     Stream(L - 1, seed=8).add_to(replay, 0, L - 1)
     with pytest.raises(ValueError, match=f"{L - 1} steps stored.*needs {L}"):
         replay.sample(2, 0.4, np.random.default_rng(0))
+    first = F - 1 + 2 + N + SEQ  # rlpyt: start 3 once it and 1 + N + SEQ steps are written
+    replay = make_replay()
+    Stream(first, seed=8).add_to(replay, 0, first - 1)
+    with pytest.raises(ValueError, match=f"{first - 1} steps stored.*needs {first}.*rlpyt"):
+        replay.sample(2, 0.4, np.random.default_rng(0))
+    Stream(first, seed=8).add_to(replay, first - 1, first)
+    np.testing.assert_array_equal(replay.sample(3, 0.4, np.random.default_rng(0)).indices, F - 1)
+    with pytest.raises(ValueError, match="start_rule"):
+        make_replay(start_rule="any")
+    with pytest.raises(ValueError, match="capacity=13 cannot hold one window"):
+        make_replay(first - 1)
+    make_replay(first)
     with pytest.raises(ValueError, match="frame shape"):
         replay.add(np.zeros((F, *SHAPE), np.uint8), 0, 0.0, False, False)
     with pytest.raises(ValueError, match="finite"):

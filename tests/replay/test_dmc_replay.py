@@ -68,14 +68,33 @@ class Stream:
         return {t for t in range(lo, count) if self.history_ok(t, lo) and (
             self.terminal[t] or (t + 1 < count and not self.episode_end[t]))}
 
-    def valid_sequences(self, count, capacity):
+    def valid_sequences(self, count, capacity, rule="authors"):
         lo = max(0, count - capacity)
-        return {s for s in range(lo, count - K + 1) if self.history_ok(s, lo)
-                and not self.episode_end[s:s + K - 1].any()}
+        starts = {s for s in range(lo, count - K + 1) if self.history_ok(s, lo)
+                  and not self.episode_end[s:s + K - 1].any()}
+        if rule == "authors":  # nor the episode's last step; slot < stored - K
+            starts = {s for s in starts if not self.episode_end[s + K - 1]
+                      and s % capacity < min(count, capacity) - K}
+        return starts
 
 
-def make_replay(capacity=50):
-    return DMCReplay(capacity=capacity, action_dim=A, frame_stack=F, seq_len=K, frame_shape=SHAPE)
+def authors_windows(episode_end, count, capacity):
+    """Independent transcription of the official ``ReplayBuffer.sample_spr`` (MLR,
+    DMControl/src/utils.py): the windows (steps held in slots ``p .. p + K - 1``) it can
+    return after steps ``0 .. count - 1`` were added, step ``t`` written to slot
+    ``t % capacity``. ``real_dones`` is True on an episode's last (time-limit) step."""
+    held = np.full(capacity, -1)
+    steps = np.arange(max(0, count - capacity), count)
+    held[steps % capacity] = steps
+    real_dones = np.asarray(episode_end)[held] & (held >= 0)
+    n = capacity if count >= capacity else count  # `self.capacity if self.full else self.idx`
+    high = n - (K - 1) - 1  # np.random.randint(0, high): p in [0, high)
+    return {tuple(held[p:p + K]) for p in range(high) if not real_dones[p:p + K].any()}
+
+
+def make_replay(capacity=50, **kwargs):
+    return DMCReplay(capacity=capacity, action_dim=A, frame_stack=F, seq_len=K, frame_shape=SHAPE,
+                     **kwargs)
 
 
 def test_batch_shapes_and_dtypes():
@@ -118,9 +137,11 @@ def test_transitions_match_reference_while_wrapping():
     assert (batch.discount == 0).any() and (batch.discount == 1).any()
 
 
-def test_sequences_stay_in_one_episode_and_behind_the_write_head():
+@pytest.mark.parametrize("rule", ["authors", "episode"])
+def test_sequences_stay_in_one_episode_and_behind_the_write_head(rule):
     capacity, stream = 50, Stream(230, seed=2)
-    replay, rng, count = make_replay(capacity), np.random.default_rng(1), 0
+    replay = make_replay(capacity, sequence_rule=rule)
+    rng, count = np.random.default_rng(1), 0
     for stop in (25, 50, 51, 97, 160, 230):
         stream.add_to(replay, count, stop)
         count = stop
@@ -128,7 +149,7 @@ def test_sequences_stay_in_one_episode_and_behind_the_write_head():
         assert seq.obs.shape[:2] == (800, K)  # always the full batch
         steps = newest_step(seq.obs)
         np.testing.assert_array_equal(steps, steps[:, :1] + np.arange(K))
-        assert set(steps[:, 0].tolist()) == stream.valid_sequences(count, capacity)
+        assert set(steps[:, 0].tolist()) == stream.valid_sequences(count, capacity, rule)
         assert np.all(seq.obs[:, :, 0, 0, 0] == seq.obs[:, :1, 0, 0, 0])  # one episode
         np.testing.assert_array_equal(seq.action, stream.action[steps])
         for i in range(0, 800, 40):
@@ -141,7 +162,8 @@ def test_stack_at_episode_start_repeats_the_first_frame():
         replay.add(encode(int(t >= 4), t), np.zeros(A), 0.0, False, t == 3)
     seq = replay.sample_sequences(200, np.random.default_rng(2))
     starts = newest_step(seq.obs[:, 0])
-    assert set(starts.tolist()) == {4, 5, 6, 7}  # episode 0 is shorter than K
+    # episode 0 is shorter than K; 7 (window 7-11) would reach the newest step, 11
+    assert set(starts.tolist()) == {4, 5, 6}
     obs = seq.obs[starts == 4][0]
     frame = encode(1, 4)
     np.testing.assert_array_equal(obs[0], np.concatenate([frame, frame, frame]))
@@ -159,7 +181,7 @@ def test_mark_episode_end_stops_transitions_and_sequences():
     t = newest_step(replay.sample(500, rng).obs)
     assert set(t.tolist()) == set(range(11)) - {5}  # 5 has no successor; 11 not yet
     steps = newest_step(replay.sample_sequences(500, rng).obs)
-    assert set(steps[:, 0].tolist()) == {0, 1, 6, 7}
+    assert set(steps[:, 0].tolist()) == {0, 6}  # not 1 (reaches 5, the end), 7 (the newest)
     first = replay.sample_sequences(500, rng).obs
     first = first[newest_step(first[:, 0]) == 6][0, 0]
     np.testing.assert_array_equal(first, np.concatenate([encode(1, 6)] * F))
@@ -191,3 +213,54 @@ def test_state_dict_round_trip():
         b = getattr(restored, name)(64, np.random.default_rng(5))
         for x, y in zip(a, b):
             np.testing.assert_array_equal(x, y)
+
+
+def test_sequence_starts_match_the_authors_sample_spr():
+    """The windows ``sample_sequences`` draws are those of the official ``sample_spr``
+    (:func:`authors_windows`) before and after the buffer is full, except, once full, the
+    windows that run from the newest step on into the oldest slot and the starts among the
+    oldest ``F - 1`` steps whose stacks reach overwritten frames."""
+    capacity, stream = 50, Stream(260, seed=4)
+    stream.terminal[:] = False  # DMC ends episodes by time limit only
+    replay, rng, count = make_replay(capacity), np.random.default_rng(7), 0
+    reached_end, exact = False, 0
+    for stop in (6, 23, 41, 49, 50, 51, 77, 99, 100, 133, 181, 260):
+        stream.add_to(replay, count, stop)
+        count = stop
+        steps = newest_step(replay.sample_sequences(3000, rng).obs)
+        drawn = {tuple(w) for w in steps.tolist()}
+        theirs = authors_windows(stream.episode_end, count, capacity)
+        assert drawn <= theirs
+        lo = max(0, count - capacity)
+        for w in theirs - drawn:  # only what a frame-once ring cannot rebuild
+            runs_on = np.any(np.diff(w) != 1)  # newest step, then the oldest slot's step
+            lost = w[0] < lo + F - 1 and not stream.history_ok(w[0], lo)
+            assert count > capacity and (runs_on or lost), (count, w)
+        if count < capacity:
+            assert drawn == theirs
+            assert max(w[-1] for w in drawn) <= count - 2  # never the newest step
+        for w in drawn:  # never an episode's last step, never across an episode end
+            assert not stream.episode_end[list(w)].any()
+        reached_end |= any(stream.episode_end[w[-1] + 1] for w in drawn)
+        exact += drawn == theirs
+    assert reached_end  # windows go right up to the step before an episode's last
+    assert exact >= 5
+
+
+def test_sequences_after_mark_episode_end_without_a_new_step():
+    """Once the buffer is full, windows may end at the newest step, until it is marked the
+    episode's last: then none may, before any further step is added."""
+    replay = make_replay(capacity=20)
+    for t in range(33):  # one long episode; slot of step 32 is 12 < 20 - K
+        replay.add(encode(0, t), np.zeros(A), 0.0, False, False)
+    rng = np.random.default_rng(8)
+    last = newest_step(replay.sample_sequences(2000, rng).obs[:, -1])
+    assert last.max() == 32
+    replay.mark_episode_end()
+    last = newest_step(replay.sample_sequences(2000, rng).obs[:, -1])
+    assert last.max() == 31
+
+
+def test_sequence_rule_is_checked():
+    with pytest.raises(ValueError, match="sequence_rule"):
+        make_replay(sequence_rule="official")
