@@ -209,7 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="time one update of the JAX agent and the PyTorch port")
     bench.add_argument("--domain", choices=("atari", "dmc"), required=True)
     bench.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
-    bench.add_argument("--preset", choices=("paper", "smoke"), default="paper")
+    bench.add_argument("--preset", choices=("paper", "smoke", "cpu", "toy"), default="paper",
+                       help="the config preset (toy: the learning tests' toy tasks, for --loop)")
     bench.add_argument("--frameworks", default="jax,torch",
                        help="comma-separated: jax,torch,torch-glibc (torch-glibc: the torch port in a "
                             "child process with glibc's default allocator, as the authors' code runs)")

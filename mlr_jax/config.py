@@ -100,6 +100,11 @@ class RunConfig:
     # the device per update), "device" (a copy of the frames on every device; batches carry
     # indices) or "auto" (device on accelerators, host on CPU). Same batches either way.
     replay_frames: str = "auto"
+    # Where batches are drawn: "device" (the replay's steps and frames copied to the devices,
+    # batches sampled and priorities written inside the train step: no device-to-host copy
+    # but the actions), "host" (the numpy replays sample; batches cross to the devices) or
+    # "auto" (device on accelerators, host on CPU). replay_frames applies to "host" only.
+    sampler: str = "auto"
     progress: bool = True
     preset: str = "paper"  # the preset make_config started from; reported with the results
     # Weights & Biases: a project name streams the metric rows, evaluations, the learning
@@ -451,6 +456,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "run.precision": ("fp32", "tf32", "bf16"),
     "run.conv_impl": ("auto", "xla", "im2col"),
     "run.replay_frames": ("auto", "host", "device"),
+    "run.sampler": ("auto", "host", "device"),
     "run.preset": tuple(sorted(PRESETS["atari"])),
     "run.wandb_mode": ("online", "offline"),
     "resize": ("bilinear", "area"),

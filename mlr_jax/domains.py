@@ -62,6 +62,11 @@ class Domain:
         (numpy: one device-to-host copy), every seed's training behaviour at once (``rngs``:
         each seed's host generator); ``step`` is the 0-based index of the agent step about
         to be taken.
+      policy_args: ``step -> args``, what the agent's ``act(state, obs, key, *args)`` takes
+        besides (Atari: the epsilon of the step).
+      random_steps: agent steps of uniform random actions before the policy acts (DMC's
+        ``seed_steps``; Atari 0: its epsilon schedule does it).
+      random_actions: ``(obs[S, N, ...], rngs) -> actions`` of those steps (host generators).
       eval_act: ``(state, obs, key) -> actions``, the evaluation policy of one seed's state,
         jitted once per run.
       eval_policy: what ``eval_act`` does, for the evaluation protocol (Atari: epsilon,
@@ -84,6 +89,9 @@ class Domain:
     axes: Any
     make_replay: Callable[..., Any]
     explore: Callable[..., np.ndarray]
+    policy_args: Callable[[int], tuple]
+    random_steps: int
+    random_actions: Callable[..., np.ndarray] | None
     eval_act: Callable[..., Any]
     eval_policy: dict[str, Any]
     store: Callable[..., None]
@@ -187,13 +195,28 @@ def _axes(agent: Agent) -> Any:
     return seed_axes(jax.eval_shape(agent.init, jax.random.PRNGKey(0)))
 
 
+def _no_args(step: int) -> tuple:
+    return ()
+
+
+def _explorer(layout: parallel.Layout, agent: Agent, axes: Any, policy_args: Callable[[int], tuple],
+              random_steps: int, random_actions: Callable[..., np.ndarray] | None) -> Callable[..., np.ndarray]:
+    """:attr:`Domain.explore`: ``random_actions`` for the first ``random_steps`` agent steps,
+    then the agent's training behaviour of every seed at once (one device program)."""
+    act = layout.map_seeds(agent.act, axes, 0, 0, *(None,) * len(policy_args(0)))
+
+    def explore(state, obs, keys, step, rngs):
+        if step < random_steps:
+            return random_actions(obs, rngs)
+        return jax.device_get(act(state, obs, keys, *policy_args(step)))
+
+    return explore
+
+
 def _atari(cfg: AtariConfig, env: VecEnv, layout: parallel.Layout) -> Domain:
     agent = atari_agent.make_agent(cfg, env.num_actions)
     axes = _axes(agent)
-    act = layout.map_seeds(agent.act, axes, 0, 0, None)
-
-    def explore(state, obs, keys, step, rngs):
-        return jax.device_get(act(state, obs, keys, epsilon(cfg, step)))
+    policy_args = lambda step: (epsilon(cfg, step),)  # noqa: E731
 
     def store(replay, obs, actions, rec):
         replay.add(obs[0, -1], int(actions[0]), float(rec.reward[0]), bool(rec.terminal[0]),
@@ -208,7 +231,8 @@ def _atari(cfg: AtariConfig, env: VecEnv, layout: parallel.Layout) -> Domain:
         env_steps_per_step=cfg.frame_skip, unit=1,
         budget="100k" if cfg.steps == 100_000 else str(cfg.steps),
         agent=agent, axes=axes, make_replay=functools.partial(make_replay, cfg, 1),
-        explore=explore, eval_act=jax.jit(agent.eval_act),
+        explore=_explorer(layout, agent, axes, policy_args, 0, None), policy_args=policy_args,
+        random_steps=0, random_actions=None, eval_act=jax.jit(agent.eval_act),
         eval_policy={"epsilon": cfg.eval_epsilon, "noisy_nets": "off"}, store=store,
         sample=functools.partial(sample_batch, cfg), after_update=after_update)
 
@@ -216,16 +240,13 @@ def _atari(cfg: AtariConfig, env: VecEnv, layout: parallel.Layout) -> Domain:
 def _dmc(cfg: DMCConfig, env: VecEnv, layout: parallel.Layout) -> Domain:
     agent = dmc_agent.make_agent(cfg, env.action_dim)
     axes = _axes(agent)
-    act = layout.map_seeds(agent.act, axes, 0, 0)
     if env.obs_shape[0] != RGB * cfg.frame_stack:
         raise ValueError(f"DMC observations of shape {env.obs_shape}: expected {RGB * cfg.frame_stack} "
                          f"channels ({cfg.frame_stack} stacked RGB frames)")
 
-    def explore(state, obs, keys, step, rngs):
-        if step < cfg.seed_steps:
-            return np.stack([rng.uniform(-1.0, 1.0, (obs.shape[1], env.action_dim)).astype(np.float32)
-                             for rng in rngs])
-        return jax.device_get(act(state, obs, keys))
+    def random_actions(obs, rngs):
+        return np.stack([rng.uniform(-1.0, 1.0, (obs.shape[1], env.action_dim)).astype(np.float32)
+                         for rng in rngs])
 
     def store(replay, obs, actions, rec):
         replay.add(obs[0, -RGB:], actions[0], float(rec.reward[0]), bool(rec.terminal[0]),
@@ -239,8 +260,9 @@ def _dmc(cfg: DMCConfig, env: VecEnv, layout: parallel.Layout) -> Domain:
         unit=cfg.action_repeat,
         budget=budget, agent=agent, axes=axes,
         make_replay=functools.partial(make_replay, cfg, env.action_dim),
-        explore=explore, eval_act=jax.jit(agent.eval_act),
-        eval_policy={"actions": "mean of the policy",
+        explore=_explorer(layout, agent, axes, _no_args, cfg.seed_steps, random_actions),
+        policy_args=_no_args, random_steps=cfg.seed_steps, random_actions=random_actions,
+        eval_act=jax.jit(agent.eval_act), eval_policy={"actions": "mean of the policy",
                      "crop": f"centre {cfg.crop_size}x{cfg.crop_size} of {cfg.image_size}"},
         store=store, sample=functools.partial(sample_batch, cfg), after_update=lambda *_: None)
 

@@ -31,7 +31,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 import numpy as np
 
-from mlr_jax import checkpoint, envs, evaluation, host, parallel, plan
+from mlr_jax import checkpoint, envs, evaluation, host, learners, parallel, plan
 from mlr_jax import logging as runlog
 from mlr_jax.agents.common import FINITE, precision_record
 from mlr_jax.config import AtariConfig, ConfigError, DMCConfig, domain_of, from_dict, name_of, to_dict
@@ -77,14 +77,6 @@ class NonFiniteUpdate(RuntimeError):
             f"update {update} (at agent step {step}) produced non-finite values: "
             + ", ".join(f"{k}={v}" for k, v in sorted(bad.items()))
             + f"; training stopped and nothing after the last good update was saved; {kept}")
-
-
-def check_finite(update: int, step: int, metrics: dict[str, Any], run_dir: pathlib.Path) -> None:
-    """Raise :class:`NonFiniteUpdate` unless ``metrics[FINITE]`` of update number ``update``
-    (made at agent ``step``) holds. Checked right after every update: the next action reads
-    the updated parameters anyway, so this costs no extra wait for the device."""
-    if not bool(np.asarray(metrics[FINITE])):
-        raise NonFiniteUpdate(update, step, metrics, run_dir)
 
 
 @dataclasses.dataclass
@@ -154,20 +146,6 @@ def _due(step: int, unit: int, every: int) -> bool:
     """Whether agent step ``step`` reached a multiple of ``every`` counted in ``unit`` steps
     per agent step (DMC intervals are environment steps); ``every == 0`` never."""
     return every > 0 and (step * unit) // every > ((step - 1) * unit) // every
-
-
-def _window_means(window: list[dict[str, Any]]) -> dict[str, float]:
-    """``train/<name>`` means of the scalar metrics of the updates since the last log row;
-    NaN entries (e.g. the DMC actor loss on updates without an actor step) are skipped."""
-    if not window:
-        return {}
-    stacked = jax.device_get({k: [m[k] for m in window] for k in window[0] if k != FINITE})
-    means = {}
-    for k, v in stacked.items():
-        v = np.asarray(v, np.float64)
-        if not np.isnan(v).all():
-            means[f"train/{k}"] = float(np.nanmean(v))
-    return means
 
 
 def _restore(run: runlog.RunDir, cfg, state, replay, log=print):
@@ -309,23 +287,6 @@ class _Member:
     episodes: int = 0
     latest_score: float = float("nan")
     wall_before: float = 0.0
-    window: list = dataclasses.field(default_factory=list)
-
-
-def _stack(trees: list[Any]) -> Any:
-    """Host trees of the seeds -> one tree with a leading seed axis (a view for one seed)."""
-    if len(trees) == 1:
-        return jax.tree.map(lambda x: np.expand_dims(np.asarray(x), 0), trees[0])
-    return jax.tree.map(lambda *xs: np.stack(xs), *trees)
-
-
-_split_keys = jax.jit(jax.vmap(jax.random.split))
-
-
-def _split(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Every seed's ``key, sub = jax.random.split(key)``, as its own run does."""
-    pairs = np.array(jax.device_get(_split_keys(keys)))  # writable: a resume sets rows
-    return pairs[:, 0], pairs[:, 1]
 
 
 def train(cfg: AtariConfig | DMCConfig, resume: str | pathlib.Path | None = None,
@@ -422,12 +383,14 @@ class _Group:
             _Member(c, envs.make_env(c, c.num_envs, c.run.seed, evaluation=False), None,
                     np.random.default_rng(c.run.seed)) for c in cfgs]
         domain = self.domain = make_domain(cfg, members[0].env, layout)
-        on_device = parallel.replay_frames(cfg.run.replay_frames) == "device"
+        device_sampler = parallel.sampler(cfg.run.sampler) == "device"  # its own frame copy
+        on_device = parallel.replay_frames(cfg.run.replay_frames) == "device" and not device_sampler
         tables = device_frames.FrameTables(layout) if on_device else None
         for i, m in enumerate(members):
             m.replay = domain.make_replay(tables.mirror(i) if tables else None)
-        self.keys, init_keys = _split(np.stack([np.asarray(jax.random.PRNGKey(s)) for s in seeds]))
-        shapes = jax.eval_shape(domain.agent.init, jax.random.PRNGKey(0))  # one seed's state
+        self.keys, init_keys = learners.split_keys(
+            np.stack([np.asarray(jax.random.PRNGKey(s)) for s in seeds]))
+        shapes = self.shapes = jax.eval_shape(domain.agent.init, jax.random.PRNGKey(0))  # one seed's
         self.step = 0
         if resume is not None:
             self.state = self._restore(runs, shapes)
@@ -449,10 +412,11 @@ class _Group:
         log("[mlr-jax] parameters: " + ", ".join(f"{k}={v:,}" for k, v in self.counts.items()))
         log(f"[mlr-jax] memory: {memory.describe()}")
 
-        update = _noop_update(domain.agent.train_step) if host_only else domain.agent.train_step
-        self.train_step = device_frames.parallel_train_step(layout, update, domain.axes, tables)
-        self.take = layout.take(domain.axes)
         self.updates = int(np.asarray(self.state.step))  # updates done (both agents' states count them)
+        update = _noop_update(domain.agent.train_step) if host_only else domain.agent.train_step
+        self.learner = learners.make_learner(self, self.keys, update, tables)
+        del self.keys  # the learner's now (on the devices with run.sampler=device)
+        self.take = layout.take(domain.axes)
         for m in members:
             m.tracker = (runlog.WandbTracker(m.run, m.cfg.run.wandb, m.cfg.run.wandb_mode,
                                              to_dict(m.cfg))
@@ -508,20 +472,17 @@ class _Group:
 
     def act(self) -> np.ndarray:
         """Every seed's action for its current observation, from one device program (the
-        primary's, in every process)."""
-        self.keys, act_keys = _split(self.keys)
-        obs = np.stack([m.obs for m in self.members])
-        return parallel.from_primary(self.domain.explore(self.state, obs, act_keys, self.step,
-                                                         [m.rng for m in self.members]))
+        primary's, in every process): the agent step's one copy from the devices."""
+        return parallel.from_primary(self._learner_call(self.learner.act))
 
     def store(self, actions: np.ndarray) -> None:
         """Each seed's environment takes its action, and its replay stores the transition;
         the agent step is then taken (``self.step`` counts it)."""
         self.step += 1
         for m, action in zip(self.members, actions):
-            with self._timed("env"):
+            with self.timed("env"):
                 rec = m.env.step(action)
-            with self._timed("store"):
+            with self.timed("store"):
                 self.domain.store(m.replay, m.obs, action, rec)
             m.obs = rec.obs
             for score in rec.score[rec.episode_end]:
@@ -529,30 +490,28 @@ class _Group:
                 m.latest_score = float(score)
                 m.writer.write(self.step, {runlog.EPISODE_SCORE: m.latest_score,
                                            "episode/count": m.episodes})
+        with self.timed("store"):
+            self.learner.after_store(self)
 
     def learn(self, stored: int) -> None:
         """``updates_per_step`` updates of every seed once ``stored`` transitions reach
-        ``learning_starts``: a batch per seed, one step for all, then each seed's finite
-        check and priority writes."""
+        ``learning_starts`` (the learner draws the batches, updates, writes priorities)."""
         if stored < self.domain.learning_starts:
             return
         for _ in range(self.domain.updates_per_step):
-            self.keys, update_keys = _split(self.keys)
-            with self._timed("sample"):
-                batches = [self.domain.sample(m.replay, stored, m.rng) for m in self.members]
-            with self._timed("update"):
-                self.state, metrics = self.train_step(self.state, _stack(batches), update_keys)
-                metrics = jax.device_get(metrics)
+            self._learner_call(self.learner.learn, stored)
             self.updates += 1
-            for i, (m, batch) in enumerate(zip(self.members, batches)):
-                mine = {k: v[i] for k, v in metrics.items()}
-                check_finite(self.updates, self.step, mine, m.run.root)
-                self.domain.after_update(m.replay, batch, mine)
-                m.window.append({k: v for k, v in mine.items() if np.ndim(v) == 0})
+
+    def _learner_call(self, method, *args):
+        """``method(self, *args)``; a non-finite update it reports stops the run."""
+        try:
+            return method(self, *args)
+        except learners.NonFinite as e:
+            raise NonFiniteUpdate(e.update, e.step, e.metrics, self.members[e.seed].run.root) from None
 
     def agent_step(self) -> None:
         """One agent step of every seed: act, then store and learn in the domain's order."""
-        with self._timed("act"):
+        with self.timed("act"):
             actions = self.act()
         if self.domain.learn_before_env_step:
             self.learn(stored=self.step)
@@ -563,7 +522,8 @@ class _Group:
 
     # ------------------------------------------------------------------ periodic work
 
-    def _timed(self, phase: str):
+    def timed(self, phase: str):
+        """``with group.timed(phase):`` counts the block's time in ``perf/ms_<phase>``."""
         return _PhaseTimer(self.seconds, phase)
 
     def _due(self, every: int) -> bool:
@@ -584,9 +544,9 @@ class _Group:
             phases["perf/device_to_host"] = (count - self.last_row_transfers) / steps
             self.last_row_transfers = count
         agree = {"step": self.step}
+        means = self._learner_call(self.learner.window_means)
         for i, m in enumerate(self.members):
-            row = _window_means(m.window)
-            m.window = []
+            row = means[i]
             row["perf/sps"] = (self.step - self.start_step) / elapsed
             row["perf/env_steps"] = self.step * self.domain.env_steps_per_step
             m.writer.write(self.step, {**row, **phases})
@@ -598,12 +558,16 @@ class _Group:
         return m.wall_before + time.monotonic() - self.start_time
 
     def save_checkpoint(self) -> None:
+        """Every run's state, replay and loop counters at this step (only finite updates:
+        the learner checks before the replays are synced)."""
+        self._learner_call(self.learner.sync_replays)
         if not self.primary:
             return
+        keys = self.learner.host_keys()
         for i, (m, member_state) in enumerate(zip(self.members,
                                                   self.layout.unstack(self.state, self.domain.axes))):
             loop_state = {"step": self.step, "episodes": m.episodes, "latest_score": m.latest_score,
-                          "key": self.keys[i].copy(), "rng": m.rng.bit_generator.state,
+                          "key": keys[i].copy(), "rng": m.rng.bit_generator.state,
                           "wall_time": self.wall_time(m)}
             checkpoint.save(m.run.checkpoints, self.step, member_state, m.replay.state_dict(),
                             loop_state, to_dict(m.cfg))
@@ -616,7 +580,7 @@ class _Group:
 
     def evaluate_due(self) -> None:
         """The periodic evaluation of every seed (abandoned on a stop signal)."""
-        self.keys, eval_keys = _split(self.keys)
+        eval_keys = self.learner.split_host_keys()
         for i, m in enumerate(self.members):
             try:
                 scores = self.evaluation(i, eval_keys[i]).scores
@@ -667,7 +631,7 @@ class _Group:
                         break
                 self.save_checkpoint()  # a stop signal now waits for it: the checkpoint stays whole
                 if stopped_by is None:
-                    self.keys, eval_keys = _split(self.keys)
+                    eval_keys = self.learner.split_host_keys()
                     for i, m in enumerate(members):
                         results.append(_final(domain, m, self.step,
                                               self.evaluation(i, eval_keys[i], VIDEO_FRAMES),

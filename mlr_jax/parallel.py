@@ -254,6 +254,15 @@ def replay_frames(requested: str) -> str:
     return requested
 
 
+def sampler(requested: str) -> str:
+    """Where batches are drawn for ``run.sampler`` (see :mod:`mlr_jax.device_replay`):
+    ``"auto"`` is ``"device"`` on accelerators, where a copy to the host per update would make
+    the device wait, and ``"host"`` on the CPU backend, where the device is the host."""
+    if requested == "auto":
+        return "host" if jax.default_backend() == "cpu" else "device"
+    return requested
+
+
 def pmean(tree: Any, axis_name: str | None) -> Any:
     """Mean over the devices of :data:`AXIS` inside a train step; identity when ``axis_name`` is None."""
     if axis_name is None:
@@ -478,6 +487,37 @@ class Layout:
         step.put = lambda batch, keys: (self.put_batch(batch), self.put_seeds(keys))
         return step
 
+    def seed_program(self, fn: Callable[..., Any], axes: Any, num_seed_args: int,
+                     num_outputs: int, num_shared: int = 0,
+                     donate: tuple[int, ...] = ()) -> Callable[..., Any]:
+        """One jitted program of every seed: ``fn(state, *seed_args, *shared, axis_name) ->
+        (state, *outputs)`` of one seed's data shard -> ``(stacked_state, *seed_args[S, ...],
+        *shared) -> (stacked_state, *outputs[S, ...])``.
+
+        ``seed_args`` and ``outputs`` carry a leading seed axis (split over the seeds, copied
+        along the data axis: every data shard of a seed sees the whole of them); ``shared``
+        arguments are the same for every seed (scalars such as the importance exponent).
+        ``donate``: argument positions whose buffers the outputs may reuse (the state is 0).
+        """
+        mapped = jax.vmap(functools.partial(fn, axis_name=AXIS),
+                          in_axes=(axes,) + (0,) * num_seed_args + (None,) * num_shared,
+                          out_axes=(axes,) + (0,) * num_outputs)
+        state_specs = jax.tree.map(_spec, axes, is_leaf=_is_axis)
+        sharded = jax.shard_map(
+            mapped, mesh=self.mesh, check_vma=False,
+            in_specs=(state_specs,) + (P(SEEDS),) * num_seed_args + (P(),) * num_shared,
+            out_specs=(state_specs,) + (P(SEEDS),) * num_outputs)
+        return jax.jit(sharded, donate_argnums=donate)
+
+
+    def per_seed(self, fn: Callable[..., Any], num_args: int, donate: tuple[int, ...] = ()
+                 ) -> Callable[..., Any]:
+        """``fn(*args)`` of one seed (no collectives) -> one jitted program over arrays
+        ``[S, ...]`` split over the seeds (each device runs its own seeds' part), returning
+        a tuple of such arrays; ``donate``: argument positions the outputs may reuse."""
+        sharded = jax.shard_map(jax.vmap(fn), mesh=self.mesh, check_vma=False,
+                                in_specs=(P(SEEDS),) * num_args, out_specs=P(SEEDS))
+        return jax.jit(sharded, donate_argnums=donate)
 
 def seed_shards(num_seeds: int, num_devices: int) -> int:
     """How many ways :func:`layout` splits a group's seeds over ``num_devices`` devices: each

@@ -275,6 +275,28 @@ def latest_update_record(cfg: AtariConfig | DMCConfig, seeds: int) -> tuple[str,
     return found[0][2], found[0][3]
 
 
+def latest_host_record(cfg: AtariConfig | DMCConfig) -> tuple[str, float, str] | None:
+    """(path, host ms per seed-step, device) of the newest host-only loop record of this
+    domain and preset (``mlr-jax bench --loop N --host-only``), preferring the config's
+    ``run.sampler``; None if there is none."""
+    import json
+    import pathlib
+
+    domain = "atari" if isinstance(cfg, AtariConfig) else "dmc"
+    found = []
+    for folder in RECORD_DIRS:
+        for path in pathlib.Path(folder).glob(f"loop_{domain}_{cfg.run.preset}*-host_*.json"):
+            record = json.loads(path.read_text())
+            sampler = (record.get("config", {}).get("run", {}) or {}).get("sampler", "host")
+            wanted = parallel.sampler(cfg.run.sampler) if cfg.run.sampler != "auto" else "device"
+            found.append((sampler == wanted, record.get("date", ""), str(path),
+                          float(record["host_ms_per_seed_step"]), record.get("device", "?")))
+    if not found:
+        return None
+    best = max(found)
+    return best[2], best[3], best[4]
+
+
 def sweep_plan(domain: str, names: list[str], auxes: list[str], seeds: list[int], make: Any,
                group_size: int | None, device_memory: str | None, devices: int | None,
                hosts: int = 1) -> tuple[dict[str, int], str]:
@@ -329,7 +351,18 @@ def sweep_plan(domain: str, names: list[str], auxes: list[str], seeds: list[int]
             hours = ms * updates * len(names) * len(seeds) / 3.6e6
             lines.append(f"[plan] {aux}: {updates} updates a run at {ms:.2f} ms a seed-update "
                          f"({path}): {hours:.1f} device-hours of updates for {len(names) * len(seeds)} runs")
-        lines.append(f"[plan] {aux}: host work (acting, environments, sampling) is not estimated")
+        host_record = latest_host_record(cfg)
+        steps = cfg.steps if isinstance(cfg, AtariConfig) else cfg.agent_steps
+        if host_record is None:
+            lines.append(f"[plan] {aux}: host work (environments, replay, acting): no host-only loop "
+                         f"record of {domain}/{cfg.run.preset} in {' or '.join(RECORD_DIRS)}: "
+                         f"run mlr-jax bench --loop 100 --host-only --domain {domain}")
+        else:
+            path, ms, device = host_record
+            hours = ms * steps * len(names) * len(seeds) / 3.6e6
+            lines.append(f"[plan] {aux}: host work {ms:.2f} ms a seed-step ({path}, {device}): "
+                         f"{hours:.1f} hours for {len(names) * len(seeds)} runs of {steps} steps if "
+                         "none of it overlaps the devices")
     if len(groups) < len(auxes):
         return {}, "\n".join(lines)
     return groups, "\n".join(lines)

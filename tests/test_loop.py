@@ -95,15 +95,38 @@ def test_cli_stops_a_non_finite_atari_run_and_compiles_the_eval_policy_once(tmp_
     assert sum("eval/mean" in r for r in rows) == 5 and len(traces) == 1
 
 
-def test_a_non_finite_dmc_update_stops_the_loop(tmp_path, monkeypatch, capsys):
+def _poison_updates(monkeypatch, first_bad):
+    """From the update made at agent step BAD_STEP on, the DMC agent's update sees NaN
+    rewards (inside the step, so a batch drawn on the devices is poisoned too)."""
+    real = domains.dmc_agent.make_agent
+
+    def poisoned(cfg, *args):
+        agent = real(cfg, *args)
+
+        def train_step(state, batch, key, axis_name=None):
+            reward = jnp.where(state.step >= first_bad, jnp.nan, batch.sac.reward)
+            return agent.train_step(state, batch._replace(sac=batch.sac._replace(reward=reward)),
+                                    key, axis_name=axis_name)
+
+        return agent._replace(train_step=train_step)
+
+    monkeypatch.setattr(domains.dmc_agent, "make_agent", poisoned)
+
+
+@pytest.mark.parametrize("sampler", ["host", "device"])
+def test_a_non_finite_dmc_update_stops_the_loop(tmp_path, monkeypatch, capsys, sampler):
     """The same in the other domain, whose loop reads no result of the update itself; its
-    progress lines count environment steps, as DMC budgets do."""
-    _poison_batches(monkeypatch)
-    cfg = make_config("dmc", "toy_reach", "toy", ["env_steps=360", f"run.outdir={tmp_path}", *SHORT])
+    progress lines count environment steps, as DMC budgets do. With the batches drawn on
+    the devices the first bad update is found in the tally read with the next actions, and
+    the run stops with the same message and only finite checkpoints and rows."""
+    cfg = make_config("dmc", "toy_reach", "toy", ["env_steps=360", f"run.outdir={tmp_path}",
+                                                  f"run.sampler={sampler}", *SHORT])
+    update = BAD_STEP - cfg.seed_steps + 1  # DMC updates from step index seed_steps on
+    _poison_updates(monkeypatch, first_bad=update - 1)  # state.step counts the updates before
     with pytest.raises(loop.NonFiniteUpdate) as info:
         loop.train(cfg, log=lambda *_: None)
     err = info.value
-    assert (err.update, err.step) == (BAD_STEP - cfg.seed_steps + 1, BAD_STEP)
+    assert (err.update, err.step) == (update, BAD_STEP)
     assert np.isnan(err.bad["critic_loss"]) and "critic_loss=nan" in str(err)
     _check_stopped_run(next(tmp_path.iterdir()), cfg)
     assert "dmc:toy_reach 250/360 env steps (69.4%) |" in capsys.readouterr().err

@@ -64,6 +64,9 @@ PRIORITY_RTOL = 0.05
 CASES = [
     ("atari", "--game", "pong", ["steps=210", "--aux", "none", "eps_end=1.0"], 210),
     ("dmc", "--task", "cartpole_swingup", ["env_steps=960", "run.log_every=80"], 120),
+    # the batches drawn on the devices (run.sampler=device): each seed's own key and replay copy
+    ("atari", "--game", "pong", ["steps=210", "--aux", "none", "eps_end=1.0", "run.sampler=device"], 210),
+    ("dmc", "--task", "cartpole_swingup", ["env_steps=960", "run.log_every=80", "run.sampler=device"], 120),
 ]
 
 

@@ -29,6 +29,9 @@ from mlr_jax.bench.timing import DEFAULT_OUTDIR, write_record
 from mlr_jax.config import domain_of, make_config, name_of, to_dict
 
 
+ROW_STEPS = 10  # agent steps between the log rows the rate is read from (a row costs a little)
+
+
 def run_loop_benchmark(domain: str, preset: str, num_seeds: int, steps: int, warmup_steps: int = 20,
                        name: str | None = None, overrides: Sequence[str] = (),
                        outdir: str | os.PathLike = DEFAULT_OUTDIR, host_only: bool = False) -> dict[str, Any]:
@@ -57,7 +60,7 @@ def run_loop_benchmark(domain: str, preset: str, num_seeds: int, steps: int, war
     first, total = start + warmup_steps, start + warmup_steps + steps
     length = f"steps={total}" if domain == "atari" else f"env_steps={total * unit}"
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = make_config(domain, name, preset, [*overrides, length, f"run.log_every={unit}",
+        cfg = make_config(domain, name, preset, [*overrides, length, f"run.log_every={ROW_STEPS * unit}",
                                                  "run.eval_every=0", "run.eval_episodes=1",
                                                  "run.checkpoint_every=0", "run.progress=False",
                                                  f"run.outdir={tmp}"])
@@ -68,9 +71,14 @@ def run_loop_benchmark(domain: str, preset: str, num_seeds: int, steps: int, war
     window = [r for r in rows if first <= r["step"] <= total]
     (a, b) = window[0], window[-1]
     rate = (b["step"] - a["step"]) / (b["time"] - a["time"])
-    timed = window[1:]  # each row covers the agent steps since the row before
-    phases = {k[len("perf/ms_"):]: sum(r[k] for r in timed) / len(timed)
-              for k in timed[0] if k.startswith("perf/ms_")}
+    # each row covers the agent steps since the row before: per-step means weighted by them
+    steps_of = {id(r): r["step"] - q["step"] for q, r in zip(window, window[1:])}
+    timed = window[1:]
+
+    def per_step(key):
+        return sum(r[key] * steps_of[id(r)] for r in timed) / (b["step"] - a["step"])
+
+    phases = {k[len("perf/ms_"):]: per_step(k) for k in timed[0] if k.startswith("perf/ms_")}
     host_ms = 1000 / rate / num_seeds
     record = {
         "kind": "loop", "domain": domain_of(cfg), "name": name_of(cfg), "preset": preset,
@@ -81,7 +89,7 @@ def run_loop_benchmark(domain: str, preset: str, num_seeds: int, steps: int, war
         "host_ms_per_seed_step": host_ms, "envpool_ms_per_seed_step": phases["env"] / num_seeds,
         "host_ms_per_seed_step_outside_envpool": host_ms - phases["env"] / num_seeds,
         "phase_ms_per_agent_step": phases,
-        "transfers_per_step": sum(r["perf/device_to_host"] for r in timed) / len(timed),
+        "transfers_per_step": per_step("perf/device_to_host"),
         "device": parallel.device_description(), "host": host.describe(),
         "versions": host.versions(), "config": to_dict(cfg), "overrides": list(overrides),
         "precision": precision_record(cfg.run.precision),

@@ -294,12 +294,24 @@ class AtariReplay:
         return {"ring": self._ring.state_dict(), "priority": self._priority,
                 "max_priority": np.asarray(self._max_priority, np.float64)}
 
+    def load_priorities(self, priority: np.ndarray) -> None:
+        """Replace every slot's ``priority ** alpha`` (float[capacity]), e.g. with those the
+        device sampler (:mod:`mlr_jax.replay.device_sampler`) wrote, and rebuild the tree."""
+        priority = np.asarray(priority, np.float64)
+        if priority.shape != self._priority.shape:
+            raise ValueError(f"priorities of shape {priority.shape} != {self._priority.shape}")
+        self._priority[:] = priority
+        self._rebuild_tree()
+
     def load_state_dict(self, state: Mapping) -> None:
         """Restore a :meth:`state_dict` of a replay built with the same arguments."""
         check_state(state, self.state_dict(), "AtariReplay state")
         self._ring.load_state_dict(state["ring"])
         self._priority[:] = np.asarray(state["priority"])
         self._max_priority = float(np.asarray(state["max_priority"]))
+        self._rebuild_tree()
+
+    def _rebuild_tree(self) -> None:
         starts = self._ring.absolute(np.arange(len(self._ring)))
         slots = self._ring.slot(starts)
         leaves = np.zeros(self._tree.size)
