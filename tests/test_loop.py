@@ -230,3 +230,24 @@ def test_a_stop_during_the_final_checkpoint_or_evaluation_then_resume(tmp_path, 
     with pytest.raises(ConfigError, match=r"does not fit in memory on this host: .* batch [\d,]+\.\d GiB.*"
                                           r"batch: batch_size=1000000000 x 11 steps x 4 frames of 20x20"):
         loop.train(dataclasses.replace(cfg, batch_size=10**9), log=quiet)
+
+
+def test_device_sampler_checkpoints_its_priorities_and_resumes(tmp_path):
+    """With the batches drawn on the devices the priorities live there: a checkpoint holds
+    the ones the updates wrote (not the host replay's initial 1s), a resumed run reloads them
+    into its device copy and trains on to its end."""
+    overrides = [f"run.outdir={tmp_path}", "run.sampler=device", "run.checkpoint_every=0",
+                 "run.log_every=10", "run.progress=false", "run.eval_episodes=2", "aux=none"]
+    cfg = make_config("atari", "toy_catch", "toy", ["steps=330", *overrides])
+    run_dir = loop.train(cfg, log=lambda *_: None).run_dir
+    agent = domains.make_domain(cfg, envs.make_env(cfg, 1, seed=0)).agent
+    _, replay, loop_state, _ = checkpoint.restore(RunDir.open(run_dir).checkpoints,
+                                                  agent.init(jax.random.key(0)))
+    priority = np.asarray(replay["priority"])
+    written = priority[:330]
+    assert loop_state["step"] == 330 and (written != 1.0).sum() >= 30  # drawn starts re-prioritised
+    longer = dataclasses.replace(cfg, steps=360)
+    result = loop.train(longer, resume=run_dir, log=lambda *_: None)
+    assert result.steps == 360 and (run_dir / "final_eval.json").exists()
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    assert any(r["step"] > 330 and "train/rl_loss" in r for r in rows)

@@ -31,7 +31,7 @@ def counted(monkeypatch, calls):
 
 @pytest.mark.parametrize("domain, name, overrides", [
     ("atari", "toy_catch", ["steps=400", "aux=none"]),  # DMC below samples MLR sequences too
-    ("dmc", "toy_reach", ["env_steps=1000"]),
+    ("dmc", "toy_reach", ["env_steps=420"]),  # 120 updates
 ])
 def test_one_copy_per_agent_step_and_none_per_update(tmp_path, monkeypatch, domain, name, overrides):
     calls = collections.defaultdict(list)
