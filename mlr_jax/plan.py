@@ -30,7 +30,9 @@ devices), and the frame tables are reloaded in place, a block at a time
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import pathlib
 from typing import Any
 
 import jax
@@ -249,25 +251,24 @@ def updates_per_run(cfg: AtariConfig | DMCConfig) -> int:
 RECORD_DIRS = ("benchmarks/results", "runs/bench")
 
 
+def _records(pattern: str) -> list[tuple[pathlib.Path, dict[str, Any]]]:
+    """The bench records in :data:`RECORD_DIRS` whose file names match ``pattern``."""
+    return [(path, json.loads(path.read_text()))
+            for folder in RECORD_DIRS for path in pathlib.Path(folder).glob(pattern)]
+
+
 def latest_update_record(cfg: AtariConfig | DMCConfig, seeds: int) -> tuple[str, float] | None:
     """(path, ms per seed-update) of the newest accelerator bench record of this domain,
     preset and objective at the group size nearest ``seeds``; None if there is none."""
-    import json
-    import pathlib
-
     domain = "atari" if isinstance(cfg, AtariConfig) else "dmc"
     agent = {"mlr": "", "none": "-baseline"}.get(cfg.aux, f"-{cfg.aux}")
     found = []
-    for folder in RECORD_DIRS:
-        for path in pathlib.Path(folder).glob(f"{domain}_{cfg.run.preset}{agent}*_*_*.json"):
-            parts = path.stem.split("_")
-            if len(parts) < 4 or parts[-3] == "cpu":
-                continue
-            record = json.loads(path.read_text())
-            jax_part = record.get("jax") or {}
-            if "ms_per_seed_update" in jax_part:
-                found.append((abs(jax_part.get("num_seeds", 1) - seeds), record.get("date", ""),
-                              str(path), float(jax_part["ms_per_seed_update"])))
+    for path, record in _records(f"{domain}_{cfg.run.preset}{agent}*_*_*.json"):
+        parts = path.stem.split("_")
+        jax_part = record.get("jax") or {}
+        if len(parts) >= 4 and parts[-3] != "cpu" and "ms_per_seed_update" in jax_part:
+            found.append((abs(jax_part.get("num_seeds", 1) - seeds), record.get("date", ""),
+                          str(path), float(jax_part["ms_per_seed_update"])))
     if not found:
         return None
     found.sort(key=lambda r: r[1], reverse=True)  # newest first,
@@ -277,20 +278,13 @@ def latest_update_record(cfg: AtariConfig | DMCConfig, seeds: int) -> tuple[str,
 
 def latest_host_record(cfg: AtariConfig | DMCConfig) -> tuple[str, float, str] | None:
     """(path, host ms per seed-step, device) of the newest host-only loop record of this
-    domain and preset (``mlr-jax bench --loop N --host-only``), preferring the config's
-    ``run.sampler``; None if there is none."""
-    import json
-    import pathlib
-
+    domain and preset (``mlr-jax bench --loop N --host-only``), preferring the sampler the
+    plan's runs use (``auto``: the accelerators' ``device``); None if there is none."""
     domain = "atari" if isinstance(cfg, AtariConfig) else "dmc"
-    found = []
-    for folder in RECORD_DIRS:
-        for path in pathlib.Path(folder).glob(f"loop_{domain}_{cfg.run.preset}*-host_*.json"):
-            record = json.loads(path.read_text())
-            sampler = (record.get("config", {}).get("run", {}) or {}).get("sampler", "host")
-            wanted = parallel.sampler(cfg.run.sampler) if cfg.run.sampler != "auto" else "device"
-            found.append((sampler == wanted, record.get("date", ""), str(path),
-                          float(record["host_ms_per_seed_step"]), record.get("device", "?")))
+    wanted = "device" if cfg.run.sampler == "auto" else cfg.run.sampler
+    found = [(record["config"]["run"].get("sampler") == wanted, record.get("date", ""), str(path),
+              float(record["host_ms_per_seed_step"]), record.get("device", "?"))
+             for path, record in _records(f"loop_{domain}_{cfg.run.preset}*-host_*.json")]
     if not found:
         return None
     best = max(found)

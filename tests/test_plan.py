@@ -102,8 +102,20 @@ def test_dry_run_prints_the_largest_group_that_fits_or_exits_2(capsys, figures):
     assert "[plan] none: groups of 2 (frames on the devices)" in out
     assert "4 jobs: pong none seeds 0,1, pong none seeds 2,3, alien none seeds 0,1, alien none seeds 2,3" in out
     assert "no accelerator bench record of atari/smoke (none)" in out
+    assert "no host-only loop record of atari/smoke" in out
     assert cli.main([*argv, "--device-memory", str(per_seed // 2)]) == 2
     assert "[plan] none: DOES NOT FIT: 1 seed:" in capsys.readouterr().out
+
+
+def test_host_work_comes_from_the_newest_host_only_record_of_the_runs_sampler():
+    """The committed records of 2026-12-06 (benchmarks/results): the newest of the sampler the
+    planned runs use (``auto`` plans for accelerators: ``device``)."""
+    cfg = make_config("atari", "pong", "paper", ["aux=none"])
+    path, ms, device = plan.latest_host_record(cfg)
+    assert path.endswith("loop_atari_paper-none-s8-host_cpu_20261206-124402.json")
+    assert ms == pytest.approx(5.36, abs=0.01) and device.startswith("cpu")
+    host = plan.latest_host_record(make_config("atari", "pong", "paper", ["aux=none", "run.sampler=host"]))
+    assert host[0].endswith("loop_atari_paper-none-s8-host_cpu_20261206-123648.json")
 
 
 @pytest.mark.parametrize("backend", ["gpu", "tpu"])

@@ -72,13 +72,12 @@ def run_loop_benchmark(domain: str, preset: str, num_seeds: int, steps: int, war
     (a, b) = window[0], window[-1]
     rate = (b["step"] - a["step"]) / (b["time"] - a["time"])
     # each row covers the agent steps since the row before: per-step means weighted by them
-    steps_of = {id(r): r["step"] - q["step"] for q, r in zip(window, window[1:])}
-    timed = window[1:]
+    spans = list(zip(window, window[1:]))
 
     def per_step(key):
-        return sum(r[key] * steps_of[id(r)] for r in timed) / (b["step"] - a["step"])
+        return sum(r[key] * (r["step"] - q["step"]) for q, r in spans) / (b["step"] - a["step"])
 
-    phases = {k[len("perf/ms_"):]: per_step(k) for k in timed[0] if k.startswith("perf/ms_")}
+    phases = {k[len("perf/ms_"):]: per_step(k) for k in b if k.startswith("perf/ms_")}
     host_ms = 1000 / rate / num_seeds
     record = {
         "kind": "loop", "domain": domain_of(cfg), "name": name_of(cfg), "preset": preset,
