@@ -120,7 +120,7 @@ class DeviceLearner:
         replays = [m.replay for m in group.members]
         self.replay = device_replay.DeviceReplay(layout, replays)
         self.keys = layout.put_seeds(keys)
-        self._key_sharding = self.keys.sharding
+        self._layout = layout
         self._atari = isinstance(cfg, AtariConfig)
         seq_batch = 0 if self._atari or not dmc_aux.objective(cfg).sequence_length(cfg) else cfg.aux_batch_size
         update = device_replay.update_from_replay(update, self.replay, cfg.batch_size, seq_batch)
@@ -157,7 +157,7 @@ class DeviceLearner:
     def _keep(self, keys: jax.Array) -> None:
         """The new keys, laid out as the update program takes them (split over the seeds;
         a device-to-device move at most), so that program compiles once."""
-        self.keys = jax.device_put(keys, self._key_sharding)
+        self.keys = self._layout.seeds_split(keys)
 
     def after_store(self, group: Any) -> None:
         self.replay.write_newest([m.replay for m in group.members])
@@ -198,7 +198,7 @@ class DeviceLearner:
 
     def split_host_keys(self) -> np.ndarray:
         pairs = np.array(jax.device_get(_split_keys(self.keys)))
-        self.keys = jax.device_put(pairs[:, 0], self._key_sharding)
+        self.keys = self._layout.put_seeds(pairs[:, 0])
         return pairs[:, 1]
 
     def host_keys(self) -> np.ndarray:

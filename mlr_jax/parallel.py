@@ -382,6 +382,11 @@ class Layout:
         """A host array with a leading seed axis (e.g. one PRNG key per seed), on the mesh."""
         return self._put(x, P(SEEDS))
 
+    def seeds_split(self, x: jax.Array) -> jax.Array:
+        """A device array with a leading seed axis, moved (device to device, if at all) to
+        the layout :meth:`put_seeds` gives: split over the seeds, copied along data."""
+        return jax.device_put(x, self._sharding(P(SEEDS)))
+
     def put_batch(self, batch: Any) -> Any:
         """Host batches of every seed, leaves ``[S, B, ...]`` (B a seed's global batch), on
         the mesh: seeds over ``seeds``, samples over ``data``. Every process passes the whole
