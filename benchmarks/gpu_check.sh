@@ -25,10 +25,15 @@
 #   6.   DMC MLR, JAX and torch, with a trace;
 #   7.   8 Atari seeds in one seed-batched step, bf16;
 #   8.   2 DMC seeds in one seed-batched step;
-#   9.   Atari SPR (aux=spr), JAX and torch.
+#   9.   Atari SPR (aux=spr), JAX and torch;
+#   10.  the training loop's host work: LOOP_SEEDS (8) Atari seeds, LOOP_STEPS (100) agent
+#        steps of no-op updates (bench --loop --host-only; run.sampler=auto: the device
+#        sampler on an accelerator), host_ms_per_seed_step and the copies to the host;
+#   11.  the whole training loop of the same group, real updates: agent steps per second.
 # Targets (the brief): JAX >= 3x torch; on an H100 Atari MLR <= 9 ms (bf16 <= 5 ms), Baseline
 # <= 2 ms, DMC <= 30 ms per update; 8 seeds per step (bf16) <= 3.5 ms per seed-update
-# (jax.ms_per_seed_update in the JSON).
+# (jax.ms_per_seed_update in the JSON); host work outside envpool <= 0.2 ms per seed-step
+# (issue 27).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUTDIR="${1:-${OUT:-benchmarks/results}}"
@@ -37,6 +42,8 @@ DEVICE="${DEVICE:-gpu}"
 STEP_TIMEOUT="${STEP_TIMEOUT:-90}"
 BUDGET="${BUDGET:-480}"
 REPEATS="${REPEATS:-20}"
+LOOP_SEEDS="${LOOP_SEEDS:-8}"
+LOOP_STEPS="${LOOP_STEPS:-100}"
 PY="${PYTHON:-python3}"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 # JAX and torch share the GPU in one process: JAX must not take 75% of it up front.
@@ -86,6 +93,10 @@ step "dmc 2 seeds" "dmc_${P}-s2_${D}_tf32_*.json" --domain dmc --frameworks jax 
   --repeats "$HALF" --warmup 2 --envpool-steps 0
 step "atari spr" "atari_${P}-spr_${D}_tf32_*.json" --domain atari --frameworks jax,torch \
   --repeats "$REPEATS" --warmup 3 --envpool-steps 0 aux=spr
+step "atari loop host work" "loop_atari_${P}-s${LOOP_SEEDS}-host_${D}_*.json" --domain atari \
+  --loop "$LOOP_STEPS" --seeds "$LOOP_SEEDS" --host-only
+step "atari loop" "loop_atari_${P}-s${LOOP_SEEDS}_${D}_*.json" --domain atari \
+  --loop "$LOOP_STEPS" --seeds "$LOOP_SEEDS"
 for domain in atari dmc; do
   trace=$(ls /tmp/mlr_profile_$domain/plugins/profile/*/perfetto_trace.json.gz 2>/dev/null | tail -1)
   if [ -n "$trace" ] && [ "$(stat -c %s "$trace")" -lt 15000000 ]; then

@@ -45,40 +45,31 @@ class DeviceReplay:
         self.layout = layout
         self.atari = isinstance(replays[0], AtariReplay)
         self.spec = ds.atari_spec(replays[0]) if self.atari else ds.dmc_spec(replays[0])
-        ring = replays[0]._ring
+        ring = replays[0].ring
         self.tables = device_frames.FrameTables(layout)
         self.tables.table = layout.zeros((ring.capacity + 1, *ring.frame_shape), jnp.uint8)
         self._axes = ds.RingArrays(*([0] * len(ds.RingArrays._fields)))
-        self.arrays = self._put(replays)
-        self._write = layout.per_seed(_write_step, 5, donate=(0, 1))
-
-    def _put(self, replays: list[Any]) -> ds.RingArrays:
-        arrays = [ds.host_arrays(r) for r in replays]
-        return self.layout.put(parallel.stack(arrays, self._axes), self._axes)
+        self.load(replays)
+        self._step = _StepLayout(ring.frame_shape, 0 if self.atari else replays[0].action_dim)
+        self._rows = np.zeros((len(replays), self._step.size), np.uint8)  # the next copy's source
+        self._write = layout.per_seed(self._step.write, 3, donate=(0, 1))
 
     def write_newest(self, replays: list[Any]) -> None:
-        """Copy every seed's newest stored step (one program for the group)."""
-        frames, ints, floats = [], [], []
-        for replay in replays:
-            ring = replay._ring
-            slot = (ring.count - 1) % ring.capacity
-            data = {k: v[slot] for k, v in ring.data.items()}
-            action = np.atleast_1d(data["action"])
-            frames.append(ring.frames[slot])
-            ints.append([slot, ring.age[slot], ring.count, data["terminal"], data["episode_end"],
-                         action[0] if self.atari else 0])
-            priority = replay._priority[slot] if self.atari else 0.0
-            floats.append([data["reward"], priority, *(() if self.atari else action)])
-        put = self.layout.put_seeds
+        """Copy every seed's newest stored step: one host-to-device copy of the group's
+        packed steps and one program."""
+        for row, replay in zip(self._rows, replays):
+            self._step.pack(row, replay)
         self.tables.table, self.arrays = self._write(
-            self.tables.table, self.arrays, put(np.stack(frames)),
-            put(np.asarray(ints, np.int32)), put(np.asarray(floats, np.float32)))
+            self.tables.table, self.arrays, self.layout.put_seeds(self._rows))
 
     def load(self, replays: list[Any]) -> None:
-        """Replace the device copy with the host replays' whole contents (after a restore)."""
+        """Replace the device copy with the host replays' whole contents (the frames of
+        those that hold steps: a restored run's)."""
         for i, replay in enumerate(replays):
-            self.tables.load(i, replay._ring.frames)
-        self.arrays = self._put(replays)
+            if replay.ring.count:
+                self.tables.load(i, replay.ring.frames)
+        arrays = [ds.host_arrays(r) for r in replays]
+        self.arrays = self.layout.put(parallel.stack(arrays, self._axes), self._axes)
 
     def pull_priorities(self, replays: list[Any]) -> None:
         """Copy the device's priorities into the host replays (before a checkpoint)."""
@@ -87,17 +78,50 @@ class DeviceReplay:
                 replay.load_priorities(priority)
 
 
-def _write_step(table, arrays, frame, ints, floats):
-    """One seed's step into its table and arrays (``ints``: slot, age, count, terminal,
-    episode end, Atari action; ``floats``: reward, priority, DMC action)."""
-    slot = ints[0]
-    action = arrays.action.at[slot].set(ints[5] if arrays.action.ndim == 1 else floats[2:])
-    return table.at[slot].set(frame), ds.RingArrays(
-        age=arrays.age.at[slot].set(ints[1]), action=action,
-        reward=arrays.reward.at[slot].set(floats[0]),
-        terminal=arrays.terminal.at[slot].set(ints[3].astype(bool)),
-        episode_end=arrays.episode_end.at[slot].set(ints[4].astype(bool)),
-        priority=arrays.priority.at[slot].set(floats[1]), count=ints[2])
+class _StepLayout:
+    """One stored step packed in one uint8 row (what :meth:`DeviceReplay.write_newest`
+    copies): the frame's bytes, then int32 ``[slot, age, count, terminal, episode_end,
+    Atari action]``, then float32 ``[reward, priority, *DMC action]`` (native byte order on
+    both sides). ``action_dim``: DMC's action size, 0 for Atari."""
+
+    INTS = 6
+
+    def __init__(self, frame_shape: tuple[int, ...], action_dim: int):
+        self.frame_shape = frame_shape
+        self.frame_bytes = int(np.prod(frame_shape))
+        self.atari = action_dim == 0  # (Atari's action is an int)
+        self.floats = 2 + action_dim
+        self.size = self.frame_bytes + 4 * (self.INTS + self.floats)
+
+    def pack(self, row: np.ndarray, replay: Any) -> None:
+        """Write ``replay``'s newest step into ``row`` (uint8[size])."""
+        ring = replay.ring
+        slot = (ring.count - 1) % ring.capacity
+        data = {k: v[slot] for k, v in ring.data.items()}
+        atari = self.atari
+        row[:self.frame_bytes] = ring.frames[slot].reshape(-1)
+        ints = row[self.frame_bytes:self.frame_bytes + 4 * self.INTS].view(np.int32)
+        ints[:] = (slot, ring.age[slot], ring.count, data["terminal"], data["episode_end"],
+                   data["action"] if atari else 0)
+        floats = row[self.frame_bytes + 4 * self.INTS:].view(np.float32)
+        floats[0] = data["reward"]
+        floats[1] = replay.priorities[slot] if atari else 0.0
+        floats[2:] = () if atari else data["action"]
+
+    def write(self, table: jax.Array, arrays: ds.RingArrays, row: jax.Array):
+        """One seed's packed step into its frame table and arrays."""
+        fb = self.frame_bytes
+        words = lambda part, dtype: jax.lax.bitcast_convert_type(part.reshape(-1, 4), dtype)  # noqa: E731
+        ints = words(row[fb:fb + 4 * self.INTS], jnp.int32)
+        floats = words(row[fb + 4 * self.INTS:], jnp.float32)
+        slot = ints[0]
+        action = ints[5] if arrays.action.ndim == 1 else floats[2:]
+        return table.at[slot].set(row[:fb].reshape(self.frame_shape)), ds.RingArrays(
+            age=arrays.age.at[slot].set(ints[1]), action=arrays.action.at[slot].set(action),
+            reward=arrays.reward.at[slot].set(floats[0]),
+            terminal=arrays.terminal.at[slot].set(ints[3].astype(bool)),
+            episode_end=arrays.episode_end.at[slot].set(ints[4].astype(bool)),
+            priority=arrays.priority.at[slot].set(floats[1]), count=ints[2])
 
 
 # ---------------------------------------------------------------------- the tally

@@ -55,9 +55,10 @@ class Domain:
       agent: the agent's pure functions.
       axes: the seed axis of each leaf of a group's stacked state
         (:func:`mlr_jax.agents.common.seed_axes`).
-      make_replay: ``(mirror) -> replay``, a new, empty replay buffer keeping a copy of its
-        frames in ``mirror`` (a :class:`~mlr_jax.replay.frames.FrameMirror` factory, e.g.
-        :meth:`mlr_jax.device_frames.FrameTables.mirror`) or, with None, on the host only.
+      make_replay: ``(mirror, eager_tree=True) -> replay``, a new, empty replay buffer
+        keeping a copy of its frames in ``mirror`` (a :class:`~mlr_jax.replay.frames.FrameMirror`
+        factory, e.g. :meth:`mlr_jax.device_frames.FrameTables.mirror`) or, with None, on the
+        host only; ``eager_tree=False`` where the devices draw the batches.
       explore: ``(stacked_state, obs[S, N, ...], keys[S], step, rngs) -> actions[S, N, ...]``
         (numpy: one device-to-host copy), every seed's training behaviour at once (``rngs``:
         each seed's host generator); ``step`` is the 0-based index of the agent step about
@@ -138,10 +139,13 @@ def memory_needed(cfg: AtariConfig | DMCConfig) -> dict[str, tuple[int, str]]:
 
 
 def make_replay(cfg: AtariConfig | DMCConfig, action_dim: int = 1,
-                mirror: Callable[..., FrameMirror] | None = None) -> AtariReplay | DMCReplay:
+                mirror: Callable[..., FrameMirror] | None = None,
+                eager_tree: bool = True) -> AtariReplay | DMCReplay:
     """An empty replay for ``cfg`` (``action_dim``: DMC's action size; unused for Atari),
     keeping a copy of its frames in ``mirror`` (a :class:`~mlr_jax.replay.frames.FrameMirror`
-    factory; :func:`mlr_jax.parallel.replay_frames` says whether the loop passes one)."""
+    factory; :func:`mlr_jax.parallel.replay_frames` says whether the loop passes one);
+    ``eager_tree=False`` for a replay whose batches the devices draw (``run.sampler=device``:
+    the host replay then only stores)."""
     if isinstance(cfg, AtariConfig):
         zero = cfg.stack_reset == "zero"  # the stacks the env shows the agent (envs/atari.py)
         return AtariReplay(
@@ -149,9 +153,11 @@ def make_replay(cfg: AtariConfig | DMCConfig, action_dim: int = 1,
             cfg.priority_exponent, frame_shape=frame_shape(cfg),
             stack_fill="zero" if zero else "repeat", reset_stack_on_terminal=zero,
             initial_priority=1.0,  # rlpyt's default priority for new data, as the authors ran it
-            mirror=mirror, done_n_rule=cfg.done_n_rule, start_rule=cfg.replay_start_rule)
+            mirror=mirror, done_n_rule=cfg.done_n_rule, start_rule=cfg.replay_start_rule,
+            eager_tree=eager_tree)
     return DMCReplay(cfg.replay_capacity, action_dim, cfg.frame_stack, cfg.mlr.seq_len,
-                     frame_shape=frame_shape(cfg), mirror=mirror, sequence_rule=cfg.sequence_rule)
+                     frame_shape=frame_shape(cfg), mirror=mirror, sequence_rule=cfg.sequence_rule,
+                     eager_tree=eager_tree)
 
 
 def _linear(x: int, x0: int, x1: int, y0: float, y1: float) -> float:

@@ -70,7 +70,7 @@ class HostLearner:
 
     def act(self, group: Any) -> np.ndarray:
         self.keys, act_keys = split_keys(self.keys)
-        obs = np.stack([m.obs for m in group.members])
+        obs = group.obs
         return group.domain.explore(group.state, obs, act_keys, group.step,
                                     [m.rng for m in group.members])
 
@@ -142,7 +142,7 @@ class DeviceLearner:
 
     def act(self, group: Any) -> np.ndarray:
         domain, members = group.domain, group.members
-        obs = np.stack([m.obs for m in members])
+        obs = group.obs
         if group.step < domain.random_steps:
             self._keep(self._split(self.keys))  # the act key a run alone splits off too
             return domain.random_actions(obs, [m.rng for m in members])
@@ -232,7 +232,7 @@ def _metric_shapes(update: Callable[..., Any], state_shapes: Any, replay: Any) -
 
 
 def _action_shape(group: Any) -> tuple[int, ...]:
-    return () if isinstance(group.cfg, AtariConfig) else (group.members[0].env.action_dim,)
+    return () if isinstance(group.cfg, AtariConfig) else (group.env.first.action_dim,)
 
 
 def _action_dtype(group: Any) -> Any:

@@ -36,6 +36,8 @@ from mlr_jax import logging as runlog
 from mlr_jax.agents.common import FINITE, precision_record
 from mlr_jax.config import AtariConfig, ConfigError, DMCConfig, domain_of, from_dict, name_of, to_dict
 from mlr_jax.domains import Domain, make_domain
+from mlr_jax.envs import Step
+from mlr_jax.envs.group import GroupEnv
 from mlr_jax import device_frames
 
 
@@ -274,16 +276,15 @@ def seed_list(seeds: list[int]) -> str:
 
 @dataclasses.dataclass
 class _Member:
-    """One run of a group: its environment stream, replay, run directory and counters."""
+    """One run of a group: its replay, run directory and counters (its environment stream is
+    its part of the group's :class:`~mlr_jax.envs.group.GroupEnv`)."""
 
     cfg: AtariConfig | DMCConfig
-    env: Any
     replay: Any
     rng: np.random.Generator
     run: runlog.RunDir | None = None
     writer: Any = None
     tracker: Any = None
-    obs: Any = None
     episodes: int = 0
     latest_score: float = float("nan")
     wall_before: float = 0.0
@@ -379,15 +380,16 @@ class _Group:
                 checkpoint.check_resumable(run.checkpoints, to_dict(c))
         elif self.primary:
             runlog.RunDir.check_outdir(cfg.run.outdir)
-        members = self.members = [
-            _Member(c, envs.make_env(c, c.num_envs, c.run.seed, evaluation=False), None,
-                    np.random.default_rng(c.run.seed)) for c in cfgs]
-        domain = self.domain = make_domain(cfg, members[0].env, layout)
+        self.env = GroupEnv(lambda n, seed: envs.make_env(cfg, n, seed, evaluation=False), seeds)
+        self.obs = None  # every seed's observation, uint8[S, 1, C, H, W]
+        members = self.members = [_Member(c, None, np.random.default_rng(c.run.seed)) for c in cfgs]
+        domain = self.domain = make_domain(cfg, self.env.first, layout)
         device_sampler = parallel.sampler(cfg.run.sampler) == "device"  # its own frame copy
         on_device = parallel.replay_frames(cfg.run.replay_frames) == "device" and not device_sampler
         tables = device_frames.FrameTables(layout) if on_device else None
         for i, m in enumerate(members):
-            m.replay = domain.make_replay(tables.mirror(i) if tables else None)
+            m.replay = domain.make_replay(tables.mirror(i) if tables else None,
+                                          eager_tree=not device_sampler)
         self.keys, init_keys = learners.split_keys(
             np.stack([np.asarray(jax.random.PRNGKey(s)) for s in seeds]))
         shapes = self.shapes = jax.eval_shape(domain.agent.init, jax.random.PRNGKey(0))  # one seed's
@@ -476,21 +478,22 @@ class _Group:
         return parallel.from_primary(self._learner_call(self.learner.act))
 
     def store(self, actions: np.ndarray) -> None:
-        """Each seed's environment takes its action, and its replay stores the transition;
-        the agent step is then taken (``self.step`` counts it)."""
+        """Every seed's environment takes its action (one call for the group), and each
+        seed's replay stores its transition; the agent step is then taken (``self.step``
+        counts it)."""
         self.step += 1
-        for m, action in zip(self.members, actions):
-            with self.timed("env"):
-                rec = m.env.step(action)
-            with self.timed("store"):
-                self.domain.store(m.replay, m.obs, action, rec)
-            m.obs = rec.obs
-            for score in rec.score[rec.episode_end]:
-                m.episodes += 1
-                m.latest_score = float(score)
-                m.writer.write(self.step, {runlog.EPISODE_SCORE: m.latest_score,
-                                           "episode/count": m.episodes})
+        with self.timed("env"):
+            rec = self.env.step(actions)
         with self.timed("store"):
+            for i, m in enumerate(self.members):
+                mine = Step(*(x[i] for x in rec))
+                self.domain.store(m.replay, self.obs[i], actions[i], mine)
+                for score in mine.score[mine.episode_end]:
+                    m.episodes += 1
+                    m.latest_score = float(score)
+                    m.writer.write(self.step, {runlog.EPISODE_SCORE: m.latest_score,
+                                               "episode/count": m.episodes})
+            self.obs = rec.obs
             self.learner.after_store(self)
 
     def learn(self, stored: int) -> None:
@@ -551,7 +554,7 @@ class _Group:
             row["perf/env_steps"] = self.step * self.domain.env_steps_per_step
             m.writer.write(self.step, {**row, **phases})
             agree.update({f"episodes_{i}": m.episodes, f"latest_score_{i}": m.latest_score,
-                          f"observation_sum_{i}": float(np.sum(m.obs, dtype=np.int64))})
+                          f"observation_sum_{i}": float(np.sum(self.obs[i], dtype=np.int64))})
         parallel.check_same_across_processes(agree, f"the environments at agent step {self.step}")
 
     def wall_time(self, m: _Member) -> float:
@@ -615,8 +618,7 @@ class _Group:
         the step through JAX's preemption service, which owns SIGTERM)."""
         domain, members = self.domain, self.members
         parallel.barrier(f"mlr_jax_loop_start_{self.step}")  # hosts restore and compile at their own pace
-        for m in members:
-            m.obs = m.env.reset()
+        self.obs = self.env.reset()
         self.start_time, self.start_step = time.monotonic(), self.step
         self.last_row_step, self.last_row_transfers = self.step, parallel.transfers() or 0
         results, stopped_by = [], None
@@ -644,8 +646,7 @@ class _Group:
                 raise
             finally:
                 self.progress.close()
-                for m in members:
-                    m.env.close()
+                self.env.close()
         for m in members:
             m.writer.close()
         if stopped_by is not None:

@@ -46,6 +46,10 @@ from jax.sharding import PartitionSpec as P
 SEEDS = "seeds"  # the mesh axis of a group's seeds
 DATA = "data"  # the mesh axis a seed's batch is split over
 AXIS = DATA  # the axis name the agents' collectives (pmean, psum) reduce over
+# how a program's argument lies on the mesh (Layout._program)
+SEED = P(SEEDS)  # a leading seed axis: each seed's whole value on every data shard of it
+BATCH = P(SEEDS, DATA)  # a seed axis, then samples split along the data axis
+SHARED = P()  # the same value for every seed
 # Bytes of text :func:`share_text` can carry (run directory paths).
 TEXT_BYTES = 4096
 
@@ -311,7 +315,7 @@ StepFn = Callable[..., tuple[Any, Any]]
 
 def _spec(axis: int | None) -> P:
     """The PartitionSpec of a leaf stacked on the seed axis (``axis`` 0) or shared (None)."""
-    return P() if axis is None else P(SEEDS)
+    return SHARED if axis is None else SEED
 
 
 def _is_axis(x: Any) -> bool:
@@ -380,12 +384,12 @@ class Layout:
 
     def put_seeds(self, x: Any) -> jax.Array:
         """A host array with a leading seed axis (e.g. one PRNG key per seed), on the mesh."""
-        return self._put(x, P(SEEDS))
+        return self._put(x, SEED)
 
     def seeds_split(self, x: jax.Array) -> jax.Array:
         """A device array with a leading seed axis, moved (device to device, if at all) to
         the layout :meth:`put_seeds` gives: split over the seeds, copied along data."""
-        return jax.device_put(x, self._sharding(P(SEEDS)))
+        return jax.device_put(x, self._sharding(SEED))
 
     def put_batch(self, batch: Any) -> Any:
         """Host batches of every seed, leaves ``[S, B, ...]`` (B a seed's global batch), on
@@ -403,7 +407,7 @@ class Layout:
                                     f"expected [seeds={self.num_seeds}, batch, ...]")
             check_divisible(x.shape[1], self.data_shards,
                             f"batch size of {jax.tree_util.keystr(path) or 'batch'}")
-            return self._put(x, P(SEEDS, DATA))
+            return self._put(x, BATCH)
 
         return jax.tree_util.tree_map_with_path(put, batch)
 
@@ -435,7 +439,7 @@ class Layout:
     def zeros(self, shape: tuple[int, ...], dtype: Any) -> jax.Array:
         """A zero array ``[S, *shape]`` made on the devices, split over the seeds."""
         return jax.jit(lambda: jnp.zeros((self.num_seeds, *shape), dtype),
-                       out_shardings=self._sharding(P(SEEDS)))()
+                       out_shardings=self._sharding(SEED))()
 
     def seed_writer(self) -> Callable[..., jax.Array]:
         """``write(table, seed, rows, start) -> table``: ``table[seed, start:start + k] =
@@ -452,8 +456,8 @@ class Layout:
                 new = jnp.where(mine, rows.astype(t.dtype)[None], old)
                 return jax.lax.dynamic_update_slice(t, new, at)
 
-            return jax.shard_map(local, mesh=self.mesh, in_specs=(P(SEEDS), P(), P(), P()),
-                                 out_specs=P(SEEDS), check_vma=False)(table, seed, start, rows)
+            return jax.shard_map(local, mesh=self.mesh, in_specs=(SEED, SHARED, SHARED, SHARED),
+                                 out_specs=SEED, check_vma=False)(table, seed, start, rows)
 
         jitted = jax.jit(write, donate_argnums=0)
         return lambda table, seed, rows, start: jitted(table, np.int32(seed), np.int32(start), rows)
@@ -470,18 +474,13 @@ class Layout:
         frame tables). ``metrics`` come back per seed: scalars ``[S]`` averaged over the data
         shards, per-sample arrays ``[S, B, ...]`` in global batch order.
         """
-        def per_seed(state, batch, key, *tables):
-            state, metrics = train_step(state, batch, key, *tables, axis_name=AXIS)
+        def per_seed(state, batch, key, *tables, axis_name):
+            state, metrics = train_step(state, batch, key, *tables, axis_name=axis_name)
             return state, jax.tree.map(
-                lambda x: x if x.ndim == 0 else jax.lax.all_gather(x, AXIS, tiled=True), metrics)
+                lambda x: x if x.ndim == 0 else jax.lax.all_gather(x, axis_name, tiled=True), metrics)
 
-        mapped = jax.vmap(per_seed, in_axes=(axes, 0, 0) + (0,) * num_tables, out_axes=(axes, 0))
-        state_specs = jax.tree.map(_spec, axes, is_leaf=_is_axis)
-        sharded = jax.shard_map(
-            mapped, mesh=self.mesh, check_vma=False,
-            in_specs=(state_specs, P(SEEDS, DATA), P(SEEDS)) + (P(SEEDS),) * num_tables,
-            out_specs=(state_specs, P(SEEDS)))
-        jitted = jax.jit(sharded, donate_argnums=(0,) if donate_state else ())
+        jitted = self._program(per_seed, axes, (BATCH, SEED) + (SEED,) * num_tables, 1,
+                               donate=(0,) if donate_state else ())
 
         def step(state, batch, keys, *tables):
             if len(tables) != num_tables:
@@ -504,16 +503,24 @@ class Layout:
         arguments are the same for every seed (scalars such as the importance exponent).
         ``donate``: argument positions whose buffers the outputs may reuse (the state is 0).
         """
+        return self._program(fn, axes, (SEED,) * num_seed_args + (SHARED,) * num_shared,
+                             num_outputs, donate)
+
+    def _program(self, fn: Callable[..., Any], axes: Any, args: tuple[P, ...], num_outputs: int,
+                 donate: tuple[int, ...]) -> Callable[..., Any]:
+        """``fn(state, *args, axis_name) -> (state, *outputs)`` of one seed's data shard,
+        vmapped over the seeds, sharded over the mesh and jitted; ``args`` lays out each
+        argument: :data:`SEED` (a seed axis), :data:`BATCH` (a seed axis, then samples split
+        along the data axis) or :data:`SHARED` (the same for every seed); every output has a
+        seed axis."""
         mapped = jax.vmap(functools.partial(fn, axis_name=AXIS),
-                          in_axes=(axes,) + (0,) * num_seed_args + (None,) * num_shared,
+                          in_axes=(axes,) + tuple(None if a == SHARED else 0 for a in args),
                           out_axes=(axes,) + (0,) * num_outputs)
         state_specs = jax.tree.map(_spec, axes, is_leaf=_is_axis)
-        sharded = jax.shard_map(
-            mapped, mesh=self.mesh, check_vma=False,
-            in_specs=(state_specs,) + (P(SEEDS),) * num_seed_args + (P(),) * num_shared,
-            out_specs=(state_specs,) + (P(SEEDS),) * num_outputs)
+        sharded = jax.shard_map(mapped, mesh=self.mesh, check_vma=False,
+                                in_specs=(state_specs, *args),
+                                out_specs=(state_specs,) + (SEED,) * num_outputs)
         return jax.jit(sharded, donate_argnums=donate)
-
 
     def per_seed(self, fn: Callable[..., Any], num_args: int, donate: tuple[int, ...] = ()
                  ) -> Callable[..., Any]:
@@ -521,7 +528,7 @@ class Layout:
         ``[S, ...]`` split over the seeds (each device runs its own seeds' part), returning
         a tuple of such arrays; ``donate``: argument positions the outputs may reuse."""
         sharded = jax.shard_map(jax.vmap(fn), mesh=self.mesh, check_vma=False,
-                                in_specs=(P(SEEDS),) * num_args, out_specs=P(SEEDS))
+                                in_specs=(SEED,) * num_args, out_specs=SEED)
         return jax.jit(sharded, donate_argnums=donate)
 
 def seed_shards(num_seeds: int, num_devices: int) -> int:

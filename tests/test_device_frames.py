@@ -140,13 +140,13 @@ def test_parallel_train_step_reads_the_current_table(num_seeds):
         for i, replay in enumerate(replays):
             fill([replay], steps + 7 * i, (6, 6), lambda t: 0)
         index = np.arange(start, start + 8)
-        rows = [FrameRows(r._ring.stack_rows(index).astype(np.int32)) for r in replays]
+        rows = [FrameRows(r.ring.stack_rows(index).astype(np.int32)) for r in replays]
         state, metrics = step(layout.put(np.zeros(num_seeds, np.float32), 0),
                               {"obs": FrameRows(np.stack([r.rows for r in rows])),
                                "extra": np.stack([extra] * num_seeds)}, keys)
         chex.assert_shape(metrics["per_sample"], (num_seeds, 8))
         for i, replay in enumerate(replays):
-            expected = alone(jnp.zeros(()), {"obs": replay._ring.stacks(index), "extra": extra},
+            expected = alone(jnp.zeros(()), {"obs": replay.ring.stacks(index), "extra": extra},
                              keys[i])
             chex.assert_trees_all_close((np.asarray(state)[i], jax.tree.map(lambda x: x[i], metrics)),
                                         expected)

@@ -14,8 +14,12 @@ import socket
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
+
+from mlr_jax import checkpoint, domains, envs, loop
+from mlr_jax.logging import RunDir
 
 import multiprocess_worker as worker
 import one_run
@@ -136,3 +140,27 @@ def test_a_two_process_run_stops_together_on_sigterm_to_one_process_then_resumes
     assert "final evaluation" in outputs[0] and "[mlr-jax]" not in outputs[1]
     check_run_dir(run, step + 20, 2)
     assert "| processes | 2 |" in (run / "summary.md").read_text()
+
+
+def test_a_two_process_run_draws_its_batches_on_the_devices_and_resumes(tmp_path):
+    """``run.sampler=device`` in 2 processes (one device each, every seed's batch split over
+    both): the replay's device copy, the sampling inside the update, the priority writes
+    gathered from both halves of the batch, the tally and the one copy of the actions all
+    span processes. The run trains to its end, its checkpoint holds the priorities the
+    updates wrote (not the initial 1s), and ``--resume`` in both processes reloads them and
+    goes on."""
+    base = ["train", "atari", "--game", "toy_catch", "--preset", "toy", "--no-progress",
+            "run.sampler=device", "run.checkpoint_every=0", "run.log_every=10",
+            "run.eval_episodes=2", "--aux", "none"]
+    outputs = run_processes(train_commands([*base, "steps=330", "--outdir", str(tmp_path)]), 1)
+    assert "[mlr-jax] 2 processes, 2 devices" in outputs[0] and "[mlr-jax]" not in outputs[1]
+    (run,) = tmp_path.iterdir()
+    check_run_dir(run, 330, 2)
+    cfg = loop.load_run_config(run)
+    agent = domains.make_domain(cfg, envs.make_env(cfg, 1, seed=0)).agent
+    _, replay, _, _ = checkpoint.restore(RunDir.open(run).checkpoints, agent.init(jax.random.key(0)))
+    assert (np.asarray(replay["priority"])[:330] != 1.0).sum() >= 30  # drawn starts re-prioritised
+    outputs = run_processes(train_commands(["train", "atari", "--no-progress", "--resume", str(run),
+                                            "steps=360"]), 1)
+    assert f"resuming {run} from step 330" in outputs[0]
+    check_run_dir(run, 360, 2)

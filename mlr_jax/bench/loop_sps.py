@@ -57,7 +57,8 @@ def run_loop_benchmark(domain: str, preset: str, num_seeds: int, steps: int, war
     base = make_config(domain, name, preset, overrides)
     start = base.learning_starts + 1 if domain == "atari" else base.seed_steps
     unit = 1 if domain == "atari" else base.action_repeat
-    first, total = start + warmup_steps, start + warmup_steps + steps
+    first = -(-(start + warmup_steps) // ROW_STEPS) * ROW_STEPS  # on a log row: all steps timed
+    total = first + steps
     length = f"steps={total}" if domain == "atari" else f"env_steps={total * unit}"
     with tempfile.TemporaryDirectory() as tmp:
         cfg = make_config(domain, name, preset, [*overrides, length, f"run.log_every={ROW_STEPS * unit}",
@@ -82,7 +83,7 @@ def run_loop_benchmark(domain: str, preset: str, num_seeds: int, steps: int, war
     record = {
         "kind": "loop", "domain": domain_of(cfg), "name": name_of(cfg), "preset": preset,
         "aux": cfg.aux, "num_seeds": num_seeds, "timed_agent_steps": b["step"] - a["step"],
-        "warmup_agent_steps": warmup_steps,
+        "warmup_agent_steps": first - start,
         "updates_per_agent_step": getattr(cfg, "updates_per_step", 1),
         "agent_steps_per_s": rate, "seed_steps_per_s": rate * num_seeds, "host_only": host_only,
         "host_ms_per_seed_step": host_ms, "envpool_ms_per_seed_step": phases["env"] / num_seeds,

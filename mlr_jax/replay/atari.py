@@ -120,6 +120,16 @@ class AtariReplay:
         frames elsewhere, e.g. :class:`mlr_jax.device_frames.DeviceFrames` on every local
         device (:func:`mlr_jax.domains.make_replay` passes it for ``run.replay_frames``);
         batches then carry ``FrameRows`` instead of pixels. None: frames on the host only.
+      eager_tree: keep the sum tree current at every :meth:`add` (the host sampler). False:
+        the tree is rebuilt at the next :meth:`sample` instead, for a replay whose batches
+        the devices draw (``run.sampler=device``, :mod:`mlr_jax.device_replay`): it then
+        only stores, and a step costs a ring write.
+
+    Attributes:
+      ring: the :class:`~mlr_jax.replay.frames.FrameRing` of stored steps.
+      lead, lag: ``start_rule``'s margins: start ``t`` may be drawn while
+        ``t >= oldest + lead`` once ``t + lag <= count`` (with its stack history stored).
+      bootstrap_cut: the first offset in a window whose done stops the bootstrap.
     """
 
     def __init__(self, capacity: int = 100_000, frame_stack: int = 4, seq_len: int = 16,
@@ -127,7 +137,7 @@ class AtariReplay:
                  frame_shape: tuple[int, int] = (84, 84), stack_fill: str = "repeat",
                  reset_stack_on_terminal: bool = False, initial_priority: float | None = None,
                  mirror: Callable[..., FrameMirror] | None = None, done_n_rule: str = "any_step",
-                 start_rule: str = "rlpyt"):
+                 start_rule: str = "rlpyt", eager_tree: bool = True):
         if n_step < 1 or seq_len < 1:
             raise ValueError(f"n_step={n_step} and seq_len={seq_len} must be >= 1")
         if done_n_rule not in DONE_N_RULES:
@@ -135,7 +145,7 @@ class AtariReplay:
         if start_rule not in START_RULES:
             raise ValueError(f"start_rule must be one of {START_RULES}, got {start_rule!r}")
         # the first offset in the window whose done still stops the bootstrap
-        self._bootstrap_cut = 1 if done_n_rule == "first_step" else int(n_step)
+        self.bootstrap_cut = 1 if done_n_rule == "first_step" else int(n_step)
         self.seq_len = int(seq_len)
         self.n_step = int(n_step)
         self.window = max(self.seq_len, self.n_step + 1)  # L
@@ -143,11 +153,11 @@ class AtariReplay:
         # start t is valid once t + lag <= count and while t >= oldest + lead (plus the stack
         # history check, which the rlpyt rule's lead already implies)
         if start_rule == "rlpyt":
-            self._lead = max(1, int(frame_stack) - 1)  # rlpyt's off_forward
-            self._lag = 2 + self.n_step + self.seq_len  # 1 + rlpyt's off_backward
+            self.lead = max(1, int(frame_stack) - 1)  # rlpyt's off_forward
+            self.lag = 2 + self.n_step + self.seq_len  # 1 + rlpyt's off_backward
         else:
-            self._lead, self._lag = 0, self.window
-        need = self._lag + max(self._lead, frame_stack - 1)
+            self.lead, self.lag = 0, self.window
+        need = self.lag + max(self.lead, frame_stack - 1)
         if capacity < need:
             raise ValueError(f"capacity={capacity} cannot hold one window: start_rule="
                              f"{start_rule!r} needs {need} steps (seq_len={seq_len}, "
@@ -167,6 +177,8 @@ class AtariReplay:
         self._priority = np.zeros(capacity, dtype=np.float64)  # priority ** alpha per slot
         self._max_priority = 1.0
         self._tree = SumTree(capacity)
+        self._eager_tree = bool(eager_tree)
+        self._tree_stale = False  # leaves out of date (eager_tree=False): rebuilt on sample
 
     def __len__(self) -> int:
         return len(self._ring)
@@ -175,6 +187,10 @@ class AtariReplay:
     def device_frames(self) -> FrameMirror | None:
         """The mirror of the frames (e.g. on the devices), else None."""
         return self._ring.mirror
+
+    @property
+    def ring(self) -> FrameRing:
+        return self._ring
 
     def add(self, frame: np.ndarray, action: int, reward: float, terminal: bool,
             episode_end: bool) -> None:
@@ -192,7 +208,13 @@ class AtariReplay:
                                   terminal=terminal, episode_end=episode_end)
         new = self._max_priority if self.initial_priority is None else self.initial_priority
         self._priority[self._ring.slot(index)] = new ** self.priority_exponent
-        self._refresh(self._changed_starts())
+        self._refresh()
+
+    @property
+    def priorities(self) -> np.ndarray:
+        """float64[capacity]: ``priority ** priority_exponent`` of the start in each slot (a
+        view; invalid starts keep theirs, the tree holds 0 for them)."""
+        return self._priority
 
     def mark_episode_end(self) -> None:
         """End the game at the newest stored step (e.g. after a resume restarts the env):
@@ -204,16 +226,18 @@ class AtariReplay:
 
     def sample(self, batch_size: int, beta: float, rng: np.random.Generator) -> AtariBatch:
         """Draw ``batch_size`` windows by priority (with replacement); see :class:`AtariBatch`."""
+        if self._tree_stale:
+            self._rebuild_tree()
         if self._tree.total <= 0.0:
             if self.start_rule == "rlpyt":
-                why = (f"start_rule='rlpyt': starts from step {self._lead}, with the start and "
-                       f"{self._lag - 1} steps after it written; seq_len={self.seq_len}, "
+                why = (f"start_rule='rlpyt': starts from step {self.lead}, with the start and "
+                       f"{self.lag - 1} steps after it written; seq_len={self.seq_len}, "
                        f"n_step={self.n_step}")
             else:
                 why = f"start_rule='written': seq_len={self.seq_len}, n_step={self.n_step}"
             raise ValueError(
                 f"AtariReplay.sample: no valid start yet: {len(self)} steps stored, the first "
-                f"start needs {self._lead + self._lag} ({why}) and a positive priority")
+                f"start needs {self.lead + self.lag} ({why}) and a positive priority")
         ring, L, n = self._ring, self.window, self.n_step
         slots = self._tree.sample(batch_size, rng)
         p = self._tree.get(slots)
@@ -224,7 +248,7 @@ class AtariReplay:
         first_done = np.where(done.any(axis=1), done.argmax(axis=1), L)  # [B]
         alive = np.arange(n) <= first_done[:, None]  # rewards up to and including the done
         returns = (ring.data["reward"][rows[:, :n]] * alive * self.gamma ** np.arange(n)).sum(1)
-        discounts = np.where(first_done < self._bootstrap_cut, 0.0, self.gamma ** n)
+        discounts = np.where(first_done < self.bootstrap_cut, 0.0, self.gamma ** n)
         obs = ring.observations(np.minimum(steps, (start + first_done)[:, None]))
         weights = (1.0 / (p + 1e-5)) ** beta
         return AtariBatch(
@@ -270,20 +294,26 @@ class AtariReplay:
         """bool[N]: ``start_rule`` allows start ``s`` (the window ``[s, s + L)`` is written
         and ``s_t``'s history is stored either way)."""
         ring = self._ring
-        ok = ring.history_ok(starts) & (starts + self._lag <= ring.count)
-        return ok & (starts >= ring.oldest + self._lead)
+        ok = ring.history_ok(starts) & (starts + self.lag <= ring.count)
+        return ok & (starts >= ring.oldest + self.lead)
 
     def _changed_starts(self) -> np.ndarray:
         """Starts whose validity the last :meth:`add` may have changed: the newest ``lag``
         (their window grew) and, once the ring wraps, the oldest ``max(lead, F - 1)`` (their
         history or rlpyt's forward margin moved)."""
         ring = self._ring
-        changed = ring.changed_starts(self._lag)
-        if self._lead and ring.count > ring.capacity:
-            changed = np.union1d(changed, np.arange(ring.oldest, ring.oldest + self._lead))
+        changed = ring.changed_starts(self.lag)
+        if self.lead and ring.count > ring.capacity:
+            changed = np.union1d(changed, np.arange(ring.oldest, ring.oldest + self.lead))
         return changed.astype(np.int64)
 
-    def _refresh(self, starts: np.ndarray) -> None:
+    def _refresh(self, starts: np.ndarray | None = None) -> None:
+        """Set the leaves of ``starts`` (default: those the last :meth:`add` changed), or,
+        with a deferred tree, note that it is out of date."""
+        if not self._eager_tree:
+            self._tree_stale = True
+            return
+        starts = self._changed_starts() if starts is None else starts
         slots = self._ring.slot(starts)
         self._tree.set(slots, np.where(self._valid(starts), self._priority[slots], 0.0))
 
@@ -301,7 +331,7 @@ class AtariReplay:
         if priority.shape != self._priority.shape:
             raise ValueError(f"priorities of shape {priority.shape} != {self._priority.shape}")
         self._priority[:] = priority
-        self._rebuild_tree()
+        self._all_leaves_changed()
 
     def load_state_dict(self, state: Mapping) -> None:
         """Restore a :meth:`state_dict` of a replay built with the same arguments."""
@@ -309,9 +339,16 @@ class AtariReplay:
         self._ring.load_state_dict(state["ring"])
         self._priority[:] = np.asarray(state["priority"])
         self._max_priority = float(np.asarray(state["max_priority"]))
-        self._rebuild_tree()
+        self._all_leaves_changed()
+
+    def _all_leaves_changed(self) -> None:
+        if self._eager_tree:
+            self._rebuild_tree()
+        else:
+            self._tree_stale = True
 
     def _rebuild_tree(self) -> None:
+        self._tree_stale = False
         starts = self._ring.absolute(np.arange(len(self._ring)))
         slots = self._ring.slot(starts)
         leaves = np.zeros(self._tree.size)

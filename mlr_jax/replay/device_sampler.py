@@ -81,25 +81,25 @@ def atari_spec(replay: AtariReplay) -> RingSpec:
     if replay.initial_priority is None:
         raise ValueError("the device sampler needs a fixed initial priority (initial_priority=1.0, "
                          "as the authors' rlpyt buffer); None tracks the host's running maximum")
-    ring = replay._ring
+    ring = replay.ring
     return RingSpec(capacity=ring.capacity, frame_stack=ring.frame_stack, fill=ring.fill,
                     window=replay.window, n_step=replay.n_step, gamma=replay.gamma,
-                    bootstrap_cut=replay._bootstrap_cut, lead=replay._lead, lag=replay._lag,
+                    bootstrap_cut=replay.bootstrap_cut, lead=replay.lead, lag=replay.lag,
                     alpha=replay.priority_exponent)
 
 
 def dmc_spec(replay: DMCReplay) -> RingSpec:
     """The :class:`RingSpec` of a host DMC replay."""
-    ring = replay._ring
+    ring = replay.ring
     return RingSpec(capacity=ring.capacity, frame_stack=ring.frame_stack, fill=ring.fill,
                     seq_len=replay.seq_len, authors=replay.sequence_rule == "authors")
 
 
 def host_arrays(replay: AtariReplay | DMCReplay) -> RingArrays:
     """A host replay's steps as :class:`RingArrays` (numpy; the device copy's source)."""
-    ring = replay._ring
+    ring = replay.ring
     n = ring.capacity
-    priority = (replay._priority.astype(np.float32) if isinstance(replay, AtariReplay)
+    priority = (replay.priorities.astype(np.float32) if isinstance(replay, AtariReplay)
                 else np.zeros(n, np.float32))
     return RingArrays(age=ring.age.astype(np.int32), action=ring.data["action"].copy(),
                       reward=ring.data["reward"].copy(), terminal=ring.data["terminal"].copy(),

@@ -102,12 +102,18 @@ class DMCReplay:
       sequence_rule: which windows :meth:`sample_sequences` draws from: ``"authors"`` (the
         official ``sample_spr``'s) or ``"episode"`` (every window within one episode); see
         the module docstring.
+      eager_tree: keep the validity trees current at every :meth:`add` (the host sampler).
+        False: they are rebuilt at the next draw instead, for a replay whose batches the
+        devices draw (``run.sampler=device``): it then only stores.
+
+    Attributes:
+      ring: the :class:`~mlr_jax.replay.frames.FrameRing` of stored steps.
     """
 
     def __init__(self, capacity: int = 100_000, action_dim: int = 1, frame_stack: int = 3,
                  seq_len: int = 16, frame_shape: tuple[int, int, int] = (3, 100, 100),
                  mirror: Callable[..., FrameMirror] | None = None,
-                 sequence_rule: str = "authors"):
+                 sequence_rule: str = "authors", eager_tree: bool = True):
         if action_dim < 1 or seq_len < 1:
             raise ValueError(f"action_dim={action_dim} and seq_len={seq_len} must be >= 1")
         if sequence_rule not in SEQUENCE_RULES:
@@ -129,6 +135,8 @@ class DMCReplay:
             mirror=mirror)
         self._transitions = SumTree(capacity)  # 0/1 leaves: valid transition starts
         self._sequences = SumTree(capacity)  # 0/1 leaves: valid sequence starts
+        self._eager_tree = bool(eager_tree)
+        self._trees_stale = False  # leaves out of date (eager_tree=False): rebuilt on a draw
 
     def __len__(self) -> int:
         return len(self._ring)
@@ -137,6 +145,10 @@ class DMCReplay:
     def device_frames(self) -> FrameMirror | None:
         """The mirror of the frames (e.g. on the devices), else None."""
         return self._ring.mirror
+
+    @property
+    def ring(self) -> FrameRing:
+        return self._ring
 
     def add(self, frame: np.ndarray, action: np.ndarray, reward: float, terminal: bool,
             episode_end: bool) -> None:
@@ -154,7 +166,7 @@ class DMCReplay:
             raise ValueError(f"action shape {action.shape} != ({self.action_dim},)")
         self._ring.append(frame, bool(episode_end), action=action, reward=reward,
                           terminal=terminal, episode_end=episode_end)
-        self._refresh(self._ring.changed_starts(self._window))
+        self._refresh()
 
     def mark_episode_end(self) -> None:
         """End the episode at the newest stored step (e.g. after a resume restarts the env):
@@ -162,7 +174,7 @@ class DMCReplay:
         index = self._ring.end_segment()
         if index >= 0:
             self._ring.data["episode_end"][self._ring.slot(index)] = True
-            self._refresh(self._ring.changed_starts(self._window))  # windows now ending there
+            self._refresh()  # windows now ending there
 
     def sample(self, batch_size: int, rng: np.random.Generator) -> SACBatch:
         """``batch_size`` uniform transitions; see :class:`SACBatch`."""
@@ -193,6 +205,8 @@ class DMCReplay:
 
     def _draw(self, tree: SumTree, batch_size: int, rng: np.random.Generator, name: str,
               need: str) -> np.ndarray:
+        if self._trees_stale:
+            self._rebuild_trees()
         if tree.total <= 0.0:
             raise ValueError(f"DMCReplay.{name}: no valid start yet: {len(self)} steps stored; "
                              f"{need}")
@@ -215,7 +229,13 @@ class DMCReplay:
             valid &= ~ends & (ring.slot(s) < len(ring) - self.seq_len)
         return valid
 
-    def _refresh(self, starts: np.ndarray) -> None:
+    def _refresh(self) -> None:
+        """Set the leaves of the starts the last write changed, or, with deferred trees,
+        note that they are out of date."""
+        if not self._eager_tree:
+            self._trees_stale = True
+            return
+        starts = self._ring.changed_starts(self._window)
         slots = self._ring.slot(starts)
         self._transitions.set(slots, self._valid_transitions(starts).astype(np.float64))
         self._sequences.set(slots, self._valid_sequences(starts).astype(np.float64))
@@ -230,6 +250,13 @@ class DMCReplay:
         """Restore a :meth:`state_dict` of a replay built with the same arguments."""
         check_state(state, self.state_dict(), "DMCReplay state")
         self._ring.load_state_dict(state["ring"])
+        if self._eager_tree:
+            self._rebuild_trees()
+        else:
+            self._trees_stale = True
+
+    def _rebuild_trees(self) -> None:
+        self._trees_stale = False
         starts = self._ring.absolute(np.arange(len(self._ring)))
         slots = self._ring.slot(starts)
         for tree, valid in ((self._transitions, self._valid_transitions),

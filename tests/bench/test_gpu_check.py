@@ -13,18 +13,20 @@ import pytest
 from mlr_jax import host
 from mlr_jax.bench.parity import PARITY_RTOL
 
-pytestmark = [pytest.mark.slow, pytest.mark.long]  # about 4.5 minutes on 2 CPU cores
+pytestmark = [pytest.mark.slow, pytest.mark.long]  # about 8 minutes on 2 CPU cores
 
 SCRIPT = pathlib.Path(__file__).parent.parent.parent / "benchmarks" / "gpu_check.sh"
 RECORDS = ["parity_atari_smoke-mlr_cpu_", "parity_dmc_smoke_cpu_", "atari_smoke_cpu_tf32_",
            "atari_smoke_cpu_bf16_", "atari_smoke-baseline_cpu_tf32_", "dmc_smoke_cpu_tf32_",
-           "atari_smoke-s8_cpu_bf16_", "dmc_smoke-s2_cpu_tf32_", "atari_smoke-spr_cpu_tf32_"]
+           "atari_smoke-s8_cpu_bf16_", "dmc_smoke-s2_cpu_tf32_", "atari_smoke-spr_cpu_tf32_",
+           "loop_atari_smoke-s2-host_cpu_", "loop_atari_smoke-s2_cpu_"]
 PARITY_VALUES = {"atari": {"loss", "rl_loss", "grad_norm", "mlr_loss", "decoder_grad_norm"},
                  "dmc": {"critic_loss", "mlr_loss", "mlr_grad_norm", "actor_loss", "alpha_loss"}}
 
 
 def run(outdir, **env):
     env = {"PRESET": "smoke", "DEVICE": "cpu", "REPEATS": "2", "STEP_TIMEOUT": "600",
+           "LOOP_SEEDS": "2", "LOOP_STEPS": "10",
            "BUDGET": "100000", "PYTHON": sys.executable, **env}
     return subprocess.run(["bash", str(SCRIPT), str(outdir)], capture_output=True, text=True,
                           timeout=1500, env={**os.environ, **env})
@@ -61,6 +63,12 @@ def test_gpu_check_dry_run_writes_each_record_and_fills_in_only_what_is_missing(
         profile = profiled["jax"]["profile"]
         assert pathlib.Path(profile["trace"]).is_file() and profile["top_ops"]
         assert profile["updates"] == 2 * profiled["updates_per_unit"]
+
+    host_work, whole = got["loop_atari_smoke-s2-host_cpu_"], got["loop_atari_smoke-s2_cpu_"]
+    for loop in (host_work, whole):  # the training loop of 2 seeds, 10 agent steps timed
+        assert loop["kind"] == "loop" and loop["num_seeds"] == 2 and loop["timed_agent_steps"] == 10
+        assert loop["transfers_per_step"] > 0 and loop["envpool_ms_per_seed_step"] > 0
+    assert host_work["host_only"] and not whole["host_only"]
 
     (tmp_path / pathlib.Path(group["path"]).name).unlink()
     spent = run(tmp_path, BUDGET="0")  # nothing may start: the missing step is reported

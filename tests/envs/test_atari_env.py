@@ -177,7 +177,7 @@ def test_replay_rebuilds_the_stacks_the_agent_acted_on(stack_reset):
         obs, ends = step.obs, ends + int(step.episode_end[0])
         life_losses += int(step.terminal[0] and not step.episode_end[0])
     assert ends >= 1 and life_losses >= 4
-    rebuilt = replay._ring.stacks(np.arange(len(seen)))
+    rebuilt = replay.ring.stacks(np.arange(len(seen)))
     np.testing.assert_array_equal(rebuilt, np.stack(seen))
 
 

@@ -432,3 +432,33 @@ def test_state_survives_an_orbax_round_trip(tmp_path):
     for x, y in zip(replay.sample(40, 0.5, np.random.default_rng(6)),
                     restored.sample(40, 0.5, np.random.default_rng(6))):
         np.testing.assert_array_equal(x, y)
+
+
+def test_a_deferred_tree_draws_what_an_eager_one_draws():
+    """``eager_tree=False`` (the host copy of a device-sampled replay) skips the tree's work
+    at every add and rebuilds it on the next draw: the same batches for the same draws,
+    through a wrap, priority writes, a game cut, a priority load and a restore."""
+    stream = Stream(200, seed=11)
+    eager, deferred = make_replay(60), make_replay(60, eager_tree=False)
+
+    def same_draws(seed):
+        for x, y in zip(eager.sample(40, 0.5, np.random.default_rng(seed)),
+                        deferred.sample(40, 0.5, np.random.default_rng(seed))):
+            np.testing.assert_array_equal(x, y)
+
+    for r in (eager, deferred):
+        stream.add_to(r, 0, 130)
+        r.update_priorities(np.arange(90, 110), np.linspace(0.1, 4.0, 20))
+        r.mark_episode_end()
+    same_draws(0)
+    for r in (eager, deferred):
+        stream.add_to(r, 130, 170)
+        r.load_priorities(np.linspace(0.2, 2.0, 60))
+    same_draws(1)
+    state = copy.deepcopy(eager.state_dict())
+    deferred = make_replay(60, eager_tree=False)
+    deferred.load_state_dict(state)
+    for r in (eager, deferred):
+        stream.add_to(r, 170, 200)
+    same_draws(2)
+    np.testing.assert_array_equal(deferred.priorities, eager.priorities)

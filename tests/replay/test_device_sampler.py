@@ -67,7 +67,7 @@ def test_atari_batches_equal_the_host_replays(kwargs, steps):
     got = jax.jit(ds.sample_atari, static_argnums=1)(arrays, spec, jnp.asarray(u), 0.6)
     np.testing.assert_array_equal(got.indices, expected.indices)
     rows = np.asarray(got.obs.rows)
-    stacks = replay._ring.frames[rows].reshape(expected.obs.shape)
+    stacks = replay.ring.frames[rows].reshape(expected.obs.shape)
     np.testing.assert_array_equal(stacks, expected.obs)  # the same pixels from the same table rows
     for field in ("actions", "first_done"):
         np.testing.assert_array_equal(getattr(got, field), getattr(expected, field), err_msg=field)
@@ -89,7 +89,7 @@ def test_priority_writes_equal_the_host_replays():
     arrays = ds.write_priorities(on_device(replay), spec, jnp.asarray(indices, jnp.int32),
                                  jnp.asarray(priorities, jnp.float32))
     replay.update_priorities(indices, priorities)
-    np.testing.assert_allclose(arrays.priority, replay._priority, rtol=1e-6)
+    np.testing.assert_allclose(arrays.priority, replay.priorities, rtol=1e-6)
     np.testing.assert_allclose(ds.atari_leaves(arrays, spec), replay._tree.leaves, rtol=1e-6)
     assert np.isclose(arrays.priority[50 % 60], 0.5 ** 0.5) and np.isclose(arrays.priority[61 % 60], 2.0 ** 0.5)
 
@@ -114,7 +114,7 @@ def test_dmc_batches_equal_the_host_replays(sequence_rule, steps):
     np.testing.assert_array_equal(ds.transition_leaves(arrays, spec), replay._transitions.leaves)
     np.testing.assert_array_equal(ds.sequence_leaves(arrays, spec), replay._sequences.leaves)
     u = uniforms(48, seed=7)
-    frames = replay._ring.frames
+    frames = replay.ring.frames
     expected = replay.sample(48, Draws(u))
     got = jax.jit(ds.sample_transitions, static_argnums=1)(arrays, spec, jnp.asarray(u))
     for field in ("obs", "next_obs"):

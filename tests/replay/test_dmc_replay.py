@@ -264,3 +264,28 @@ def test_sequences_after_mark_episode_end_without_a_new_step():
 def test_sequence_rule_is_checked():
     with pytest.raises(ValueError, match="sequence_rule"):
         make_replay(sequence_rule="official")
+
+
+def test_deferred_trees_draw_what_eager_ones_draw():
+    """``eager_tree=False`` (the host copy of a device-sampled replay) skips the trees' work
+    at every add and rebuilds them on the next draw: the same transitions and sequences for
+    the same draws, through a wrap, an episode cut and a restore."""
+    stream = Stream(160, seed=4)
+    eager, deferred = make_replay(), make_replay(eager_tree=False)
+
+    def same_draws(seed):
+        for name in ("sample", "sample_sequences"):
+            a = getattr(eager, name)(64, np.random.default_rng(seed))
+            b = getattr(deferred, name)(64, np.random.default_rng(seed))
+            for x, y in zip(a, b):
+                np.testing.assert_array_equal(x, y)
+
+    for r in (eager, deferred):
+        stream.add_to(r, 0, 100)
+        r.mark_episode_end()
+    same_draws(0)
+    deferred = make_replay(eager_tree=False)
+    deferred.load_state_dict(copy.deepcopy(eager.state_dict()))
+    for r in (eager, deferred):
+        stream.add_to(r, 100, 160)
+    same_draws(1)
