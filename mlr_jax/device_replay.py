@@ -98,7 +98,7 @@ class _StepLayout:
         ring = replay.ring
         slot = (ring.count - 1) % ring.capacity
         data = {k: v[slot] for k, v in ring.data.items()}
-        atari = self.atari
+        atari = self.atari  # Atari: int action in the ints; DMC: float actions in the floats
         row[:self.frame_bytes] = ring.frames[slot].reshape(-1)
         ints = row[self.frame_bytes:self.frame_bytes + 4 * self.INTS].view(np.int32)
         ints[:] = (slot, ring.age[slot], ring.count, data["terminal"], data["episode_end"],

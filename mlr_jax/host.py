@@ -30,6 +30,7 @@ import importlib.metadata
 import os
 import platform
 import signal
+import subprocess
 import sys
 import threading
 from typing import Any, Sequence
@@ -52,6 +53,22 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def source_commit(root: str | os.PathLike | None = None) -> str | None:
+    """The git commit of the checkout at ``root`` (default: this mlr_jax's), a short hash
+    with ``+changes`` when its tracked files differ from it; None outside a git checkout."""
+    root = root or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        head = subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, timeout=10)
+        if head.returncode:
+            return None
+        changed = subprocess.run(["git", "-C", root, "diff", "--quiet", "HEAD", "--"],
+                                 capture_output=True, timeout=10).returncode
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return head.stdout.strip() + ("+changes" if changed else "")
 
 
 def versions(packages: Sequence[str] = PACKAGES) -> dict[str, str | None]:

@@ -346,7 +346,8 @@ def _noop_update(train_step: Callable[..., Any]) -> Callable[..., Any]:
     return step
 
 
-PHASES = ("act", "env", "store", "sample", "update")  # timed per agent step: perf/ms_<phase>
+# timed per agent step: perf/ms_<phase> (a log row's own time counts in the next row's "log")
+PHASES = ("act", "env", "store", "sample", "update", "log")
 
 
 class _Group:
@@ -598,7 +599,8 @@ class _Group:
         """Log row, evaluation and checkpoint when due; the progress line."""
         total = self.domain.total_steps
         if self._due(self.cfg.run.log_every) or self.step == total:
-            self.log_row()
+            with self.timed("log"):
+                self.log_row()
         if self._due(self.cfg.run.eval_every) and self.step < total:
             self.evaluate_due()
         if self._due(self.cfg.run.checkpoint_every):

@@ -124,3 +124,18 @@ def test_the_cli_sets_the_policy_before_running_a_command(monkeypatch, tmp_path)
     with pytest.raises(SystemExit):  # not a run directory: the policy was set before that
         cli.main(["eval", str(tmp_path)])
     assert os.environ[host.PREALLOCATE] == "false"
+
+
+def test_source_commit_names_the_checkout_and_its_changes(tmp_path):
+    """Benchmark records carry the commit they were measured at (bench.timing.write_record)."""
+    assert host.source_commit(tmp_path) is None  # not a git checkout
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (tmp_path / "a.py").write_text("x = 1\n")
+    subprocess.run([*git, "add", "a.py"], check=True)
+    subprocess.run([*git, "commit", "-qm", "one"], check=True)
+    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    assert host.source_commit(tmp_path) == head
+    (tmp_path / "a.py").write_text("x = 2\n")
+    assert host.source_commit(tmp_path) == head + "+changes"

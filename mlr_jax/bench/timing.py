@@ -12,6 +12,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from mlr_jax import host
+
 DEFAULT_OUTDIR = "runs/bench"  # the committed records in benchmarks/results/ are written there on purpose
 
 
@@ -37,7 +39,9 @@ def median_ms(fn: Callable[[], Any], repeats: int, warmup: int) -> float:
 
 def write_record(record: dict[str, Any], outdir: str | os.PathLike, prefix: str) -> dict[str, Any]:
     """Write ``record`` (which holds an ISO ``date``) to ``outdir/<prefix>_<YYYYmmdd-HHMMSS>.json``
-    and return it with its ``path``."""
+    and return it with its ``path`` and the ``commit`` it was measured at
+    (:func:`mlr_jax.host.source_commit`)."""
+    record.setdefault("commit", host.source_commit())
     stamp = record["date"][:19].replace("-", "").replace(":", "").replace("T", "-")
     path = pathlib.Path(outdir) / f"{prefix}_{stamp}.json"
     path.parent.mkdir(parents=True, exist_ok=True)

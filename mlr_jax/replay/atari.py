@@ -63,7 +63,7 @@ from typing import Callable, Mapping, NamedTuple
 import numpy as np
 
 from mlr_jax.replay.frames import FrameMirror, FrameRing, check_state
-from mlr_jax.replay.sum_tree import SumTree
+from mlr_jax.replay.sum_tree import LeafUpkeep, SumTree
 
 DONE_N_RULES = ("first_step", "any_step")
 START_RULES = ("rlpyt", "written")
@@ -177,8 +177,7 @@ class AtariReplay:
         self._priority = np.zeros(capacity, dtype=np.float64)  # priority ** alpha per slot
         self._max_priority = 1.0
         self._tree = SumTree(capacity)
-        self._eager_tree = bool(eager_tree)
-        self._tree_stale = False  # leaves out of date (eager_tree=False): rebuilt on sample
+        self._upkeep = LeafUpkeep(eager_tree, self._set_leaves)
 
     def __len__(self) -> int:
         return len(self._ring)
@@ -208,7 +207,7 @@ class AtariReplay:
                                   terminal=terminal, episode_end=episode_end)
         new = self._max_priority if self.initial_priority is None else self.initial_priority
         self._priority[self._ring.slot(index)] = new ** self.priority_exponent
-        self._refresh()
+        self._upkeep.changed(self._changed_starts)
 
     @property
     def priorities(self) -> np.ndarray:
@@ -226,8 +225,7 @@ class AtariReplay:
 
     def sample(self, batch_size: int, beta: float, rng: np.random.Generator) -> AtariBatch:
         """Draw ``batch_size`` windows by priority (with replacement); see :class:`AtariBatch`."""
-        if self._tree_stale:
-            self._rebuild_tree()
+        self._upkeep.before_draw()
         if self._tree.total <= 0.0:
             if self.start_rule == "rlpyt":
                 why = (f"start_rule='rlpyt': starts from step {self.lead}, with the start and "
@@ -286,7 +284,7 @@ class AtariReplay:
             return
         self._priority[self._ring.slot(indices)] = priorities ** self.priority_exponent
         self._max_priority = max(self._max_priority, float(priorities.max()))
-        self._refresh(indices)
+        self._upkeep.changed(lambda: indices)
 
     # ------------------------------------------------------------------ validity
 
@@ -307,15 +305,14 @@ class AtariReplay:
             changed = np.union1d(changed, np.arange(ring.oldest, ring.oldest + self.lead))
         return changed.astype(np.int64)
 
-    def _refresh(self, starts: np.ndarray | None = None) -> None:
-        """Set the leaves of ``starts`` (default: those the last :meth:`add` changed), or,
-        with a deferred tree, note that it is out of date."""
-        if not self._eager_tree:
-            self._tree_stale = True
-            return
-        starts = self._changed_starts() if starts is None else starts
+    def _set_leaves(self, starts: np.ndarray | None) -> None:
+        """The tree's leaves of ``starts`` (None: every stored start): the priority where
+        ``start_rule`` allows the start, else 0."""
+        every = starts is None
+        starts = self._ring.absolute(np.arange(len(self._ring))) if every else starts
         slots = self._ring.slot(starts)
-        self._tree.set(slots, np.where(self._valid(starts), self._priority[slots], 0.0))
+        values = np.where(self._valid(starts), self._priority[slots], 0.0)
+        (self._tree.set_only if every else self._tree.set)(slots, values)
 
     # ------------------------------------------------------------------ state
 
@@ -331,7 +328,7 @@ class AtariReplay:
         if priority.shape != self._priority.shape:
             raise ValueError(f"priorities of shape {priority.shape} != {self._priority.shape}")
         self._priority[:] = priority
-        self._all_leaves_changed()
+        self._upkeep.changed()
 
     def load_state_dict(self, state: Mapping) -> None:
         """Restore a :meth:`state_dict` of a replay built with the same arguments."""
@@ -339,18 +336,4 @@ class AtariReplay:
         self._ring.load_state_dict(state["ring"])
         self._priority[:] = np.asarray(state["priority"])
         self._max_priority = float(np.asarray(state["max_priority"]))
-        self._all_leaves_changed()
-
-    def _all_leaves_changed(self) -> None:
-        if self._eager_tree:
-            self._rebuild_tree()
-        else:
-            self._tree_stale = True
-
-    def _rebuild_tree(self) -> None:
-        self._tree_stale = False
-        starts = self._ring.absolute(np.arange(len(self._ring)))
-        slots = self._ring.slot(starts)
-        leaves = np.zeros(self._tree.size)
-        leaves[slots] = np.where(self._valid(starts), self._priority[slots], 0.0)
-        self._tree.set_all(leaves)
+        self._upkeep.changed()

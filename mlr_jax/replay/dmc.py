@@ -53,7 +53,7 @@ from typing import Callable, Mapping, NamedTuple
 import numpy as np
 
 from mlr_jax.replay.frames import FrameMirror, FrameRing, check_state
-from mlr_jax.replay.sum_tree import SumTree
+from mlr_jax.replay.sum_tree import LeafUpkeep, SumTree
 
 SEQUENCE_RULES = ("authors", "episode")
 
@@ -135,8 +135,7 @@ class DMCReplay:
             mirror=mirror)
         self._transitions = SumTree(capacity)  # 0/1 leaves: valid transition starts
         self._sequences = SumTree(capacity)  # 0/1 leaves: valid sequence starts
-        self._eager_tree = bool(eager_tree)
-        self._trees_stale = False  # leaves out of date (eager_tree=False): rebuilt on a draw
+        self._upkeep = LeafUpkeep(eager_tree, self._set_leaves)
 
     def __len__(self) -> int:
         return len(self._ring)
@@ -166,7 +165,7 @@ class DMCReplay:
             raise ValueError(f"action shape {action.shape} != ({self.action_dim},)")
         self._ring.append(frame, bool(episode_end), action=action, reward=reward,
                           terminal=terminal, episode_end=episode_end)
-        self._refresh()
+        self._upkeep.changed(self._changed_starts)
 
     def mark_episode_end(self) -> None:
         """End the episode at the newest stored step (e.g. after a resume restarts the env):
@@ -174,7 +173,7 @@ class DMCReplay:
         index = self._ring.end_segment()
         if index >= 0:
             self._ring.data["episode_end"][self._ring.slot(index)] = True
-            self._refresh()  # windows now ending there
+            self._upkeep.changed(self._changed_starts)  # windows now ending there
 
     def sample(self, batch_size: int, rng: np.random.Generator) -> SACBatch:
         """``batch_size`` uniform transitions; see :class:`SACBatch`."""
@@ -205,8 +204,7 @@ class DMCReplay:
 
     def _draw(self, tree: SumTree, batch_size: int, rng: np.random.Generator, name: str,
               need: str) -> np.ndarray:
-        if self._trees_stale:
-            self._rebuild_trees()
+        self._upkeep.before_draw()
         if tree.total <= 0.0:
             raise ValueError(f"DMCReplay.{name}: no valid start yet: {len(self)} steps stored; "
                              f"{need}")
@@ -229,16 +227,18 @@ class DMCReplay:
             valid &= ~ends & (ring.slot(s) < len(ring) - self.seq_len)
         return valid
 
-    def _refresh(self) -> None:
-        """Set the leaves of the starts the last write changed, or, with deferred trees,
-        note that they are out of date."""
-        if not self._eager_tree:
-            self._trees_stale = True
-            return
-        starts = self._ring.changed_starts(self._window)
+    def _changed_starts(self) -> np.ndarray:
+        return self._ring.changed_starts(self._window)
+
+    def _set_leaves(self, starts: np.ndarray | None) -> None:
+        """Both trees' leaves of ``starts`` (None: every stored start): 1 where valid."""
+        every = starts is None
+        starts = self._ring.absolute(np.arange(len(self._ring))) if every else starts
         slots = self._ring.slot(starts)
-        self._transitions.set(slots, self._valid_transitions(starts).astype(np.float64))
-        self._sequences.set(slots, self._valid_sequences(starts).astype(np.float64))
+        for tree, valid in ((self._transitions, self._valid_transitions),
+                            (self._sequences, self._valid_sequences)):
+            values = valid(starts).astype(np.float64)
+            (tree.set_only if every else tree.set)(slots, values)
 
     # ------------------------------------------------------------------ state
 
@@ -250,17 +250,4 @@ class DMCReplay:
         """Restore a :meth:`state_dict` of a replay built with the same arguments."""
         check_state(state, self.state_dict(), "DMCReplay state")
         self._ring.load_state_dict(state["ring"])
-        if self._eager_tree:
-            self._rebuild_trees()
-        else:
-            self._trees_stale = True
-
-    def _rebuild_trees(self) -> None:
-        self._trees_stale = False
-        starts = self._ring.absolute(np.arange(len(self._ring)))
-        slots = self._ring.slot(starts)
-        for tree, valid in ((self._transitions, self._valid_transitions),
-                            (self._sequences, self._valid_sequences)):
-            leaves = np.zeros(tree.size)
-            leaves[slots] = valid(starts)
-            tree.set_all(leaves)
+        self._upkeep.changed()

@@ -12,6 +12,8 @@ a node is positive exactly when some leaf below it is.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 
@@ -59,6 +61,13 @@ class SumTree:
             nodes = nodes >> 1
             self._nodes[nodes] = self._nodes[2 * nodes] + self._nodes[2 * nodes + 1]
 
+    def set_only(self, index: np.ndarray, values: np.ndarray) -> None:
+        """Leaves ``index`` (int[N]) set to ``values``, every other leaf to 0 (one rebuild of
+        all sums: the fast way to set most leaves)."""
+        leaves = np.zeros(self.size)
+        leaves[self._check_index(np.atleast_1d(index))] = values
+        self.set_all(leaves)
+
     def set_all(self, values: np.ndarray) -> None:
         """Replace every leaf with ``values`` (float[size], >= 0) and rebuild all sums."""
         values = np.asarray(values, dtype=np.float64)
@@ -105,3 +114,36 @@ class SumTree:
             raise IndexError(f"SumTree index out of range [0, {self.size}): "
                              f"min {index.min()}, max {index.max()}")
         return index
+
+
+class LeafUpkeep:
+    """When a replay brings its sum trees' leaves up to date.
+
+    Eager (the host draws the batches): at every write, the leaves of the starts it changed.
+    Deferred (the devices draw them, :mod:`mlr_jax.device_replay`; the host replay only
+    stores): nothing at a write, and every leaf once before the replay's next draw, if it
+    ever draws.
+
+    Args:
+      eager: which of the two.
+      set_leaves: ``set_leaves(starts)`` sets the leaves of the absolute start indices
+        ``starts`` (int[N]) or, with None, of every start.
+    """
+
+    def __init__(self, eager: bool, set_leaves: Callable[[np.ndarray | None], None]):
+        self.eager = bool(eager)
+        self._set_leaves = set_leaves
+        self._stale = False
+
+    def changed(self, starts: Callable[[], np.ndarray] | None = None) -> None:
+        """The starts ``starts()`` (None: every start) may have new leaves."""
+        if not self.eager:
+            self._stale = True
+        else:
+            self._set_leaves(None if starts is None else starts())
+
+    def before_draw(self) -> None:
+        """Bring a deferred tree up to date (every leaf), if anything changed since."""
+        if self._stale:
+            self._stale = False
+            self._set_leaves(None)

@@ -25,7 +25,7 @@ def test_host_only_loop_record(tmp_path, sampler, copies):
     rate = record["agent_steps_per_s"]
     assert record["host_ms_per_seed_step"] == pytest.approx(1000 / rate / 2)
     phases = record["phase_ms_per_agent_step"]
-    assert set(phases) == {"act", "env", "store", "sample", "update"}
+    assert set(phases) == {"act", "env", "store", "sample", "update", "log"}
     assert record["envpool_ms_per_seed_step"] == pytest.approx(phases["env"] / 2)
     assert record["host_ms_per_seed_step_outside_envpool"] == pytest.approx(
         record["host_ms_per_seed_step"] - phases["env"] / 2)

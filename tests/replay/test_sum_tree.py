@@ -53,6 +53,9 @@ def test_set_all_rebuilds_same_tree_as_incremental_sets():
     np.testing.assert_allclose(a._nodes, b._nodes, rtol=1e-12)
     a.set_all(np.zeros(13))
     assert a.total == 0.0
+    b.set_only(np.array([2, 7]), np.array([0.5, 3.0]))  # the other leaves drop to 0
+    a.set(np.array([2, 7]), np.array([0.5, 3.0]))
+    np.testing.assert_allclose(b._nodes, a._nodes, rtol=1e-12)
 
 
 def test_sampling_frequencies_proportional_to_values():
