@@ -276,19 +276,22 @@ def latest_update_record(cfg: AtariConfig | DMCConfig, seeds: int) -> tuple[str,
     return found[0][2], found[0][3]
 
 
-def latest_host_record(cfg: AtariConfig | DMCConfig) -> tuple[str, float, str] | None:
-    """(path, host ms per seed-step, device) of the newest host-only loop record of this
-    domain and preset (``mlr-jax bench --loop N --host-only``), preferring the sampler the
-    plan's runs use (``auto``: the accelerators' ``device``); None if there is none."""
+def latest_host_record(cfg: AtariConfig | DMCConfig, seeds: int) -> tuple[str, float, str] | None:
+    """(path, host ms per seed-step, device) of the host-only loop record of this domain and
+    preset (``mlr-jax bench --loop N --host-only``) of the sampler the plan's runs use
+    (``auto``: the accelerators' ``device``) if there is one, at the group size nearest
+    ``seeds``, the newest of those; None if there is none."""
     domain = "atari" if isinstance(cfg, AtariConfig) else "dmc"
     wanted = "device" if cfg.run.sampler == "auto" else cfg.run.sampler
-    found = [(record["config"]["run"].get("sampler") == wanted, record.get("date", ""), str(path),
-              float(record["host_ms_per_seed_step"]), record.get("device", "?"))
+    found = [(record["config"]["run"].get("sampler") != wanted, abs(record.get("num_seeds", 1) - seeds),
+              record.get("date", ""), str(path), float(record["host_ms_per_seed_step"]),
+              record.get("device", "?"))
              for path, record in _records(f"loop_{domain}_{cfg.run.preset}*-host_*.json")]
     if not found:
         return None
-    best = max(found)
-    return best[2], best[3], best[4]
+    found.sort(key=lambda r: r[2], reverse=True)  # newest first,
+    found.sort(key=lambda r: r[:2])  # then (stable) the sampler, then the nearest group size
+    return found[0][3], found[0][4], found[0][5]
 
 
 def sweep_plan(domain: str, names: list[str], auxes: list[str], seeds: list[int], make: Any,
@@ -345,7 +348,7 @@ def sweep_plan(domain: str, names: list[str], auxes: list[str], seeds: list[int]
             hours = ms * updates * len(names) * len(seeds) / 3.6e6
             lines.append(f"[plan] {aux}: {updates} updates a run at {ms:.2f} ms a seed-update "
                          f"({path}): {hours:.1f} device-hours of updates for {len(names) * len(seeds)} runs")
-        host_record = latest_host_record(cfg)
+        host_record = latest_host_record(cfg, chosen.seeds)
         steps = cfg.steps if isinstance(cfg, AtariConfig) else cfg.agent_steps
         if host_record is None:
             lines.append(f"[plan] {aux}: host work (environments, replay, acting): no host-only loop "

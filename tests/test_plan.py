@@ -1,5 +1,8 @@
 """mlr_jax.plan: a seed group's memory per device and per host from the compiled program, the
 largest group that fits, and ``mlr-jax sweep ... --dry-run``."""
+import json
+import pathlib
+
 import jax
 import pytest
 
@@ -107,15 +110,26 @@ def test_dry_run_prints_the_largest_group_that_fits_or_exits_2(capsys, figures):
     assert "[plan] none: DOES NOT FIT: 1 seed:" in capsys.readouterr().out
 
 
-def test_host_work_comes_from_the_newest_host_only_record_of_the_runs_sampler():
-    """The committed records of 2026-12-06 (benchmarks/results): the newest of the sampler the
-    planned runs use (``auto`` plans for accelerators: ``device``)."""
+def test_host_work_comes_from_the_runs_sampler_and_group_size(monkeypatch, tmp_path):
+    """Of the host-only loop records, the plan reads the one of the sampler its runs use
+    (``auto`` plans for accelerators: ``device``), then of the group size nearest its own,
+    then the newest."""
+    records = {"a": ("device", 1, "2026-12-06T15:00"), "b": ("device", 8, "2026-12-06T14:00"),
+               "c": ("device", 8, "2026-12-06T13:00"), "d": ("host", 8, "2026-12-06T16:00"),
+               "e": ("device", 4, "2026-12-05T10:00")}
+    for i, (name, (sampler, seeds, date)) in enumerate(records.items()):
+        (tmp_path / f"loop_atari_paper-none-s{seeds}-host_cpu_{name}.json").write_text(json.dumps({
+            "config": {"run": {"sampler": sampler}}, "num_seeds": seeds, "date": date,
+            "host_ms_per_seed_step": float(i + 1), "device": "cpu:cpu x1"}))
+    monkeypatch.setattr(plan, "RECORD_DIRS", (str(tmp_path),))
     cfg = make_config("atari", "pong", "paper", ["aux=none"])
-    path, ms, device = plan.latest_host_record(cfg)
-    assert path.endswith("loop_atari_paper-none-s8-host_cpu_20261206-124402.json")
-    assert ms == pytest.approx(5.36, abs=0.01) and device.startswith("cpu")
-    host = plan.latest_host_record(make_config("atari", "pong", "paper", ["aux=none", "run.sampler=host"]))
-    assert host[0].endswith("loop_atari_paper-none-s8-host_cpu_20261206-123648.json")
+    chosen = {seeds: pathlib.Path(plan.latest_host_record(cfg, seeds)[0]).stem[-1] for seeds in (1, 2, 4, 8, 16)}
+    assert chosen == {1: "a", 2: "a", 4: "e", 8: "b", 16: "b"}
+    path, ms, device = plan.latest_host_record(cfg, 8)
+    assert ms == 2.0 and device == "cpu:cpu x1"
+    host = make_config("atari", "pong", "paper", ["aux=none", "run.sampler=host"])
+    assert pathlib.Path(plan.latest_host_record(host, 1)[0]).stem.endswith("_d")
+    assert plan.latest_host_record(make_config("dmc", "cartpole_swingup", "paper", []), 8) is None
 
 
 @pytest.mark.parametrize("backend", ["gpu", "tpu"])
