@@ -197,9 +197,9 @@ class DeviceLearner:
         return means
 
     def split_host_keys(self) -> np.ndarray:
-        pairs = np.array(jax.device_get(_split_keys(self.keys)))
-        self.keys = self._layout.put_seeds(pairs[:, 0])
-        return pairs[:, 1]
+        keys, sub = split_keys(self.keys)
+        self.keys = self._layout.put_seeds(keys)
+        return sub
 
     def host_keys(self) -> np.ndarray:
         return np.array(jax.device_get(self.keys))

@@ -531,6 +531,7 @@ class Layout:
                                 in_specs=(SEED,) * num_args, out_specs=SEED)
         return jax.jit(sharded, donate_argnums=donate)
 
+
 def seed_shards(num_seeds: int, num_devices: int) -> int:
     """How many ways :func:`layout` splits a group's seeds over ``num_devices`` devices: each
     device holds ``num_seeds / seed_shards`` of them. With several processes the seeds are not

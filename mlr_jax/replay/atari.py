@@ -191,6 +191,12 @@ class AtariReplay:
     def ring(self) -> FrameRing:
         return self._ring
 
+    @property
+    def priorities(self) -> np.ndarray:
+        """float64[capacity]: ``priority ** priority_exponent`` of the start in each slot (a
+        view; invalid starts keep theirs, the tree holds 0 for them)."""
+        return self._priority
+
     def add(self, frame: np.ndarray, action: int, reward: float, terminal: bool,
             episode_end: bool) -> None:
         """Store step ``t`` (see the module docstring for the loop protocol).
@@ -208,12 +214,6 @@ class AtariReplay:
         new = self._max_priority if self.initial_priority is None else self.initial_priority
         self._priority[self._ring.slot(index)] = new ** self.priority_exponent
         self._upkeep.changed(self._changed_starts)
-
-    @property
-    def priorities(self) -> np.ndarray:
-        """float64[capacity]: ``priority ** priority_exponent`` of the start in each slot (a
-        view; invalid starts keep theirs, the tree holds 0 for them)."""
-        return self._priority
 
     def mark_episode_end(self) -> None:
         """End the game at the newest stored step (e.g. after a resume restarts the env):
@@ -323,7 +323,8 @@ class AtariReplay:
 
     def load_priorities(self, priority: np.ndarray) -> None:
         """Replace every slot's ``priority ** alpha`` (float[capacity]), e.g. with those the
-        device sampler (:mod:`mlr_jax.replay.device_sampler`) wrote, and rebuild the tree."""
+        device sampler (:mod:`mlr_jax.replay.device_sampler`) wrote; the tree follows (at
+        once, or at the next draw with ``eager_tree=False``)."""
         priority = np.asarray(priority, np.float64)
         if priority.shape != self._priority.shape:
             raise ValueError(f"priorities of shape {priority.shape} != {self._priority.shape}")
